@@ -1,0 +1,234 @@
+"""Merge arithmetic on tensors, split into what a study computes once and what a trial computes.
+
+Every function follows mergekit 0.1.5's own arithmetic operation by operation (same dtypes, same
+reductions, same random draws), so results equal what `mergekit-yaml` writes. The split is the
+speed-up: a SLERP trial is then `c0·a + c1·b` per tensor, written in cache-sized chunks straight
+into the resident model, and a TIES trial reuses the task vectors and their magnitude order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+# mergekit's SLERP accumulates norms and the dot product over chunks of this many elements.
+MERGEKIT_SLERP_CHUNK = 1024 * 1024
+# Elements per chunk when writing a merged tensor: small enough that both scratch buffers stay in
+# L2 cache, so a trial reads each parent once and writes the result once.
+APPLY_CHUNK = 1 << 16
+SLERP_DOT_THRESHOLD = 0.9995
+SLERP_EPS = 1e-8
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """mergekit computes SLERP and linear in float32, or float64 for float64 inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ----- SLERP -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlerpGeometry:
+    """What SLERP needs of a tensor pair besides t: the angle, and whether mergekit falls back to lerp."""
+
+    theta: torch.Tensor  # shape (1, 1), compute dtype
+    linear: torch.Tensor  # shape (1, 1), bool
+
+
+def slerp_geometry(v0: torch.Tensor, v1: torch.Tensor) -> SlerpGeometry:
+    """The angle between two whole flattened tensors, computed as mergekit computes it."""
+    dtype = compute_dtype(v0.dtype)
+    a = v0.reshape(1, -1)
+    b = v1.reshape(1, -1)
+    if not a.shape[1]:
+        zero = torch.zeros((1, 1), dtype=dtype, device=v0.device)
+        return SlerpGeometry(zero, torch.ones((1, 1), dtype=torch.bool, device=v0.device))
+    chunk = MERGEKIT_SLERP_CHUNK
+    norm_a_parts, norm_b_parts = [], []
+    for start in range(0, a.shape[1], chunk):
+        norm_a_parts.append(torch.linalg.vector_norm(a[:, start : start + chunk].to(dtype), dim=1, keepdim=True))
+        norm_b_parts.append(torch.linalg.vector_norm(b[:, start : start + chunk].to(dtype), dim=1, keepdim=True))
+    norm_a = torch.linalg.vector_norm(torch.stack(norm_a_parts), dim=0)
+    norm_b = torch.linalg.vector_norm(torch.stack(norm_b_parts), dim=0)
+    norm_a = torch.where(norm_a > SLERP_EPS, norm_a, 1)
+    norm_b = torch.where(norm_b > SLERP_EPS, norm_b, 1)
+    dot_parts = []
+    for start in range(0, a.shape[1], chunk):
+        x = a[:, start : start + chunk].to(dtype) / norm_a
+        y = b[:, start : start + chunk].to(dtype) / norm_b
+        dot_parts.append((x * y).sum(dim=1, keepdim=True))
+    dot = torch.stack(dot_parts).sum(dim=0).clamp(-1, 1)
+    linear = dot.abs() > SLERP_DOT_THRESHOLD
+    theta = torch.acos(torch.where(linear, 0, dot))
+    return SlerpGeometry(theta, linear)
+
+
+def slerp_coefficients(t: float, geometry: SlerpGeometry) -> tuple[float, float]:
+    """(c0, c1) with slerp(t) = c0·v0 + c1·v1 on the unnormalised tensors, in mergekit's precision."""
+    theta = geometry.theta
+    t_tensor = torch.tensor([t], dtype=compute_dtype(theta.dtype)).reshape(-1, 1).to(theta.device)
+    sin_theta = torch.sin(theta)
+    coef_a = torch.where(geometry.linear, 1 - t_tensor, torch.sin((1 - t_tensor) * theta) / sin_theta)
+    coef_b = torch.where(geometry.linear, t_tensor, torch.sin(t_tensor * theta) / sin_theta)
+    return coef_a.item(), coef_b.item()
+
+
+class ChunkScratch:
+    """Two reusable compute-dtype buffers of APPLY_CHUNK elements per (device, dtype)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def get(self, device: torch.device, dtype: torch.dtype, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (device, dtype)
+        if key not in self._buffers:
+            self._buffers[key] = tuple(torch.empty(APPLY_CHUNK, dtype=dtype, device=device) for _ in range(2))
+        first, second = self._buffers[key]
+        return first[:size], second[:size]
+
+
+def weighted_pair_into(
+    out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c0: float, c1: float, scratch: ChunkScratch
+) -> None:
+    """out = c0·a + c1·b in the compute dtype, rounded once to out's dtype, one cache-sized chunk at a time."""
+    flat_out, flat_a, flat_b = out.view(-1), a.reshape(-1), b.reshape(-1)
+    dtype = compute_dtype(a.dtype)
+    same_dtype = a.dtype == dtype and out.dtype == dtype
+    for start in range(0, flat_out.numel(), APPLY_CHUNK):
+        stop = min(start + APPLY_CHUNK, flat_out.numel())
+        first, second = scratch.get(out.device, dtype, stop - start)
+        if same_dtype:
+            torch.mul(flat_a[start:stop], c0, out=flat_out[start:stop])
+            torch.mul(flat_b[start:stop], c1, out=second)
+            flat_out[start:stop].add_(second)
+        else:
+            first.copy_(flat_a[start:stop]).mul_(c0)
+            second.copy_(flat_b[start:stop]).mul_(c1)
+            first.add_(second)
+            flat_out[start:stop].copy_(first)
+
+
+# ----- linear ------------------------------------------------------------------------------
+
+
+def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool = True) -> torch.Tensor:
+    """Weighted average of same-shaped tensors, as mergekit's `linear` method computes it."""
+    first = tensors[0].unsqueeze(0)
+    dtype = compute_dtype(first.dtype)
+    weight = torch.tensor([list(weights)], dtype=dtype, device=first.device)
+    coefficient_shape = (1,) + (1,) * (first.ndim - 1)
+    result = torch.zeros_like(first, dtype=dtype)
+    for tensor, coefficient in zip(tensors, weight.unbind(1)):
+        result.addcmul_(tensor.unsqueeze(0), coefficient.reshape(coefficient_shape))
+    if normalize:
+        result.div_(weight.sum(dim=1).reshape(coefficient_shape))
+    return result.to(first.dtype)[0]
+
+
+# ----- task arithmetic, TIES, DARE -----------------------------------------------------------
+
+
+def magnitude_order(delta: torch.Tensor) -> torch.Tensor:
+    """Indices of a task vector's elements by decreasing magnitude (TIES keeps a prefix of them)."""
+    magnitudes = delta.abs().reshape(-1)
+    if magnitudes.device.type == "cpu":
+        magnitudes = magnitudes.float()
+    order = torch.argsort(magnitudes, descending=True)
+    return order.to(torch.int32) if order.numel() < 2**31 else order
+
+
+def _rescaled(tensor: torch.Tensor, mask: torch.Tensor, l1_rescale: bool, eps: float = 1e-7) -> torch.Tensor:
+    masked = tensor * mask
+    if not l1_rescale:
+        return masked
+    before, after = tensor.abs().sum(), masked.abs().sum()
+    if before < eps or after < eps:
+        return masked
+    return masked * (before / after)
+
+
+def sparsify_magnitude(
+    delta: torch.Tensor, density: float, l1_rescale: bool, order: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Keep the `density` largest-magnitude elements (TIES), reusing a precomputed order if given."""
+    if density >= 1:
+        return delta
+    if density <= 0 or delta.numel() == 0:
+        return torch.zeros_like(delta)
+    keep = max(1, int(density * delta.numel()))
+    if order is None:
+        order = magnitude_order(delta)
+    mask = torch.zeros(delta.numel(), dtype=delta.dtype, device=delta.device)
+    mask[order[:keep].long()] = 1
+    return _rescaled(delta, mask.reshape_as(delta), l1_rescale)
+
+
+def sparsify_random(delta: torch.Tensor, density: float, l1_rescale: bool) -> torch.Tensor:
+    """DARE: keep each element with probability `density`, drawing from torch's global generator."""
+    if density >= 1:
+        return delta
+    work_dtype = delta.dtype if (delta.device.type != "cpu" or delta.dtype == torch.bfloat16) else torch.float32
+    mask = torch.bernoulli(torch.full_like(delta, fill_value=density, dtype=work_dtype))
+    return _rescaled(delta.to(work_dtype), mask, l1_rescale).to(delta.dtype)
+
+
+def task_arithmetic(
+    base: torch.Tensor,
+    deltas: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    *,
+    densities: Sequence[float],
+    sparsification: Optional[str],  # None | "magnitude" | "random"
+    consensus: bool,
+    normalize: bool,
+    rescale: bool,
+    lam: float = 1.0,
+    int8_mask: bool = False,
+    orders: Optional[Sequence[Optional[torch.Tensor]]] = None,
+) -> torch.Tensor:
+    """mergekit's generalized task arithmetic (task_arithmetic, ties, dare_ties, dare_linear) given
+    the task vectors `deltas` = model − base, computed once per study."""
+    if not deltas:
+        return base
+    stacked = base.new_empty((len(deltas), *base.shape))
+    for index, delta in enumerate(deltas):
+        if sparsification == "magnitude":
+            order = orders[index] if orders is not None else None
+            delta = sparsify_magnitude(delta, densities[index], rescale, order)
+        elif sparsification == "random":
+            delta = sparsify_random(delta, densities[index], rescale)
+        stacked[index] = delta
+    weight = torch.tensor(list(weights), dtype=stacked.dtype, device=stacked.device)
+    while stacked.dim() > weight.dim():
+        weight.unsqueeze_(-1)
+    stacked.mul_(weight)
+    if consensus:
+        mask_dtype = torch.int8 if int8_mask else base.dtype
+        sign = stacked.sign().to(mask_dtype)
+        majority = (stacked.sum(dim=0) >= 0).to(mask_dtype) * 2 - 1
+        mask = sign == majority
+        mixed = (stacked * mask).sum(dim=0)
+        divisor = (weight * mask).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = stacked.sum(dim=0)
+        divisor = weight.sum(dim=0)
+        divisor[divisor.abs() < 1e-8] = 1
+    if normalize:
+        mixed /= divisor
+    if lam != 1:
+        mixed *= lam
+    return (base + mixed).to(base.dtype)
+
+
+# The engine's fast path: mergekit method name → how generalized task arithmetic is configured.
+TASK_ARITHMETIC_FAMILY: dict[str, dict] = {
+    "task_arithmetic": dict(sparsification=None, consensus=False),
+    "ties": dict(sparsification="magnitude", consensus=True),
+    "dare_ties": dict(sparsification="random", consensus=True),
+    "dare_linear": dict(sparsification="random", consensus=False),
+}
+FAST_METHODS = ("slerp", "linear", *TASK_ARITHMETIC_FAMILY)

@@ -1,0 +1,300 @@
+"""A merge recipe in mergekit's own language, and mergekit's rule for reading its parameters.
+
+A `Recipe` holds exactly what a mergekit YAML holds (method, models or slices, base model, dtype,
+parameters) as plain data, so it dumps to a YAML that `mergekit-yaml` accepts and loads back
+unchanged. Parameter settings stay in mergekit's raw form: a scalar, a gradient (a list of anchors)
+or a list of `{filter, value}` entries; `evaluate_setting` reads one for a tensor at a depth.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from evomerge.errors import RecipeError
+
+Scalar = Union[bool, int, float, str]
+Setting = Any  # Scalar | list[Scalar] | {filter, value} | list[{filter, value}]
+
+# Numeric ranges mergekit itself does not check but that make no sense to merge with.
+PARAMETER_RANGES: dict[str, tuple[float, float, bool]] = {
+    # name: (low, high, low_inclusive)
+    "t": (0.0, 1.0, True),
+    "density": (0.0, 1.0, False),
+    "epsilon": (0.0, 1.0, True),
+    "gamma": (0.0, 1.0, True),
+}
+
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+class ModelEntry(BaseModel):
+    """One input model of a `models:` recipe, with its per-model parameters (weight, density)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    parameters: Optional[dict[str, Setting]] = None
+
+
+class SliceSource(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str
+    layer_range: tuple[int, int]
+    parameters: Optional[dict[str, Setting]] = None
+
+
+class OutputSlice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sources: list[SliceSource]
+    base_model: Optional[str] = None
+    parameters: Optional[dict[str, Setting]] = None
+
+
+class Recipe(BaseModel):
+    """A mergekit merge configuration. Field names and meaning are mergekit's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    merge_method: str
+    base_model: Optional[str] = None
+    models: Optional[list[ModelEntry]] = None
+    slices: Optional[list[OutputSlice]] = None
+    parameters: Optional[dict[str, Setting]] = None
+    dtype: Optional[str] = None
+    out_dtype: Optional[str] = None
+    tokenizer_source: Optional[str] = None
+    tokenizer: Optional[dict[str, Any]] = None
+    chat_template: Optional[str] = None
+
+    def model_post_init(self, _context: Any) -> None:
+        if bool(self.models) == bool(self.slices):
+            raise RecipeError("a recipe needs exactly one of 'models' or 'slices'")
+        for dtype in (self.dtype, self.out_dtype):
+            if dtype is not None and dtype not in DTYPES:
+                raise RecipeError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+        for where, settings in self._all_settings():
+            for name, setting in settings.items():
+                _check_setting(name, setting, where)
+
+    # ----- construction and serialisation ---------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "recipe") -> "Recipe":
+        if not isinstance(data, dict):
+            raise RecipeError(f"{source}: expected a mapping of mergekit keys, got {type(data).__name__}")
+        if "modules" in data:
+            raise RecipeError(f"{source}: 'modules' recipes are not supported; use 'models' or 'slices'")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "recipe"
+            raise RecipeError(f"{source}: {where}: {first['msg']}") from None
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "recipe") -> "Recipe":
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise RecipeError(f"{source}:{line}: malformed YAML: {problem}") from None
+        return cls.from_dict(data, source)
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> "Recipe":
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe file not found: {path}")
+        return cls.from_yaml(path.read_text(encoding="utf-8"), source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+    def to_yaml(self) -> str:
+        return yaml.dump(self.to_dict(), Dumper=_RecipeDumper, sort_keys=False, allow_unicode=True)
+
+    def save(self, path: Union[str, Path]) -> None:
+        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+
+    def to_mergekit(self):
+        """Validate with mergekit's own parser; returns a `mergekit.config.MergeConfiguration`."""
+        from mergekit.config import MergeConfiguration
+
+        try:
+            return MergeConfiguration.model_validate(self.to_dict())
+        except (ValidationError, RuntimeError) as error:
+            raise RecipeError(f"mergekit rejects the recipe: {error}") from None
+
+    # ----- queries --------------------------------------------------------------------------
+
+    @property
+    def model_names(self) -> list[str]:
+        """Input models in mergekit's order: as listed, then the base if it was not listed."""
+        if self.models:
+            names = [entry.model for entry in self.models]
+        else:
+            names = [source.model for source in self.slices[0].sources]
+        if self.base_model and self.base_model not in names:
+            names.append(self.base_model)
+        return names
+
+    def with_models(self, renames: dict[str, str]) -> "Recipe":
+        """A copy with model references replaced (placeholder paths → real parents)."""
+        data = self.to_dict()
+
+        def rename(node: Any) -> Any:
+            if isinstance(node, dict):
+                return {
+                    key: (renames.get(value, value) if key in ("model", "base_model") else rename(value))
+                    for key, value in node.items()
+                }
+            if isinstance(node, list):
+                return [rename(item) for item in node]
+            return node
+
+        return Recipe.from_dict(rename(data))
+
+    def parameter_sources(
+        self, model: Optional[str] = None, slice_index: int = 0
+    ) -> list[dict[str, Setting]]:
+        """Settings from highest to lowest precedence, as mergekit's ConfigReader yields them."""
+        sources: list[Optional[dict[str, Setting]]] = []
+        if self.models:
+            if model is not None:
+                sources += [entry.parameters for entry in self.models if entry.model == model]
+        else:
+            out_slice = self.slices[slice_index]
+            if model is not None:
+                sources += [src.parameters for src in out_slice.sources if src.model == model]
+            sources.append(out_slice.parameters)
+        sources.append(self.parameters)
+        return [source for source in sources if source is not None]
+
+    def parameter(
+        self,
+        name: str,
+        tensor_name: str,
+        position: float = 0.0,
+        model: Optional[str] = None,
+        slice_index: int = 0,
+    ) -> Any:
+        """The value mergekit uses for `name` on `tensor_name` at depth `position`, or None if unset.
+
+        `model` asks for a per-model parameter (weight, density); without it, only the shared
+        (slice and global) settings are read, as mergekit does for shared parameters.
+        """
+        for settings in self.parameter_sources(model, slice_index):
+            if name in settings:
+                value = evaluate_setting(settings[name], tensor_name, position)
+                if value is not None:
+                    return value
+        return None
+
+    def _all_settings(self) -> Iterator[tuple[str, dict[str, Setting]]]:
+        if self.parameters:
+            yield "parameters", self.parameters
+        for entry in self.models or []:
+            if entry.parameters:
+                yield f"models[{entry.model}].parameters", entry.parameters
+        for index, out_slice in enumerate(self.slices or []):
+            if out_slice.parameters:
+                yield f"slices[{index}].parameters", out_slice.parameters
+            for source in out_slice.sources:
+                if source.parameters:
+                    yield f"slices[{index}].sources[{source.model}].parameters", source.parameters
+
+
+def layer_position(layer_in_slice: int, slice_length: int) -> float:
+    """Where a layer sits in its slice for gradients: i/(L-1), and 1 for a one-layer slice."""
+    return layer_in_slice / (slice_length - 1) if slice_length > 1 else 1.0
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (bool, int, float, str))
+
+
+def evaluate_setting(setting: Setting, tensor_name: str, position: float = 0.0) -> Any:
+    """mergekit's rule: first matching filter wins; numeric gradients interpolate linearly
+    between evenly spaced anchors at `position` in [0, 1]; other lists step."""
+    if isinstance(setting, dict):
+        setting = [setting]
+    if _is_scalar(setting):
+        return setting
+    if not isinstance(setting, list) or not setting:
+        return None
+    if all(_is_scalar(item) for item in setting):
+        if not all(_is_number(item) for item in setting):
+            return setting[int(position * (len(setting) - 1))]
+        scaled = position * (len(setting) - 1)
+        i0 = int(scaled)
+        i1 = min(len(setting) - 1, i0 + 1)
+        frac = scaled - i0
+        return (1 - frac) * float(setting[i0]) + frac * float(setting[i1])
+    for entry in setting:
+        filter_ = entry.get("filter")
+        if filter_ is None or filter_ == "*" or (tensor_name and filter_ in tensor_name):
+            return evaluate_setting(entry["value"], tensor_name, position)
+    return None
+
+
+def _check_setting(name: str, setting: Setting, where: str) -> None:
+    """Reject shapes mergekit would not parse and numbers outside the parameter's range."""
+    label = f"{where}.{name}"
+    entries = setting if isinstance(setting, list) else [setting]
+    if isinstance(setting, list) and not setting:
+        raise RecipeError(f"{label}: empty list")
+    if all(isinstance(entry, dict) for entry in entries):
+        for entry in entries:
+            unknown = set(entry) - {"filter", "value"}
+            if "value" not in entry or unknown:
+                raise RecipeError(f"{label}: a filtered entry needs 'value' and optionally 'filter'")
+            if entry.get("filter") is not None and not isinstance(entry["filter"], str):
+                raise RecipeError(f"{label}: filter must be a string")
+            _check_leaf_values(name, entry["value"], label)
+        return
+    if isinstance(setting, list) and any(isinstance(entry, dict) for entry in setting):
+        raise RecipeError(f"{label}: do not mix filtered entries and plain values in one list")
+    _check_leaf_values(name, setting, label)
+
+
+def _check_leaf_values(name: str, value: Setting, label: str) -> None:
+    values = value if isinstance(value, list) else [value]
+    if isinstance(value, list) and not value:
+        raise RecipeError(f"{label}: empty gradient")
+    for item in values:
+        if not _is_scalar(item):
+            raise RecipeError(f"{label}: expected a number or a list of numbers, got {item!r}")
+        if _is_number(item):
+            if not math.isfinite(item):
+                raise RecipeError(f"{label}: {item} is not a finite number")
+            if name in PARAMETER_RANGES:
+                low, high, low_inclusive = PARAMETER_RANGES[name]
+                too_low = item < low if low_inclusive else item <= low
+                if too_low or item > high:
+                    bracket = "[" if low_inclusive else "("
+                    raise RecipeError(f"{label}: {name}={item} is outside {bracket}{low:g}, {high:g}]")
+
+
+class _RecipeDumper(yaml.SafeDumper):
+    """Numeric lists in flow style (`[0, 0.5, 1]`), like mergekit's own dumper."""
+
+    def represent_list(self, data: list) -> yaml.SequenceNode:
+        flow = all(_is_number(item) for item in data)
+        return self.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+    def represent_tuple(self, data: tuple) -> yaml.SequenceNode:
+        return self.represent_list(list(data))
+
+
+_RecipeDumper.add_representer(list, _RecipeDumper.represent_list)
+_RecipeDumper.add_representer(tuple, _RecipeDumper.represent_tuple)

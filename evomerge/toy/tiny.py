@@ -1,0 +1,125 @@
+"""Tiny Hugging Face checkpoints made locally (random init, no download): tests, perf and examples.
+
+`make_family` writes a base model and children that differ from it by small perturbations, as
+fine-tuned children differ from their base, each with a word-level tokenizer of its own vocabulary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+
+ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma")
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|> {{ message['content'] }} {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def tiny_config(
+    arch: str = "llama",
+    *,
+    vocab_size: int = 128,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    tie_word_embeddings: Optional[bool] = None,
+):
+    """A transformers config of a small decoder of the given architecture."""
+    from transformers import GemmaConfig, LlamaConfig, MistralConfig, Qwen2Config
+
+    classes = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "gemma": GemmaConfig}
+    if arch not in classes:
+        raise ValueError(f"unknown tiny architecture {arch!r}; choose from {', '.join(classes)}")
+    kwargs = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        head_dim=hidden_size // num_heads,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    if tie_word_embeddings is not None:
+        kwargs["tie_word_embeddings"] = tie_word_embeddings
+    return classes[arch](**kwargs)
+
+
+def save_word_tokenizer(out: Union[str, Path], vocab_size: int, chat_template: Optional[str] = None) -> None:
+    """A whitespace word-level tokenizer with `vocab_size` entries (special tokens, then words)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    words = [f"w{i}" for i in range(vocab_size - len(specials))]
+    vocab = {token: index for index, token in enumerate(specials + words)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(str(out))
+
+
+def make_checkpoint(
+    out: Union[str, Path],
+    config,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    from_state: Optional[dict[str, torch.Tensor]] = None,
+    noise: float = 0.0,
+    max_shard_size: Optional[str] = None,
+    chat_template: Optional[str] = None,
+) -> dict[str, torch.Tensor]:
+    """Write a model folder (config, safetensors, tokenizer). With `from_state`, the weights are
+    that state plus Gaussian noise of relative size `noise` (a "fine-tuned child")."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if from_state is not None:
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, tensor in model.state_dict().items():
+                if name in from_state and tensor.is_floating_point():
+                    source = from_state[name].float()
+                    scale = noise * (source.std().item() if source.numel() > 1 else 1.0)
+                    tensor.copy_(source + scale * torch.randn(source.shape, generator=generator))
+    model = model.to(dtype)
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    model.save_pretrained(str(out), **kwargs)
+    save_word_tokenizer(out, config.vocab_size, chat_template)
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+
+
+def make_family(
+    root: Union[str, Path],
+    arch: str = "llama",
+    *,
+    children: Sequence[str] = ("child",),
+    noise: float = 0.05,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    **config_kwargs,
+) -> dict[str, Path]:
+    """A base folder and child folders perturbed from it; returns {name: path} with "base" first."""
+    root = Path(root)
+    config = tiny_config(arch, **config_kwargs)
+    paths = {"base": root / "base"}
+    base_state = make_checkpoint(paths["base"], config, seed=seed, dtype=dtype, chat_template=CHAT_TEMPLATE)
+    for index, child in enumerate(children):
+        paths[child] = root / child
+        make_checkpoint(paths[child], config, seed=seed + 1 + index, dtype=dtype, from_state=base_state, noise=noise)
+    return paths
