@@ -298,3 +298,25 @@ class _RecipeDumper(yaml.SafeDumper):
 
 _RecipeDumper.add_representer(list, _RecipeDumper.represent_list)
 _RecipeDumper.add_representer(tuple, _RecipeDumper.represent_tuple)
+
+
+# The source paper's hand-made schedule (Lu, Luu & Buehler 2024): SLERP with the Instruct model
+# as base, attention moving from Instruct to the child with depth and the MLPs the other way.
+PAPER_T = [
+    {"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
+    {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]},
+    {"value": 0.5},
+]
+
+
+def paper_recipe(instruct: str = "./instruct", fine_tuned: str = "./fine-tuned", dtype: str = "bfloat16") -> Recipe:
+    """The paper's SLERP recipe for an Instruct parent and a fine-tuned child."""
+    return Recipe.from_dict(
+        {
+            "merge_method": "slerp",
+            "base_model": instruct,
+            "models": [{"model": instruct}, {"model": fine_tuned}],
+            "parameters": {"t": PAPER_T},
+            "dtype": dtype,
+        }
+    )

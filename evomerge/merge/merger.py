@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 
 from evomerge.errors import ParentError, RecipeError
-from evomerge.merge import methods
+from evomerge.merge import fused, methods
 from evomerge.merge.parents import Parent, ParentInfo, check_parents, inspect_parent, layer_index, load_parent
 from evomerge.recipe import Recipe, layer_position
 
@@ -98,7 +98,7 @@ class Merger:
         first_layer_at = next((i for i, n in enumerate(self.tensor_names) if self._layer_of[n] is not None), 0)
         self._is_pre_weight = {name: i < first_layer_at for i, name in enumerate(self.tensor_names)}
         self._scratch = methods.ChunkScratch()
-        self._slerp_geometry: dict[tuple[str, str], dict[str, methods.SlerpGeometry]] = {}
+        self._slerp_geometry: dict[tuple[str, str], tuple[dict[str, int], methods.SlerpGeometry]] = {}
         self._deltas: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
         self._orders: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
         self.apply_count = 0
@@ -185,22 +185,28 @@ class Merger:
     # ----- fast paths ----------------------------------------------------------------------
 
     def _apply_slerp(self, plans: list[TensorPlan], base: str, other: str) -> None:
-        geometry = self._slerp_geometry.get((base, other))
-        if geometry is None:
-            geometry = {
-                name: methods.slerp_geometry(self.parents[base].tensors[name], self.parents[other].tensors[name])
-                for name in self.tensor_names
-                if self.parents[base].tensors[name].is_floating_point()
-            }
-            self._slerp_geometry[(base, other)] = geometry
+        if (base, other) not in self._slerp_geometry:
+            names = [n for n in self.tensor_names if self.parents[base].tensors[n].is_floating_point()]
+            geometries = [methods.slerp_geometry(self.parents[base].tensors[n], self.parents[other].tensors[n]) for n in names]
+            self._slerp_geometry[(base, other)] = ({n: i for i, n in enumerate(names)}, methods.stack_geometries(geometries))
+        rows, geometry = self._slerp_geometry[(base, other)]
+        floating = [plan for plan in plans if plan.name in rows]
         for plan in plans:
-            a, b = self.parents[base].tensors[plan.name], self.parents[other].tensors[plan.name]
-            target = self._targets[plan.name]
-            if plan.name not in geometry:
-                target.copy_(_agreed_buffer([a, b], plan.name))
-                continue
-            c0, c1 = methods.slerp_coefficients(plan.shared["t"], geometry[plan.name])
-            methods.weighted_pair_into(target, a, b, c0, c1, self._scratch)
+            if plan.name not in rows:
+                tensors = [self.parents[m].tensors[plan.name] for m in (base, other)]
+                self._targets[plan.name].copy_(_agreed_buffer(tensors, plan.name))
+        t_by_row = [0.0] * len(rows)
+        for plan in floating:
+            t_by_row[rows[plan.name]] = plan.shared["t"]
+        c0_by_row, c1_by_row = methods.slerp_coefficients(t_by_row, geometry)
+        outs = [self._targets[plan.name] for plan in floating]
+        firsts = [self.parents[base].tensors[plan.name] for plan in floating]
+        seconds = [self.parents[other].tensors[plan.name] for plan in floating]
+        c0s = [c0_by_row[rows[plan.name]] for plan in floating]
+        c1s = [c1_by_row[rows[plan.name]] for plan in floating]
+        if not fused.weighted_pairs(outs, firsts, seconds, c0s, c1s):
+            for target, a, b, c0, c1 in zip(outs, firsts, seconds, c0s, c1s):
+                methods.weighted_pair_into(target, a, b, c0, c1, self._scratch)
 
     def _apply_linear(self, plans: list[TensorPlan], models: list[str]) -> None:
         for plan in plans:

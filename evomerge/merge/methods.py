@@ -66,14 +66,20 @@ def slerp_geometry(v0: torch.Tensor, v1: torch.Tensor) -> SlerpGeometry:
     return SlerpGeometry(theta, linear)
 
 
-def slerp_coefficients(t: float, geometry: SlerpGeometry) -> tuple[float, float]:
-    """(c0, c1) with slerp(t) = c0·v0 + c1·v1 on the unnormalised tensors, in mergekit's precision."""
+def stack_geometries(geometries: Sequence[SlerpGeometry]) -> SlerpGeometry:
+    """Many tensors' geometry as (n, 1) columns, so one trial's coefficients take a few ops."""
+    return SlerpGeometry(torch.cat([g.theta for g in geometries]), torch.cat([g.linear for g in geometries]))
+
+
+def slerp_coefficients(t: Sequence[float], geometry: SlerpGeometry) -> tuple[list[float], list[float]]:
+    """(c0, c1) per tensor with slerp(t) = c0·v0 + c1·v1 on the unnormalised tensors, with
+    mergekit's formula and precision; `geometry` may be stacked, one row per tensor."""
     theta = geometry.theta
-    t_tensor = torch.tensor([t], dtype=compute_dtype(theta.dtype)).reshape(-1, 1).to(theta.device)
+    t_column = torch.tensor(list(t), dtype=theta.dtype).reshape(-1, 1).to(theta.device)
     sin_theta = torch.sin(theta)
-    coef_a = torch.where(geometry.linear, 1 - t_tensor, torch.sin((1 - t_tensor) * theta) / sin_theta)
-    coef_b = torch.where(geometry.linear, t_tensor, torch.sin(t_tensor * theta) / sin_theta)
-    return coef_a.item(), coef_b.item()
+    coef_a = torch.where(geometry.linear, 1 - t_column, torch.sin((1 - t_column) * theta) / sin_theta)
+    coef_b = torch.where(geometry.linear, t_column, torch.sin(t_column * theta) / sin_theta)
+    return coef_a.reshape(-1).tolist(), coef_b.reshape(-1).tolist()
 
 
 class ChunkScratch:

@@ -1,0 +1,131 @@
+"""Write a merged model folder (config, safetensors, tokenizer, recipe), all or nothing.
+
+Both engines write into a temporary folder beside the destination and rename it into place at the
+end, so a failed or interrupted merge leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+import torch
+
+from evomerge.errors import EvomergeError
+from evomerge.merge.merger import DTYPES, Merger, resolve_device
+from evomerge.merge.parents import ParentInfo, check_parents, inspect_parent
+from evomerge.recipe import Recipe
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+RECIPE_FILE = "mergekit_config.yml"
+
+
+def check_output(out: Union[str, Path], overwrite: bool) -> Path:
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise EvomergeError(f"output folder {out} exists and is not empty (pass --overwrite to replace it)")
+    return out
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder that replaces `out` only if the block finishes."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield staging
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def copy_tokenizer(source: ParentInfo, dest: Path) -> None:
+    """Tokenizer files of the base parent (of its base, for a LoRA adapter without them)."""
+    folders = [source.path] + ([source.adapter_base.path] if source.adapter_base is not None else [])
+    for folder in folders:
+        present = [name for name in TOKENIZER_FILES if (folder / name).is_file()]
+        if present:
+            for name in present:
+                shutil.copy2(folder / name, dest / name)
+            return
+
+
+def inspect_recipe_parents(recipe: Recipe, allow_pickle: bool = False, trust_remote_code: bool = False) -> list[ParentInfo]:
+    """Inspect and check every parent a recipe names, before any weights are read."""
+    infos = [
+        inspect_parent(ref, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) for ref in recipe.model_names
+    ]
+    check_parents(infos)
+    return infos
+
+
+def write_with_evomerge(
+    recipe: Recipe,
+    out: Path,
+    *,
+    device: str = "auto",
+    seed: Optional[int] = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> Merger:
+    """Merge in memory with the evomerge engine and write the model folder."""
+    infos = inspect_recipe_parents(recipe, allow_pickle, trust_remote_code)
+    merger = Merger(infos, device=device, dtype=recipe.dtype, trust_remote_code=trust_remote_code)
+    merger.plan(recipe)  # every recipe error surfaces before the merge runs
+    model = merger.apply(recipe, seed=seed)
+    out_dtype = DTYPES[recipe.out_dtype] if recipe.out_dtype else None
+    state = {
+        name: (tensor.to(out_dtype) if out_dtype and tensor.is_floating_point() else tensor).detach().cpu()
+        for name, tensor in merger.merged_state_dict().items()
+    }
+    base = merger.infos[recipe.model_names.index(recipe.base_model)] if recipe.base_model else merger.infos[0]
+    with staged_folder(out) as staging:
+        if out_dtype is not None:
+            model.config.dtype = out_dtype
+        model.save_pretrained(str(staging), state_dict=state)
+        copy_tokenizer(base, staging)
+        recipe.save(staging / RECIPE_FILE)
+    return merger
+
+
+def write_with_mergekit(
+    recipe: Recipe,
+    out: Path,
+    *,
+    device: str = "auto",
+    seed: Optional[int] = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> None:
+    """Run mergekit's own `mergekit-yaml` pipeline on the recipe (the reference implementation)."""
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+
+    inspect_recipe_parents(recipe, allow_pickle, trust_remote_code)
+    config = recipe.to_mergekit()
+    options = MergeOptions(
+        device=str(resolve_device(device)),
+        random_seed=seed,
+        trust_remote_code=trust_remote_code,
+        lazy_unpickle=False,
+        quiet=True,
+    )
+    with staged_folder(out) as staging:
+        with torch.inference_mode(False):
+            run_merge(config, str(staging), options=options, config_source=recipe.to_yaml())
