@@ -84,9 +84,9 @@ def inspect_parent(
     path = Path(reference).expanduser()
     name = str(reference)
     if not path.exists():
-        raise ParentError(f"parent not found: {path}")
+        raise ParentError(f"parent not found: {reference}")
     if not path.is_dir():
-        raise ParentError(f"parent is not a folder: {path}")
+        raise ParentError(f"parent is not a folder: {reference}")
     if (path / ADAPTER_CONFIG).is_file():
         return _inspect_adapter(path, name, allow_pickle, trust_remote_code)
 

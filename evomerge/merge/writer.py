@@ -15,7 +15,7 @@ from typing import Iterator, Optional, Union
 import torch
 
 from evomerge.errors import EvomergeError
-from evomerge.merge.merger import DTYPES, Merger, resolve_device
+from evomerge.merge.merger import DTYPES, Merger, mergekit_method, resolve_device
 from evomerge.merge.parents import ParentInfo, check_parents, inspect_parent
 from evomerge.recipe import Recipe
 
@@ -85,6 +85,7 @@ def write_with_evomerge(
     trust_remote_code: bool = False,
 ) -> Merger:
     """Merge in memory with the evomerge engine and write the model folder."""
+    mergekit_method(recipe.merge_method)
     infos = inspect_recipe_parents(recipe, allow_pickle, trust_remote_code)
     merger = Merger(infos, device=device, dtype=recipe.dtype, trust_remote_code=trust_remote_code)
     merger.plan(recipe)  # every recipe error surfaces before the merge runs
@@ -117,6 +118,7 @@ def write_with_mergekit(
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
+    mergekit_method(recipe.merge_method)
     inspect_recipe_parents(recipe, allow_pickle, trust_remote_code)
     config = recipe.to_mergekit()
     options = MergeOptions(
