@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -30,6 +30,17 @@ PARAMETER_RANGES: dict[str, tuple[float, float, bool]] = {
 }
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def coerce_number(value: Any) -> Any:
+    """A numeric string (YAML reads `1e-1` as a string) as a float, as mergekit's float
+    parameters validate it; anything else unchanged."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 class ModelEntry(BaseModel):
@@ -90,6 +101,8 @@ class Recipe(BaseModel):
             raise RecipeError(f"{source}: 'modules' recipes are not supported; use 'models' or 'slices'")
         try:
             return cls.model_validate(data)
+        except RecipeError as error:
+            raise RecipeError(f"{source}: {error}") from None
         except ValidationError as error:
             first = error.errors()[0]
             where = ".".join(str(part) for part in first["loc"]) or "recipe"
@@ -183,6 +196,7 @@ class Recipe(BaseModel):
         position: float = 0.0,
         model: Optional[str] = None,
         slice_index: int = 0,
+        validate: Callable[[Any], Any] = coerce_number,
     ) -> Any:
         """The value mergekit uses for `name` on `tensor_name` at depth `position`, or None if unset.
 
@@ -191,7 +205,7 @@ class Recipe(BaseModel):
         """
         for settings in self.parameter_sources(model, slice_index):
             if name in settings:
-                value = evaluate_setting(settings[name], tensor_name, position)
+                value = evaluate_setting(settings[name], tensor_name, position, validate)
                 if value is not None:
                     return value
         return None
@@ -223,27 +237,31 @@ def _is_scalar(value: Any) -> bool:
     return isinstance(value, (bool, int, float, str))
 
 
-def evaluate_setting(setting: Setting, tensor_name: str, position: float = 0.0) -> Any:
+def evaluate_setting(
+    setting: Setting, tensor_name: str, position: float = 0.0, validate: Callable[[Any], Any] = coerce_number
+) -> Any:
     """mergekit's rule: first matching filter wins; numeric gradients interpolate linearly
-    between evenly spaced anchors at `position` in [0, 1]; other lists step."""
+    between evenly spaced anchors at `position` in [0, 1]; other lists step. `validate` converts
+    each value as the parameter's type does (mergekit validates before interpolating)."""
     if isinstance(setting, dict):
         setting = [setting]
     if _is_scalar(setting):
-        return setting
+        return validate(setting)
     if not isinstance(setting, list) or not setting:
         return None
     if all(_is_scalar(item) for item in setting):
-        if not all(_is_number(item) for item in setting):
-            return setting[int(position * (len(setting) - 1))]
-        scaled = position * (len(setting) - 1)
+        values = [validate(item) for item in setting]
+        if not all(_is_number(value) for value in values):
+            return values[int(position * (len(values) - 1))]
+        scaled = position * (len(values) - 1)
         i0 = int(scaled)
-        i1 = min(len(setting) - 1, i0 + 1)
+        i1 = min(len(values) - 1, i0 + 1)
         frac = scaled - i0
-        return (1 - frac) * float(setting[i0]) + frac * float(setting[i1])
+        return validate((1 - frac) * values[i0] + frac * values[i1])
     for entry in setting:
         filter_ = entry.get("filter")
         if filter_ is None or filter_ == "*" or (tensor_name and filter_ in tensor_name):
-            return evaluate_setting(entry["value"], tensor_name, position)
+            return evaluate_setting(entry["value"], tensor_name, position, validate)
     return None
 
 
@@ -274,6 +292,7 @@ def _check_leaf_values(name: str, value: Setting, label: str) -> None:
     for item in values:
         if not _is_scalar(item):
             raise RecipeError(f"{label}: expected a number or a list of numbers, got {item!r}")
+        item = coerce_number(item)
         if _is_number(item):
             if not math.isfinite(item):
                 raise RecipeError(f"{label}: {item} is not a finite number")

@@ -7,11 +7,14 @@ and every checkpoint is made locally by `evomerge.toy.tiny`.
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# hypothesis keeps a cache of constants; keep it out of the repository.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "evomerge-hypothesis"))
 
 import json
 import subprocess
@@ -21,6 +24,11 @@ from typing import Optional, Sequence
 
 import pytest
 import torch
+from hypothesis import settings
+
+# No example database written into the repository; examples are drawn from fixed seeds per test.
+settings.register_profile("evomerge", database=None, deadline=None, derandomize=True)
+settings.load_profile("evomerge")
 
 from evomerge.toy.tiny import make_family
 

@@ -92,11 +92,14 @@ class Merger:
             info.name: load_parent(info, dtype=self.dtype, device=self.device) for info in infos
         }
         self.model = self._build_resident_model(infos[0])
-        self.tensor_names = list(infos[0].shapes)
+        # The model's own order (embeddings, layers, final norm, head), not the file's alphabetical
+        # one, tells which tensors mergekit plans before the layers and which after.
+        model_order = [name for name in self.model.state_dict() if name in infos[0].shapes]
+        self.tensor_names = model_order
         self._layer_of = {name: layer_index(name) for name in self.tensor_names}
         self.num_layers = infos[0].num_layers
-        first_layer_at = next((i for i, n in enumerate(self.tensor_names) if self._layer_of[n] is not None), 0)
-        self._is_pre_weight = {name: i < first_layer_at for i, name in enumerate(self.tensor_names)}
+        first_layer_at = next((i for i, n in enumerate(model_order) if self._layer_of[n] is not None), 0)
+        self._is_pre_weight = {name: i < first_layer_at for i, name in enumerate(model_order)}
         self._scratch = methods.ChunkScratch()
         self._slerp_geometry: dict[tuple[str, str], tuple[dict[str, int], methods.SlerpGeometry]] = {}
         self._deltas: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
@@ -288,16 +291,16 @@ class Merger:
         return next(ref for ref in recipe.model_names if self.parent_name(ref) == parent)
 
     def _resolve(self, recipe: Recipe, spec, tensor_name: str, position: float, slice_index: int, model: Optional[str]):
-        value = recipe.parameter(spec.name, tensor_name, position, model=model, slice_index=slice_index)
-        if value is None:
-            if spec.required:
-                whose = f" for {model}" if model else ""
-                raise RecipeError(f"{recipe.merge_method} needs parameter {spec.name!r}{whose} (no value for {tensor_name})")
-            value = spec.default
         try:
-            return spec.validate(value)
-        except Exception as error:
-            raise RecipeError(f"parameter {spec.name!r} = {value!r} is not valid: {error}") from None
+            value = recipe.parameter(spec.name, tensor_name, position, model, slice_index, validate=spec.validate)
+            if value is None:
+                if spec.required:
+                    whose = f" for {model}" if model else ""
+                    raise RecipeError(f"{recipe.merge_method} needs parameter {spec.name!r}{whose} (no value for {tensor_name})")
+                value = spec.validate(spec.default)
+            return value
+        except ValueError as error:  # pydantic's ValidationError is a ValueError
+            raise RecipeError(f"parameter {spec.name!r} is not valid for {tensor_name}: {error.errors()[0]['msg'] if hasattr(error, 'errors') else error}") from None
 
     def _slice_layout(self, recipe: Recipe) -> list[tuple[int, int]]:
         """Layer ranges of the output slices; the engine supports slices that keep layers in place."""
@@ -338,6 +341,7 @@ class Merger:
         with no_init_weights():
             model = AutoModelForCausalLM.from_config(config, dtype=self.dtype, trust_remote_code=self.trust_remote_code)
         model.to(self.device).eval().requires_grad_(False)
+        model.tie_weights()  # a tied lm_head is absent from the files and must share the embeddings
         state = model.state_dict()
         self._targets: dict[str, torch.Tensor] = {}
         first = next(iter(self.parents.values()))
