@@ -94,8 +94,8 @@ def main() -> None:
 
         a_sd = merger.parents[str(instruct)].tensors
         b_sd = merger.parents[str(child)].tensors
-        plans = merger.plan(recipe)
-        t_values = PerGroupValues([plan.shared["t"] for plan in plans])
+        t_by_name = {plan.name: plan.shared["t"] for plan in merger.plan(recipe)}
+        t_values = PerGroupValues([t_by_name[name] for name in a_sd])  # in the state dict's order
         mergekit_result = {}
 
         def run_mergekit() -> None:
