@@ -1,7 +1,7 @@
 """Tiny Hugging Face checkpoints made locally (random init, no download): tests, perf and examples.
 
 `make_family` writes a base model and children that differ from it by small perturbations, as
-fine-tuned children differ from their base, each with a word-level tokenizer of its own vocabulary.
+fine-tuned children differ from their base, each with a character-level tokenizer that fits the vocabulary.
 """
 
 from __future__ import annotations
@@ -54,16 +54,21 @@ def tiny_config(
     return classes[arch](**kwargs)
 
 
-def save_word_tokenizer(out: Union[str, Path], vocab_size: int, chat_template: Optional[str] = None) -> None:
-    """A whitespace word-level tokenizer with `vocab_size` entries (special tokens, then words)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def save_char_tokenizer(out: Union[str, Path], vocab_size: int, chat_template: Optional[str] = None) -> None:
+    """A character-level tokenizer: special tokens, every printable ASCII character, then filler
+    entries up to `vocab_size`, so any English prompt tokenises (no <unk> for letters or words)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<pad>", "<s>", "</s>", "<unk>"]
-    words = [f"w{i}" for i in range(vocab_size - len(specials))]
-    vocab = {token: index for index, token in enumerate(specials + words)}
+    characters = [chr(code) for code in range(32, 127)] + ["\n"]
+    if vocab_size < len(specials) + len(characters):
+        raise ValueError(f"a character tokenizer needs vocab_size >= {len(specials) + len(characters)}")
+    fillers = [f"<extra_{i}>" for i in range(vocab_size - len(specials) - len(characters))]
+    vocab = {token: index for index, token in enumerate(specials + characters + fillers)}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    backend.decoder = decoders.Fuse()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
@@ -100,7 +105,7 @@ def make_checkpoint(
     model = model.to(dtype)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(str(out), **kwargs)
-    save_word_tokenizer(out, config.vocab_size, chat_template)
+    save_char_tokenizer(out, config.vocab_size, chat_template)
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
 

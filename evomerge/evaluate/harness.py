@@ -1,0 +1,141 @@
+"""lm-eval as the objective: any lm-eval task scores the resident model, without reloading it.
+
+`--benchmark lm-eval:TASK` (with `--tasks-dir DIR` for custom task YAMLs) wraps the in-memory model
+in lm-eval's HFLM once and calls `simple_evaluate` per score; `fraction` becomes lm-eval's `limit`
+(the first ⌈f·n⌉ documents). Built-in tasks are indexed only when the task is not in `tasks_dir`.
+`export_lm_eval_task` writes a shipped benchmark as an lm-eval multiple_choice task whose
+accuracy equals the builtin `loglik` protocol's (same prompt, same options, same order).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Optional, Union
+
+import yaml
+
+from evomerge.errors import EvomergeError
+from evomerge.evaluate import protocol
+from evomerge.evaluate.benchmark import Benchmark, Item
+from evomerge.evaluate.scorer import ScoreResult, per_category_accuracy
+
+PREFIX = "lm-eval:"
+
+
+def is_lm_eval_spec(benchmark: str) -> bool:
+    return str(benchmark).startswith(PREFIX)
+
+
+def task_name_for(benchmark: Benchmark) -> str:
+    return "evomerge_" + re.sub(r"[^A-Za-z0-9_]", "_", benchmark.name)
+
+
+def export_lm_eval_task(benchmark: Benchmark, out_dir: Union[str, Path]) -> str:
+    """Write `benchmark` as an lm-eval task folder (YAML + JSONL in the benchmark's order); returns
+    the task name. Prompts are the paper's, without a chat template; options are letters or True/False."""
+    if any(item.type == "exact" for item in benchmark.items):
+        raise EvomergeError(f"{benchmark.name}: only mc and tf items can be exported as an lm-eval multiple_choice task")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = task_name_for(benchmark)
+    data_path = (out / f"{name}.jsonl").resolve()
+    with open(data_path, "w", encoding="utf-8") as handle:
+        for item in benchmark.items:
+            handle.write(json.dumps(_task_document(item)) + "\n")
+    config = {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data_path)}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "{{query}}",
+        "doc_to_choice": "choices",
+        "doc_to_target": "gold",
+        "target_delimiter": " ",
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+    }
+    (out / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return name
+
+
+def _task_document(item: Item) -> dict:
+    return {
+        "id": item.id,
+        "query": protocol.build_prompt(item),
+        "choices": list(item.options),
+        "gold": item.options.index(item.answer),
+        "category": item.category or "",
+    }
+
+
+class HarnessScorer:
+    """Scores a model through lm-eval's `simple_evaluate` on one task."""
+
+    def __init__(self, task: str, tokenizer, tasks_dir: Optional[Union[str, Path]] = None, batch_size: int = 16):
+        self.task = task[len(PREFIX) :] if is_lm_eval_spec(task) else task
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.task_manager = self._task_manager(tasks_dir)
+        self._wrapped: dict[int, object] = {}
+
+    def _task_manager(self, tasks_dir):
+        from lm_eval.tasks import TaskManager
+
+        if tasks_dir is not None:
+            if not Path(tasks_dir).is_dir():
+                raise EvomergeError(f"--tasks-dir {tasks_dir} is not a folder")
+            # Indexing lm-eval's built-in tasks takes seconds: only do it for a built-in task.
+            custom = TaskManager(include_path=str(tasks_dir), include_defaults=False)
+            if self.task in custom.all_tasks:
+                return custom
+        manager = TaskManager(include_path=str(tasks_dir) if tasks_dir else None)
+        if self.task not in manager.all_tasks:
+            raise EvomergeError(f"lm-eval has no task {self.task!r}" + (f" (looked in {tasks_dir} too)" if tasks_dir else ""))
+        return manager
+
+    def _lm(self, model):
+        """One HFLM per resident model: the merge engine rewrites its weights in place."""
+        from lm_eval.models.huggingface import HFLM
+
+        key = id(model)
+        if key not in self._wrapped:
+            device = str(next(model.parameters()).device)
+            self._wrapped[key] = HFLM(pretrained=model, tokenizer=self.tokenizer, device=device, batch_size=self.batch_size)
+        return self._wrapped[key]
+
+    def score(self, model, fraction: float = 1.0) -> ScoreResult:
+        import time
+
+        from lm_eval import simple_evaluate
+
+        if not 0 < fraction <= 1:
+            raise EvomergeError(f"fraction must be in (0, 1], got {fraction}")
+        start = time.perf_counter()
+        output = simple_evaluate(
+            model=self._lm(model),
+            tasks=[self.task],
+            limit=fraction if fraction < 1 else None,
+            task_manager=self.task_manager,
+            log_samples=True,
+            bootstrap_iters=0,
+            verbosity="ERROR",
+        )
+        samples = sorted(output["samples"][self.task], key=lambda sample: sample["doc_id"])
+        correct = [bool(sample["acc"]) for sample in samples]
+        items = [_sample_item(sample) for sample in samples]
+        return ScoreResult(
+            accuracy=output["results"][self.task]["acc,none"],
+            n=len(samples),
+            per_category=per_category_accuracy(items, correct),
+            correct=correct,
+            item_ids=[item.id for item in items],
+            predictions=[None] * len(samples),
+            seconds=time.perf_counter() - start,
+        )
+
+
+def _sample_item(sample: dict) -> Item:
+    doc = sample.get("doc") or {}
+    return Item(str(doc.get("id", sample["doc_id"])), "", "mc", "", category=doc.get("category") or None)

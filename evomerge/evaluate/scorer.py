@@ -1,0 +1,232 @@
+"""Score a resident model on a benchmark: tokenise once, batch, decode only what an answer needs.
+
+`Scorer(benchmark, tokenizer, protocol, batch_size)` tokenises every item once; `score(model,
+fraction)` runs on whatever weights the model holds now (the merge engine rewrites them in place
+between trials) and returns accuracy, per-category accuracy and the per-item correctness vector.
+
+- `paper`: greedy decoding, batched and left-padded, with a KV cache; a row stops as soon as its
+  reply maps to an answer, the batch when every row has, and never after the longest option needs.
+- `loglik`: each option's log-likelihood after the same context, tokenised as lm-eval tokenises it.
+  When every option of an item is one token, one forward pass of the context scores them all.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+
+from evomerge.errors import EvomergeError
+from evomerge.evaluate import protocol
+from evomerge.evaluate.benchmark import Benchmark, Item
+
+DECODE_SLACK = 3  # tokens beyond the longest option: a leading space, "Answer:", a delimiter
+
+
+@dataclass
+class ScoreResult:
+    accuracy: float
+    n: int
+    per_category: dict[str, float]
+    correct: list[bool]  # per item, in the benchmark's order (for bootstrap intervals later)
+    item_ids: list[str]
+    predictions: list[Optional[str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Encoded:
+    """One item tokenised for the chosen protocol."""
+
+    prompt: list[int]  # paper: the prompt; loglik: the context
+    options: list[list[int]] = field(default_factory=list)  # loglik: continuation tokens per option
+
+
+class Scorer:
+    def __init__(
+        self,
+        benchmark: Benchmark,
+        tokenizer,
+        protocol: str = "paper",
+        batch_size: int = 16,
+        chat: Optional[bool] = None,
+        max_new_tokens: Optional[int] = None,
+    ):
+        if protocol not in ("paper", "loglik"):
+            raise EvomergeError(f"unknown protocol {protocol!r}; expected paper or loglik")
+        if protocol == "loglik" and any(item.type == "exact" for item in benchmark.items):
+            raise EvomergeError(f"{benchmark.name}: loglik scoring needs mc/tf items; exact items need --protocol paper")
+        self.benchmark = benchmark
+        self.tokenizer = tokenizer
+        self.protocol = protocol
+        self.batch_size = batch_size
+        self.chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
+        if self.chat and not getattr(tokenizer, "chat_template", None):
+            raise EvomergeError("--chat asked for, but the tokenizer has no chat template")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+        self.eos_ids = {tokenizer.eos_token_id} - {None}
+        self._encoded = [self._encode(item) for item in benchmark.items]
+        self.max_new_tokens = max_new_tokens or self._longest_answer_tokens() + DECODE_SLACK
+
+    # ----- public --------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def score(self, model, fraction: float = 1.0) -> ScoreResult:
+        start = time.perf_counter()
+        count = self.benchmark.count(fraction)
+        items = self.benchmark.items[:count]
+        device = next(model.parameters()).device
+        if self.protocol == "paper":
+            predictions = self._generate(model, list(range(count)), device)
+        else:
+            predictions = self._loglik(model, list(range(count)), device)
+        correct = [protocol.is_correct(item, pred) for item, pred in zip(items, predictions)]
+        return ScoreResult(
+            accuracy=sum(correct) / count,
+            n=count,
+            per_category=per_category_accuracy(items, correct),
+            correct=correct,
+            item_ids=[item.id for item in items],
+            predictions=predictions,
+            seconds=time.perf_counter() - start,
+        )
+
+    # ----- tokenisation (once) ------------------------------------------------------------
+
+    def _encode(self, item: Item) -> _Encoded:
+        prompt_text = protocol.build_prompt(item, self.tokenizer, self.chat)
+        if self.protocol == "paper":
+            return _Encoded(self._tokens(prompt_text))
+        context, options = lm_eval_split(self.tokenizer, prompt_text, protocol.continuations(item))
+        return _Encoded(context, options)
+
+    def _tokens(self, text: str) -> list[int]:
+        # A chat template already starts with BOS; do not add a second one.
+        return self.tokenizer.encode(text, add_special_tokens=not self.chat)
+
+    def _longest_answer_tokens(self) -> int:
+        longest = 1
+        for item in self.benchmark.items:
+            answers = list(item.options) or [item.answer, *item.aliases]
+            for answer in answers:
+                longest = max(longest, len(self.tokenizer.encode(" " + answer, add_special_tokens=False)))
+        return longest
+
+    # ----- paper protocol: greedy decoding ------------------------------------------------
+
+    def _generate(self, model, indices: list[int], device) -> list[Optional[str]]:
+        predictions: dict[int, Optional[str]] = {}
+        for batch in self._batches(indices, lambda i: len(self._encoded[i].prompt)):
+            replies = self._decode_batch(model, batch, device)
+            for index, reply in zip(batch, replies):
+                predictions[index] = protocol.parse_reply(reply, self.benchmark.items[index])
+        return [predictions[i] for i in indices]
+
+    def _decode_batch(self, model, batch: list[int], device) -> list[str]:
+        items = [self.benchmark.items[i] for i in batch]
+        input_ids, attention_mask = self._left_pad([self._encoded[i].prompt for i in batch], device)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
+        generated: list[list[int]] = [[] for _ in batch]
+        finished = [False] * len(batch)
+        for _ in range(self.max_new_tokens):
+            next_tokens = output.logits[:, -1, :].argmax(dim=-1)
+            for row, token in enumerate(next_tokens.tolist()):
+                if finished[row]:
+                    continue
+                if token in self.eos_ids:
+                    finished[row] = True
+                    continue
+                generated[row].append(token)
+                reply = self.tokenizer.decode(generated[row], skip_special_tokens=True)
+                finished[row] = protocol.reply_is_complete(reply, items[row])
+            if all(finished):
+                break
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(batch), 1))], dim=1)
+            position_ids = position_ids[:, -1:] + 1
+            output = model(
+                input_ids=next_tokens.unsqueeze(1),
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=output.cache,
+                use_cache=True,
+            )
+        return [self.tokenizer.decode(tokens, skip_special_tokens=True) for tokens in generated]
+
+    # ----- loglik protocol ----------------------------------------------------------------
+
+    def _loglik(self, model, indices: list[int], device) -> list[Optional[str]]:
+        # Requests: (item index, option index or None for "all single-token options", tokens, targets)
+        requests = []
+        for index in indices:
+            encoded = self._encoded[index]
+            if all(len(option) == 1 for option in encoded.options):
+                requests.append((index, None, encoded.prompt, [option[0] for option in encoded.options]))
+            else:
+                for option_index, option in enumerate(encoded.options):
+                    requests.append((index, option_index, (encoded.prompt + option)[:-1], option))
+        scores: dict[int, list[float]] = {i: [0.0] * len(self._encoded[i].options) for i in indices}
+        for batch in self._batches(list(range(len(requests))), lambda r: len(requests[r][2])):
+            chosen = [requests[r] for r in batch]
+            input_ids, attention_mask = self._left_pad([tokens for _, _, tokens, _ in chosen], device)
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            keep = max(len(targets) if option is not None else 1 for _, option, _, targets in chosen)
+            logits = model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=keep
+            ).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            for row, (index, option, _, targets) in enumerate(chosen):
+                if option is None:  # every option is one token: read them all at the last position
+                    last = logprobs[row, -1]
+                    scores[index] = [last[token].item() for token in targets]
+                else:
+                    positions = logprobs[row, keep - len(targets) :]
+                    scores[index][option] = sum(positions[i, t].item() for i, t in enumerate(targets))
+        predictions = []
+        for index in indices:
+            item_scores = scores[index]
+            best = max(range(len(item_scores)), key=lambda k: item_scores[k])  # first max, as argmax
+            predictions.append(self.benchmark.items[index].options[best])
+        return predictions
+
+    # ----- batching -----------------------------------------------------------------------
+
+    def _batches(self, indices: list[int], length) -> list[list[int]]:
+        """Similar lengths together (less padding), in a deterministic order."""
+        ordered = sorted(indices, key=lambda i: (length(i), i))
+        return [ordered[i : i + self.batch_size] for i in range(0, len(ordered), self.batch_size)]
+
+    def _left_pad(self, sequences: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in sequences)
+        input_ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, tokens in enumerate(sequences):
+            input_ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+            attention_mask[row, width - len(tokens) :] = 1
+        return input_ids.to(device), attention_mask.to(device)
+
+
+def lm_eval_split(tokenizer, context: str, options: list[str]) -> tuple[list[int], list[list[int]]]:
+    """Context and continuation tokens exactly as lm-eval's HFLM makes them: trailing spaces of the
+    context move to the continuation; the whole string is encoded, then the context's tokens split off."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        options = [context[-spaces:] + option for option in options]
+        context = context[:-spaces]
+    context_tokens = tokenizer.encode(context)
+    option_tokens = [tokenizer.encode(context + option)[len(context_tokens) :] for option in options]
+    return context_tokens, option_tokens
+
+
+def per_category_accuracy(items: list[Item], correct: list[bool]) -> dict[str, float]:
+    totals: dict[str, list[int]] = {}
+    for item, ok in zip(items, correct):
+        if item.category:
+            hit, count = totals.setdefault(item.category, [0, 0])
+            totals[item.category] = [hit + int(ok), count + 1]
+    return {category: hit / count for category, (hit, count) in sorted(totals.items())}
