@@ -61,7 +61,9 @@ def quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    logging.getLogger("mergekit").setLevel(logging.ERROR)
+    os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's and datasets' bars; ours are rich's
+    for name in ("mergekit", "lm_eval", "lm-eval", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _version(value: bool) -> None:
@@ -142,6 +144,118 @@ def demo(
     verdict = "identical" if rows["identical"] else f"max |difference| {rows['max_abs_diff']:.3g}"
     stdout.print(f"Tensors of the two outputs: {verdict} ({rows['tensors']} tensors compared).")
     stdout.print(f"Recipe: {rows['recipe']}")
+
+
+class Protocol(str, Enum):
+    paper = "paper"
+    loglik = "loglik"
+
+
+class Backend(str, Enum):
+    builtin = "builtin"
+    lm_eval = "lm-eval"
+
+
+@app.command("eval")
+@user_errors
+def evaluate(
+    model: Path = typer.Option(..., "--model", "-m", help="A model folder (or a LoRA adapter folder)."),
+    benchmark: str = typer.Option(..., "--benchmark", "-b", help="A shipped benchmark's name, a JSONL path, or lm-eval:TASK."),
+    protocol: Protocol = typer.Option(Protocol.paper, help="paper: greedy answer as the paper scores it; loglik: option log-likelihood."),
+    fraction: float = typer.Option(1.0, help="Score the first ⌈f·n⌉ items of the benchmark's fixed order."),
+    backend: Backend = typer.Option(Backend.builtin, help="builtin scorer or lm-eval's simple_evaluate (loglik)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Use the tokenizer's chat template (default: when it has one)."),
+    batch_size: int = typer.Option(16, min=1, help="Items per forward pass."),
+    tasks_dir: Optional[Path] = typer.Option(None, help="Folder of custom lm-eval task YAMLs."),
+    holdout: float = typer.Option(0.0, help="Hold out this fraction of items (by id hash) and score only the rest."),
+    json_output: bool = typer.Option(False, "--json", help="End with one JSON line: accuracy, n, per_category, …"),
+    trust_remote_code: bool = typer.Option(False, help="Allow checkpoints that need custom model code."),
+) -> None:
+    """Score a model on a domain benchmark with the paper's protocol, log-likelihood, or lm-eval."""
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from evomerge.evaluate.models import load_for_eval
+    from evomerge.evaluate.objective import make_objective
+
+    if not 0 < fraction <= 1:
+        raise EvomergeError(f"--fraction must be in (0, 1], got {fraction}")
+    with console.status(f"Loading {model} …"):
+        loaded, tokenizer = load_for_eval(model, device, trust_remote_code)
+    objective = make_objective(
+        benchmark,
+        tokenizer,
+        protocol=protocol.value,
+        backend=backend.value,
+        batch_size=batch_size,
+        chat=chat,
+        tasks_dir=tasks_dir,
+        holdout=holdout,
+    )
+    if objective.backend == "builtin":
+        columns = (TextColumn("Scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("score", total=None)
+            result = objective.scorer.score(loaded, fraction, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    else:
+        with console.status("Scoring through lm-eval …"):
+            result = objective.scorer.score(loaded, fraction)
+    table = Table(title=f"{benchmark} · {objective.protocol} · {objective.backend}")
+    table.add_column("category")
+    table.add_column("accuracy", justify="right")
+    for category, accuracy in result.per_category.items():
+        table.add_row(category, f"{accuracy:.3f}")
+    table.add_row("[bold]all[/]", f"[bold]{result.accuracy:.3f}[/]")
+    stdout.print(table)
+    stdout.print(f"{result.n} items in {result.seconds:.1f} s ({result.n / max(result.seconds, 1e-9):.1f} items/s)")
+    if json_output:
+        summary = {
+            "accuracy": result.accuracy,
+            "n": result.n,
+            "per_category": result.per_category,
+            "seconds": round(result.seconds, 4),
+            "benchmark": benchmark,
+            "protocol": objective.protocol,
+            "backend": objective.backend,
+            "fraction": fraction,
+        }
+        print(json.dumps(summary))
+
+
+benchmark_app = typer.Typer(help="Shipped benchmarks: list them, export them as lm-eval tasks.", no_args_is_help=True)
+app.add_typer(benchmark_app, name="benchmark")
+
+
+@benchmark_app.command("list")
+@user_errors
+def benchmark_list() -> None:
+    """The benchmarks that ship with evomerge, with their size and categories."""
+    from evomerge.evaluate.benchmark import load_benchmark, shipped_benchmarks
+
+    table = Table()
+    for column in ("name", "items", "mc", "tf", "exact", "categories"):
+        table.add_column(column)
+    for name in shipped_benchmarks():
+        bench = load_benchmark(name)
+        counts = {kind: sum(item.type == kind for item in bench.items) for kind in ("mc", "tf", "exact")}
+        table.add_row(name, str(len(bench)), *(str(counts[k]) for k in ("mc", "tf", "exact")), ", ".join(bench.categories))
+    stdout.print(table)
+
+
+@benchmark_app.command("export")
+@user_errors
+def benchmark_export(
+    benchmark: str = typer.Argument(..., metavar="NAME|PATH", help="A shipped benchmark or a JSONL file."),
+    out: Path = typer.Argument(..., metavar="DIR", help="Folder for the task YAML and its data."),
+) -> None:
+    """Write a benchmark as an lm-eval multiple_choice task (same accuracy as --protocol loglik)."""
+    from evomerge.evaluate.benchmark import load_benchmark
+    from evomerge.evaluate.harness import export_lm_eval_task
+
+    name = export_lm_eval_task(load_benchmark(benchmark), out)
+    stdout.print(f"Wrote lm-eval task {name} to {out}; use --benchmark lm-eval:{name} --tasks-dir {out}")
 
 
 if __name__ == "__main__":  # pragma: no cover

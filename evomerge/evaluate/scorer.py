@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -76,7 +76,9 @@ class Scorer:
     # ----- public --------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def score(self, model, fraction: float = 1.0) -> ScoreResult:
+    def score(self, model, fraction: float = 1.0, progress: Optional[Callable[[int, int], None]] = None) -> ScoreResult:
+        """Score the first ⌈fraction·n⌉ items; `progress(done, total)` is called after each batch."""
+        self._progress = progress
         start = time.perf_counter()
         count = self.benchmark.count(fraction)
         items = self.benchmark.items[:count]
@@ -121,8 +123,10 @@ class Scorer:
 
     def _generate(self, model, indices: list[int], device) -> list[Optional[str]]:
         predictions: dict[int, Optional[str]] = {}
-        for batch in self._batches(indices, lambda i: len(self._encoded[i].prompt)):
+        batches = self._batches(indices, lambda i: len(self._encoded[i].prompt))
+        for done, batch in enumerate(batches, start=1):
             replies = self._decode_batch(model, batch, device)
+            self._report(done, len(batches))
             for index, reply in zip(batch, replies):
                 predictions[index] = protocol.parse_reply(reply, self.benchmark.items[index])
         return [predictions[i] for i in indices]
@@ -171,7 +175,9 @@ class Scorer:
                 for option_index, option in enumerate(encoded.options):
                     requests.append((index, option_index, (encoded.prompt + option)[:-1], option))
         scores: dict[int, list[float]] = {i: [0.0] * len(self._encoded[i].options) for i in indices}
-        for batch in self._batches(list(range(len(requests))), lambda r: len(requests[r][2])):
+        batches = self._batches(list(range(len(requests))), lambda r: len(requests[r][2]))
+        for done, batch in enumerate(batches, start=1):
+            self._report(done - 1, len(batches))
             chosen = [requests[r] for r in batch]
             input_ids, attention_mask = self._left_pad([tokens for _, _, tokens, _ in chosen], device)
             position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -195,6 +201,10 @@ class Scorer:
         return predictions
 
     # ----- batching -----------------------------------------------------------------------
+
+    def _report(self, done: int, total: int) -> None:
+        if getattr(self, "_progress", None) is not None:
+            self._progress(done, total)
 
     def _batches(self, indices: list[int], length) -> list[list[int]]:
         """Similar lengths together (less padding), in a deterministic order."""

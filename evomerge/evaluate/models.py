@@ -1,0 +1,32 @@
+"""Load a model folder (or a LoRA adapter folder) for scoring, with the parents' clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+
+from evomerge.merge.merger import resolve_device
+from evomerge.merge.parents import inspect_parent
+
+
+def load_for_eval(path: Union[str, Path], device: str = "auto", trust_remote_code: bool = False):
+    """(model, tokenizer) in eval mode on the device; the tokenizer comes from the folder, or from
+    the base model for an adapter folder without one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    info = inspect_parent(path, trust_remote_code=trust_remote_code)  # clear errors before loading
+    device = resolve_device(device)
+    if info.adapter_base is not None:
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(str(info.adapter_base.path), dtype="auto")
+        model = PeftModel.from_pretrained(base, str(info.path)).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(info.path), dtype="auto", trust_remote_code=trust_remote_code)
+    tokenizer_dir = info.path
+    if info.adapter_base is not None and not (info.path / "tokenizer_config.json").is_file():
+        tokenizer_dir = info.adapter_base.path
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=trust_remote_code)
+    model.to(device).eval().requires_grad_(False)
+    return model, tokenizer
