@@ -135,7 +135,9 @@ class Scorer:
         items = [self.benchmark.items[i] for i in batch]
         input_ids, attention_mask = self._left_pad([self._encoded[i].prompt for i in batch], device)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
+        output = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, logits_to_keep=1
+        )
         generated: list[list[int]] = [[] for _ in batch]
         finished = [False] * len(batch)
         for _ in range(self.max_new_tokens):
@@ -159,6 +161,7 @@ class Scorer:
                 position_ids=position_ids,
                 cache=output.cache,
                 use_cache=True,
+                logits_to_keep=1,
             )
         return [self.tokenizer.decode(tokens, skip_special_tokens=True) for tokens in generated]
 
@@ -179,20 +182,26 @@ class Scorer:
         for done, batch in enumerate(batches, start=1):
             self._report(done - 1, len(batches))
             chosen = [requests[r] for r in batch]
-            input_ids, attention_mask = self._left_pad([tokens for _, _, tokens, _ in chosen], device)
-            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-            keep = max(len(targets) if option is not None else 1 for _, option, _, targets in chosen)
-            logits = model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=keep
-            ).logits
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
+            # Right padding and no mask: a causal model never attends to the pads after a row's
+            # tokens, and attention keeps its fast causal kernel. Logits are computed only for the
+            # last `keep` positions, which hold every row's scored positions (lengths are sorted).
+            lengths = [len(tokens) for _, _, tokens, _ in chosen]
+            spans = [len(targets) if option is not None else 1 for _, option, _, targets in chosen]
+            width = max(lengths)
+            keep = width - min(length - span for length, span in zip(lengths, spans))
+            input_ids = torch.full((len(chosen), width), self.pad_id, dtype=torch.long)
+            for row, (_, _, tokens, _) in enumerate(chosen):
+                input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            logits = model(input_ids=input_ids.to(device), logits_to_keep=keep).logits
+            offset = width - keep  # logits[:, j] belongs to position offset + j
             for row, (index, option, _, targets) in enumerate(chosen):
+                end = lengths[row] - offset
                 if option is None:  # every option is one token: read them all at the last position
-                    last = logprobs[row, -1]
+                    last = torch.log_softmax(logits[row, end - 1].float(), dim=-1)
                     scores[index] = [last[token].item() for token in targets]
                 else:
-                    positions = logprobs[row, keep - len(targets) :]
-                    scores[index][option] = sum(positions[i, t].item() for i, t in enumerate(targets))
+                    logprobs = torch.log_softmax(logits[row, end - len(targets) : end].float(), dim=-1)
+                    scores[index][option] = sum(logprobs[i, t].item() for i, t in enumerate(targets))
         predictions = []
         for index in indices:
             item_scores = scores[index]

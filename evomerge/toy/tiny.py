@@ -77,6 +77,31 @@ def save_char_tokenizer(out: Union[str, Path], vocab_size: int, chat_template: O
     tokenizer.save_pretrained(str(out))
 
 
+def save_bpe_tokenizer(
+    out: Union[str, Path], texts: Sequence[str], vocab_size: int, chat_template: Optional[str] = None
+) -> int:
+    """A byte-level BPE trained on `texts` (deterministic; like a real LLM's, " A" is one token).
+    Returns the number of entries, at most `vocab_size`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(list(texts), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    tokenizer.save_pretrained(str(out))
+    return backend.get_vocab_size()
+
+
 def make_checkpoint(
     out: Union[str, Path],
     config,

@@ -1,0 +1,133 @@
+"""How fast does the builtin scorer score a resident model, against lm-eval, in one run?
+
+A ~20M-parameter Llama-shaped model (random init) with a byte-level BPE tokenizer scores 200
+multiple-choice items in `loglik` mode (a) with evomerge's Scorer (items tokenised once, batched,
+logits only where an option is read) and (b) through lm-eval's `simple_evaluate` on the same items
+exported as an lm-eval task, with the model passed in memory (no reload). Both must give the same
+accuracy. Also reports items/second for the paper protocol (greedy decoding).
+
+    python perf/score_speed.py [--items 200] [--device cpu|cuda] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+
+from evomerge.evaluate.benchmark import Item, make_benchmark
+from evomerge.evaluate.harness import HarnessScorer, export_lm_eval_task
+from evomerge.evaluate.protocol import build_prompt
+from evomerge.evaluate.scorer import Scorer
+from evomerge.merge.merger import resolve_device
+from evomerge.toy.tiny import make_checkpoint, save_bpe_tokenizer, tiny_config
+
+WORDS = (
+    "silk nacre bone collagen keratin chitin wood cellulose lignin enamel dentin aragonite calcite apatite "
+    "fibre fiber tough stiff strong modulus strength hierarchical structure protein mineral tablet layer "
+    "crystal amorphous helix sheet matrix crack energy dissipation hydrated elastic plastic tensile"
+).split()
+
+# ~20M parameters shaped like a small real LLM: a 32k vocabulary (Llama 2 / Mistral size) on a
+# narrow body. `--shape narrow-vocab` is the less favourable case for evomerge (8k vocabulary).
+SHAPES = {
+    "llama-vocab": dict(vocab_size=32000, hidden_size=256, intermediate_size=688, num_layers=4, num_heads=4, num_kv_heads=2),
+    "narrow-vocab": dict(vocab_size=8000, hidden_size=512, intermediate_size=1024, num_layers=4, num_heads=8, num_kv_heads=4),
+}
+
+
+def synthetic_items(count: int, seed: int = 0) -> list[Item]:
+    rng = random.Random(seed)
+    items = []
+    for index in range(count):
+        question = "Which " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(12, 30))) + "?"
+        choices = tuple(" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 4))) for _ in range(4))
+        items.append(Item(f"q{index:04d}", question, "mc", "ABCD"[rng.randrange(4)], choices, category=rng.choice(["general", "specific", "numerical"])))
+    return items
+
+
+def median_time(fn, repeats: int) -> tuple[float, object]:
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=200)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="llama-vocab")
+    args = parser.parse_args()
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(args.device)
+    benchmark = make_benchmark("perf", synthetic_items(args.items))
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "model"
+        config = tiny_config("llama", tie_word_embeddings=False, **SHAPES[args.shape])
+        make_checkpoint(model_dir, config, seed=0)
+        texts = [build_prompt(item) + " A B C D" for item in benchmark.items] * 3
+        save_bpe_tokenizer(model_dir, texts, SHAPES[args.shape]["vocab_size"])
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"model: {n_params / 1e6:.1f}M parameters on {device}; {len(benchmark)} mc items")
+
+        start = time.perf_counter()
+        builtin = Scorer(benchmark, tokenizer, protocol="loglik", batch_size=args.batch_size, chat=False)
+        tokenise_s = time.perf_counter() - start
+        builtin_s, builtin_result = median_time(lambda: builtin.score(model), args.repeats)
+
+        task_dir = Path(tmp) / "tasks"
+        task = export_lm_eval_task(benchmark, task_dir)
+        harness = HarnessScorer(task, tokenizer, task_dir, batch_size=args.batch_size)
+        lm_eval_s, lm_eval_result = median_time(lambda: harness.score(model), args.repeats)
+
+        paper = Scorer(benchmark, tokenizer, protocol="paper", batch_size=args.batch_size, chat=False)
+        paper_s, _ = median_time(lambda: paper.score(model), args.repeats)
+
+    same = builtin_result.accuracy == lm_eval_result.accuracy
+    same_items = builtin_result.correct == lm_eval_result.correct
+    print(f"builtin loglik  median {builtin_s:.3f} s  (tokenising once: {tokenise_s:.3f} s)  accuracy {builtin_result.accuracy:.3f}")
+    print(f"lm-eval loglik  median {lm_eval_s:.3f} s  accuracy {lm_eval_result.accuracy:.3f}")
+    print(f"paper protocol  median {paper_s:.3f} s  ({len(benchmark) / paper_s:.0f} items/s)")
+    print(
+        json.dumps(
+            {
+                "shape": args.shape,
+                "items": len(benchmark),
+                "params": n_params,
+                "device": str(device),
+                "builtin_s": round(builtin_s, 4),
+                "lm_eval_s": round(lm_eval_s, 4),
+                "speedup": round(lm_eval_s / builtin_s, 2),
+                "same_accuracy": same,
+                "same_per_item": same_items,
+                "accuracy": builtin_result.accuracy,
+                "paper_items_per_s": round(len(benchmark) / paper_s, 1),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()
