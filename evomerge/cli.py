@@ -108,7 +108,7 @@ def merge(
 
         evomerge merge recipes/paper_slerp.yaml --parent ./instruct=models/instruct --parent ./fine-tuned=models/cpt-sft --out merged/
     """
-    from evomerge.merge.writer import check_output, write_with_evomerge, write_with_mergekit
+    from evomerge.merge.writer import check_output, write_merged
     from evomerge.recipe import Recipe
 
     recipe = Recipe.load(recipe_path)
@@ -118,10 +118,11 @@ def merge(
     check_output(out, overwrite)
     if engine == Engine.mergekit:
         recipe.to_mergekit()
-    write = write_with_evomerge if engine == Engine.evomerge else write_with_mergekit
     start = time.perf_counter()
     with console.status(f"Merging {len(recipe.model_names)} parents with {recipe.merge_method} ({engine.value} engine)…"):
-        write(recipe, out, device=device, seed=seed, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        write_merged(
+            recipe, out, engine=engine.value, device=device, seed=seed, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
+        )
     console.print(f"Wrote {out} in {time.perf_counter() - start:.1f} s ({engine.value} engine).")
 
 

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import torch
 
-from evomerge.merge.writer import write_with_evomerge, write_with_mergekit
+from evomerge.merge.writer import write_merged
 from evomerge.recipe import paper_recipe
 from evomerge.toy.tiny import CHAT_TEMPLATE, make_checkpoint, tiny_config
 
@@ -40,11 +40,11 @@ def run_merge_demo(out: Path, progress: Optional[Any] = None) -> dict[str, Any]:
     recipe_path = out / "paper-recipe.yaml"
     recipe.save(recipe_path)
     engines = []
-    for name, write in (("evomerge", write_with_evomerge), ("mergekit", write_with_mergekit)):
+    for name in ("evomerge", "mergekit"):
         say(f"Merging with the {name} engine …")
         target = out / f"merged-{name}"
         start = time.perf_counter()
-        write(recipe, target, device="cpu")
+        write_merged(recipe, target, engine=name, device="cpu")
         engines.append({"engine": name, "seconds": time.perf_counter() - start, "output": str(target)})
     ours = load_file(str(out / "merged-evomerge" / "model.safetensors"))
     theirs = load_file(str(out / "merged-mergekit" / "model.safetensors"))

@@ -75,18 +75,36 @@ def inspect_recipe_parents(recipe: Recipe, allow_pickle: bool = False, trust_rem
     return infos
 
 
-def write_with_evomerge(
+ENGINES = ("evomerge", "mergekit")
+
+
+def write_merged(
     recipe: Recipe,
     out: Path,
     *,
+    engine: str = "evomerge",
     device: str = "auto",
     seed: Optional[int] = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
-) -> Merger:
-    """Merge in memory with the evomerge engine and write the model folder."""
+) -> None:
+    """Merge the recipe's parents with either engine and write the model folder, all or nothing.
+
+    evomerge: in memory with `Merger`; mergekit: mergekit's own `mergekit-yaml` pipeline (the
+    reference). Both check the method and the parents before reading any weights."""
+    if engine not in ENGINES:
+        raise EvomergeError(f"unknown engine {engine!r}; expected evomerge or mergekit")
     mergekit_method(recipe.merge_method)
     infos = inspect_recipe_parents(recipe, allow_pickle, trust_remote_code)
+    if engine == "evomerge":
+        _write_with_evomerge(recipe, infos, Path(out), device, seed, trust_remote_code)
+    else:
+        _write_with_mergekit(recipe, Path(out), device, seed, trust_remote_code)
+
+
+def _write_with_evomerge(
+    recipe: Recipe, infos: list[ParentInfo], out: Path, device: str, seed: Optional[int], trust_remote_code: bool
+) -> None:
     merger = Merger(infos, device=device, dtype=recipe.dtype, trust_remote_code=trust_remote_code)
     merger.plan(recipe)  # every recipe error surfaces before the merge runs
     model = merger.apply(recipe, seed=seed)
@@ -95,31 +113,19 @@ def write_with_evomerge(
         name: (tensor.to(out_dtype) if out_dtype and tensor.is_floating_point() else tensor).detach().cpu()
         for name, tensor in merger.merged_state_dict().items()
     }
-    base = merger.infos[recipe.model_names.index(recipe.base_model)] if recipe.base_model else merger.infos[0]
+    base = infos[recipe.model_names.index(recipe.base_model)] if recipe.base_model else infos[0]
     with staged_folder(out) as staging:
         if out_dtype is not None:
             model.config.dtype = out_dtype
         model.save_pretrained(str(staging), state_dict=state)
         copy_tokenizer(base, staging)
         recipe.save(staging / RECIPE_FILE)
-    return merger
 
 
-def write_with_mergekit(
-    recipe: Recipe,
-    out: Path,
-    *,
-    device: str = "auto",
-    seed: Optional[int] = None,
-    allow_pickle: bool = False,
-    trust_remote_code: bool = False,
-) -> None:
-    """Run mergekit's own `mergekit-yaml` pipeline on the recipe (the reference implementation)."""
+def _write_with_mergekit(recipe: Recipe, out: Path, device: str, seed: Optional[int], trust_remote_code: bool) -> None:
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
-    mergekit_method(recipe.merge_method)
-    inspect_recipe_parents(recipe, allow_pickle, trust_remote_code)
     config = recipe.to_mergekit()
     options = MergeOptions(
         device=str(resolve_device(device)),
