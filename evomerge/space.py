@@ -1,0 +1,286 @@
+"""Search spaces: a YAML file that turns a trial's suggested numbers into a `Recipe`.
+
+A space names a mergekit method and, per parameter, how its value is searched:
+
+    method: slerp
+    parameters:
+      t:
+        filters:                                   # one entry per tensor-name filter, in order
+          self_attn: {anchors: 5, low: 0, high: 1, step: 0.05}
+          mlp:       {anchors: 5, low: 0, high: 1, step: 0.05}
+        default: {low: 0, high: 1, step: 0.05}     # the catch-all (embeddings, norms, head)
+
+A value spec is a fixed number (`0.5` or `{value: 0.5}`), a range (`{low, high, step?, log?}`), a
+gradient (`{anchors: N, low, high, step?}`: N searched anchors over depth) or per layer group
+(`{group_size: G, low, high, step?}`: one value per G layers). `per_model: true` searches the
+parameter once per non-base parent (weight, density). Nothing here imports Optuna: values are asked
+for through the trial's `suggest_float(name, low, high, step=…, log=…)`, so any such object works.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional, Protocol, Union
+
+import yaml
+
+from evomerge.errors import EvomergeError
+from evomerge.recipe import PAPER_T, PARAMETER_RANGES, Recipe
+
+NEEDS_BASE = {"slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear"}
+TWO_PARENTS = {"slerp"}
+
+
+class SpaceError(EvomergeError):
+    """A search space file that is malformed, or that does not fit the parents."""
+
+
+class Trial(Protocol):
+    def suggest_float(self, name: str, low: float, high: float, *, step: Optional[float] = None, log: bool = False) -> float: ...
+
+
+@dataclass(frozen=True)
+class ValueSpec:
+    """How one value (or one list of values) is searched."""
+
+    fixed: Optional[float] = None
+    low: float = 0.0
+    high: float = 1.0
+    step: Optional[float] = None
+    log: bool = False
+    anchors: int = 0  # > 0: a gradient of this many anchors
+    group_size: int = 0  # > 0: one value per this many layers
+
+    @property
+    def dimension(self) -> int:
+        if self.fixed is not None:
+            return 0
+        return self.anchors or 1  # per-layer dimension depends on depth; see SearchSpace.dimension
+
+    def suggest(self, trial: Trial, name: str, num_layers: int) -> Union[float, list[float]]:
+        if self.fixed is not None:
+            return self.fixed
+        if self.anchors:
+            return [self._one(trial, f"{name}.{i}") for i in range(self.anchors)]
+        if self.group_size:
+            groups = math.ceil(num_layers / self.group_size)
+            values = [self._one(trial, f"{name}.g{g}") for g in range(groups)]
+            # One anchor per layer: mergekit reads anchor i at layer i exactly.
+            return [values[layer // self.group_size] for layer in range(num_layers)]
+        return self._one(trial, name)
+
+    def _one(self, trial: Trial, name: str) -> float:
+        value = trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
+        return round(value, 10)  # "after the space's rounding": 0.30000000000000004 → 0.3
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    name: str
+    default: Optional[ValueSpec] = None
+    filters: tuple[tuple[str, ValueSpec], ...] = ()
+    per_model: bool = False
+
+    def suggest(self, trial: Trial, prefix: str, num_layers: int) -> Any:
+        if not self.filters:
+            return self.default.suggest(trial, prefix, num_layers)
+        entries = [{"filter": f, "value": spec.suggest(trial, f"{prefix}.{f}", num_layers)} for f, spec in self.filters]
+        if self.default is not None:
+            entries.append({"value": self.default.suggest(trial, f"{prefix}.default", num_layers)})
+        return entries
+
+    def dimension(self, num_layers: int) -> int:
+        specs = [spec for _, spec in self.filters] + ([self.default] if self.default else [])
+        total = 0
+        for spec in specs:
+            total += math.ceil(num_layers / spec.group_size) if spec.group_size and spec.fixed is None else spec.dimension
+        return total
+
+
+@dataclass
+class SearchSpace:
+    name: str
+    method: str
+    parameters: list[ParameterSpec]
+    description: str = ""
+    source: str = ""
+    options: dict[str, Any] = field(default_factory=dict)  # fixed shared settings (normalize, …)
+
+    def check_parents(self, parents: list[str], base: Optional[str]) -> None:
+        """Refuse a space that cannot merge these parents (before any work)."""
+        if self.method in NEEDS_BASE and base is None:
+            raise SpaceError(f"space {self.name}: {self.method} needs a base model (--base)")
+        if base is not None and base not in parents:
+            raise SpaceError(f"--base {base} is not among the parents")
+        if self.method in TWO_PARENTS and len(parents) != 2:
+            raise SpaceError(f"space {self.name}: {self.method} merges exactly two parents, got {len(parents)}")
+        if len(parents) < 2:
+            raise SpaceError("a search needs at least two parents")
+
+    def dimension(self, num_layers: int, n_models: int = 2) -> int:
+        per_model = n_models - 1 if self.method in NEEDS_BASE else n_models
+        return sum(p.dimension(num_layers) * (per_model if p.per_model else 1) for p in self.parameters)
+
+    def suggest(self, trial: Trial, parents: list[str], base: Optional[str], num_layers: int, dtype: Optional[str] = None) -> Recipe:
+        """The recipe a trial's suggested values describe."""
+        shared: dict[str, Any] = dict(self.options)
+        per_model: dict[str, dict[str, Any]] = {p: {} for p in parents}
+        # Per-model values go to every parent a method weighs: the non-base ones, or all without a base.
+        others = [p for p in parents if p != base] if self.method in NEEDS_BASE else list(parents)
+        for parameter in self.parameters:
+            if parameter.per_model:
+                for index, parent in enumerate(others):
+                    per_model[parent][parameter.name] = parameter.suggest(trial, f"{parameter.name}.m{index}", num_layers)
+            else:
+                shared[parameter.name] = parameter.suggest(trial, parameter.name, num_layers)
+        models = []
+        for parent in parents:
+            entry: dict[str, Any] = {"model": parent}
+            if per_model[parent]:
+                entry["parameters"] = per_model[parent]
+            models.append(entry)
+        data: dict[str, Any] = {"merge_method": self.method, "models": models}
+        if base is not None and self.method in NEEDS_BASE:
+            data["base_model"] = base
+        if shared:
+            data["parameters"] = shared
+        if dtype:
+            data["dtype"] = dtype
+        return Recipe.from_dict(data, source=f"space {self.name}")
+
+    def baseline_params(self, num_layers: int) -> Optional[dict[str, float]]:
+        """Trial values that reproduce the paper's hand-made recipe, or None if the space cannot
+        express it (only a SLERP space with 5-anchor self_attn and mlp gradients and a default can)."""
+        if self.method != "slerp" or len(self.parameters) != 1 or self.parameters[0].name != "t":
+            return None
+        t = self.parameters[0]
+        filters = dict(t.filters)
+        paper = {entry["filter"]: entry["value"] for entry in PAPER_T if "filter" in entry}
+        if set(filters) != set(paper) or t.default is None or t.default.fixed is not None:
+            return None
+        params: dict[str, float] = {}
+        for name, anchors in paper.items():
+            spec = filters[name]
+            if spec.anchors != len(anchors) or spec.fixed is not None:
+                return None
+            for index, value in enumerate(anchors):
+                if not spec.low <= value <= spec.high:
+                    return None
+                params[f"t.{name}.{index}"] = float(value)
+        if not t.default.low <= 0.5 <= t.default.high:
+            return None
+        params["t.default"] = 0.5
+        return params
+
+
+# ----- loading ---------------------------------------------------------------------------
+
+
+def shipped_spaces() -> list[str]:
+    folder = resources.files("evomerge") / "data" / "search_spaces"
+    return sorted(entry.name[:-5] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def load_space(name_or_path: Union[str, Path]) -> SearchSpace:
+    text = str(name_or_path)
+    if text in shipped_spaces():
+        path = Path(str(resources.files("evomerge") / "data" / "search_spaces" / f"{text}.yaml"))
+    else:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise SpaceError(f"unknown search space {text!r}; shipped: {', '.join(shipped_spaces())}, or give a YAML path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise SpaceError(f"{path}:{line}: malformed YAML: {getattr(error, 'problem', error)}") from None
+    return parse_space(data, str(path), default_name=path.stem)
+
+
+def parse_space(data: Any, source: str, default_name: str = "space") -> SearchSpace:
+    if not isinstance(data, dict):
+        raise SpaceError(f"{source}: a search space is a mapping with 'method' and 'parameters'")
+    unknown = set(data) - {"name", "description", "method", "parameters", "options"}
+    if unknown:
+        raise SpaceError(f"{source}: unknown key {sorted(unknown)[0]!r}")
+    method = data.get("method")
+    if not isinstance(method, str):
+        raise SpaceError(f"{source}: 'method' (a mergekit merge method) is missing")
+    raw_parameters = data.get("parameters")
+    if not isinstance(raw_parameters, dict) or not raw_parameters:
+        raise SpaceError(f"{source}: 'parameters' must map each parameter to how it is searched")
+    parameters = [_parse_parameter(name, spec, f"{source}: parameters.{name}") for name, spec in raw_parameters.items()]
+    options = data.get("options") or {}
+    if not isinstance(options, dict):
+        raise SpaceError(f"{source}: 'options' must be a mapping of fixed shared settings")
+    return SearchSpace(str(data.get("name") or default_name), method, parameters, str(data.get("description") or ""), source, options)
+
+
+def _parse_parameter(name: str, spec: Any, where: str) -> ParameterSpec:
+    if isinstance(spec, dict) and ("filters" in spec or "per_model" in spec or "default" in spec):
+        unknown = set(spec) - {"filters", "default", "per_model"}
+        if unknown:
+            raise SpaceError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        filters = spec.get("filters") or {}
+        if not isinstance(filters, dict):
+            raise SpaceError(f"{where}.filters must map a tensor-name filter to a value spec")
+        parsed_filters = tuple((str(f), _parse_value(name, v, f"{where}.filters.{f}")) for f, v in filters.items())
+        default = _parse_value(name, spec["default"], f"{where}.default") if "default" in spec else None
+        if default is None and not parsed_filters:
+            raise SpaceError(f"{where}: give 'default' or 'filters'")
+        if parsed_filters and default is None:
+            raise SpaceError(f"{where}: filtered values need a 'default' for the tensors no filter matches")
+        return ParameterSpec(name, default, parsed_filters, bool(spec.get("per_model", False)))
+    return ParameterSpec(name, _parse_value(name, spec, where))
+
+
+def _parse_value(name: str, spec: Any, where: str) -> ValueSpec:
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        return _checked(name, ValueSpec(fixed=float(spec)), where)
+    if not isinstance(spec, dict):
+        raise SpaceError(f"{where}: expected a number or a mapping like {{low: 0, high: 1, step: 0.05}}")
+    unknown = set(spec) - {"value", "low", "high", "step", "log", "anchors", "group_size"}
+    if unknown:
+        raise SpaceError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+    if "value" in spec:
+        return _checked(name, ValueSpec(fixed=_number(spec["value"], where)), where)
+    if "low" not in spec or "high" not in spec:
+        raise SpaceError(f"{where}: a searched value needs 'low' and 'high'")
+    low, high = _number(spec["low"], where), _number(spec["high"], where)
+    if not low < high:
+        raise SpaceError(f"{where}: low ({low}) must be below high ({high})")
+    step = _number(spec["step"], where) if spec.get("step") is not None else None
+    if step is not None and (step <= 0 or step > high - low):
+        raise SpaceError(f"{where}: step {step} must be positive and at most high - low")
+    anchors, group_size = int(spec.get("anchors", 0)), int(spec.get("group_size", 0))
+    if anchors and group_size:
+        raise SpaceError(f"{where}: give 'anchors' or 'group_size', not both")
+    if anchors < 0 or anchors == 1 or group_size < 0:
+        raise SpaceError(f"{where}: anchors must be ≥ 2 and group_size ≥ 1")
+    log = bool(spec.get("log", False))
+    if log and (low <= 0 or step is not None):
+        raise SpaceError(f"{where}: a log range needs low > 0 and no step")
+    return _checked(name, ValueSpec(None, low, high, step, log, anchors, group_size), where)
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpaceError(f"{where}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _checked(name: str, spec: ValueSpec, where: str) -> ValueSpec:
+    """A range must stay inside what the parameter allows (t in [0, 1], density in (0, 1], …)."""
+    if name not in PARAMETER_RANGES:
+        return spec
+    low, high, low_inclusive = PARAMETER_RANGES[name]
+    values = [spec.fixed] if spec.fixed is not None else [spec.low, spec.high]
+    for value in values:
+        too_low = value < low if low_inclusive else value <= low
+        if too_low or value > high:
+            raise SpaceError(f"{where}: {name} range reaches {value}, outside {'[' if low_inclusive else '('}{low:g}, {high:g}]")
+    return spec

@@ -1,0 +1,153 @@
+"""The lm-eval adapter: a benchmark exported as an lm-eval task and scored through the real
+`simple_evaluate` gives the same accuracy and the same per-item correctness as the builtin
+`loglik` protocol; custom tasks are found without indexing lm-eval's built-in ones."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from evomerge.errors import EvomergeError
+from evomerge.evaluate import protocol
+from evomerge.evaluate.benchmark import Item, make_benchmark
+from evomerge.evaluate.harness import HarnessScorer, export_lm_eval_task, is_lm_eval_spec, task_name_for
+from evomerge.evaluate.scorer import Scorer
+
+
+@pytest.fixture(scope="module")
+def task_dir(bench, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lm-eval-tasks")
+    name = export_lm_eval_task(bench, folder)
+    return folder, name
+
+
+@pytest.fixture(scope="module")
+def harness(task_dir, char_tokenizer):
+    folder, name = task_dir
+    return HarnessScorer(f"lm-eval:{name}", char_tokenizer, tasks_dir=folder, batch_size=8)
+
+
+def assert_same_scores(harness_result, builtin_result):
+    assert harness_result.n == builtin_result.n
+    assert harness_result.item_ids == builtin_result.item_ids, "lm-eval must see the documents in the benchmark's order"
+    differing = [i for i, (a, b) in enumerate(zip(harness_result.correct, builtin_result.correct)) if a != b]
+    assert not differing, f"per-item correctness differs at {[builtin_result.item_ids[i] for i in differing]}"
+    assert harness_result.accuracy == pytest.approx(builtin_result.accuracy, abs=1e-12)
+    assert harness_result.per_category == pytest.approx(builtin_result.per_category)
+
+
+# ----- export ---------------------------------------------------------------------------------
+
+
+def test_exported_task_yaml_and_data(bench, task_dir):
+    folder, name = task_dir
+    assert name == "evomerge_synthetic" == task_name_for(bench)
+    config = yaml.safe_load((folder / f"{name}.yaml").read_text())
+    data_path = folder / f"{name}.jsonl"
+    assert config["task"] == name
+    assert config["output_type"] == "multiple_choice"
+    assert config["dataset_path"] == "json"
+    assert config["test_split"] == "test"
+    assert config["dataset_kwargs"]["data_files"]["test"] == str(data_path.resolve())
+    assert config["doc_to_text"] == "{{query}}" and config["doc_to_choice"] == "choices" and config["doc_to_target"] == "gold"
+    assert config["target_delimiter"] == " "
+    assert [m["metric"] for m in config["metric_list"]] == ["acc"]
+    documents = [json.loads(line) for line in data_path.read_text().splitlines()]
+    assert [d["id"] for d in documents] == [item.id for item in bench.items], "documents in the benchmark's fixed order"
+    for document, item in zip(documents, bench.items):
+        assert document["query"] == protocol.build_prompt(item)
+        assert document["choices"] == list(item.options)
+        assert document["choices"][document["gold"]] == item.answer
+        assert document["category"] == item.category
+
+
+def test_export_names_are_safe_and_exact_items_are_refused(tmp_path):
+    items = [Item("t1", "Silk is a protein.", "tf", "True"), Item("m1", "Which?", "mc", "B", ("x", "y"))]
+    assert export_lm_eval_task(make_benchmark("my-bench.v2", items), tmp_path / "a") == "evomerge_my_bench_v2"
+    assert (tmp_path / "a" / "evomerge_my_bench_v2.yaml").is_file()
+    with pytest.raises(EvomergeError, match="only mc and tf"):
+        export_lm_eval_task(make_benchmark("ex", [Item("e", "Mineral?", "exact", "aragonite")]), tmp_path / "b")
+
+
+def test_lm_eval_spec_prefix():
+    assert is_lm_eval_spec("lm-eval:hellaswag")
+    assert not is_lm_eval_spec("bio_materials")
+
+
+# ----- THE EQUALITY TEST ----------------------------------------------------------------------
+
+
+def test_lm_eval_equals_builtin_loglik_per_item(bench, model, char_tokenizer, harness):
+    builtin = Scorer(bench, char_tokenizer, "loglik", batch_size=8, chat=False).score(model)
+    through_lm_eval = harness.score(model)
+    assert 0 < sum(builtin.correct) < len(bench), "a model that gets everything right or wrong proves little"
+    assert through_lm_eval.n == 40
+    assert_same_scores(through_lm_eval, builtin)
+
+
+def test_lm_eval_equals_builtin_loglik_at_fraction(bench, model, char_tokenizer, harness):
+    builtin = Scorer(bench, char_tokenizer, "loglik", batch_size=8, chat=False).score(model, 0.5)
+    through_lm_eval = harness.score(model, 0.5)
+    assert through_lm_eval.n == 20
+    assert through_lm_eval.item_ids == [item.id for item in bench.items[:20]]
+    assert_same_scores(through_lm_eval, builtin)
+
+
+def test_lm_eval_equals_builtin_with_single_token_options(bench, model, word_tokenizer, task_dir):
+    folder, name = task_dir
+    scorer = Scorer(bench, word_tokenizer, "loglik", batch_size=8, chat=False)
+    assert all(len(option) == 1 for e in scorer._encoded for option in e.options)
+    builtin = scorer.score(model)
+    through_lm_eval = HarnessScorer(name, word_tokenizer, tasks_dir=folder, batch_size=8).score(model)
+    assert_same_scores(through_lm_eval, builtin)
+
+
+def test_lm_eval_sees_weights_rewritten_in_place(bench, fresh_model, chat_model_dir, char_tokenizer, harness):
+    """The HFLM wrapper is made once per resident model; a trial rewrites the weights in place."""
+    from transformers import AutoModelForCausalLM
+
+    scorer = Scorer(bench, char_tokenizer, "loglik", batch_size=8, chat=False)
+    first = harness.score(fresh_model, 0.5)
+    assert_same_scores(first, scorer.score(fresh_model, 0.5))
+    other = AutoModelForCausalLM.from_pretrained(str(chat_model_dir)).eval()
+    with torch.no_grad():
+        for tensor_name, tensor in fresh_model.state_dict().items():
+            tensor.copy_(other.state_dict()[tensor_name])
+    builtin = scorer.score(fresh_model, 0.5)
+    assert builtin.correct != first.correct, "the new weights should answer differently"
+    assert_same_scores(harness.score(fresh_model, 0.5), builtin)
+
+
+# ----- task lookup ----------------------------------------------------------------------------
+
+
+def test_custom_task_does_not_index_builtin_tasks(harness, task_dir):
+    _, name = task_dir
+    tasks = harness.task_manager.all_tasks
+    assert name in tasks
+    assert "hellaswag" not in tasks and "arc_easy" not in tasks, "lm-eval's built-in tasks were indexed"
+    assert len(tasks) < 10
+    assert harness.task == name, "the lm-eval: prefix is stripped"
+
+
+def test_missing_tasks_dir_is_a_clear_error(char_tokenizer, tmp_path):
+    with pytest.raises(EvomergeError, match="tasks-dir"):
+        HarnessScorer("lm-eval:whatever", char_tokenizer, tasks_dir=tmp_path / "nope")
+
+
+def test_unknown_task_is_a_clear_error(char_tokenizer, task_dir):
+    folder, _ = task_dir
+    with pytest.raises(EvomergeError) as raised:
+        HarnessScorer("lm-eval:no_such_task_xyz", char_tokenizer, tasks_dir=folder)
+    message = str(raised.value)
+    assert "no_such_task_xyz" in message and str(folder) in message and "\n" not in message
+
+
+def test_fraction_out_of_range(harness, model):
+    with pytest.raises(EvomergeError, match="fraction"):
+        harness.score(model, 0)
+    with pytest.raises(EvomergeError, match="fraction"):
+        harness.score(model, 1.5)
