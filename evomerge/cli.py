@@ -64,6 +64,12 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's and datasets' bars; ours are rich's
     for name in ("mergekit", "lm_eval", "lm-eval", "datasets"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress bar reports the trials
+    warnings.filterwarnings("ignore", category=UserWarning, module="optuna")
 
 
 def _version(value: bool) -> None:
@@ -257,6 +263,259 @@ def benchmark_export(
 
     name = export_lm_eval_task(load_benchmark(benchmark), out)
     stdout.print(f"Wrote lm-eval task {name} to {out}; use --benchmark lm-eval:{name} --tasks-dir {out}")
+
+
+def parse_duration(text: Optional[str]) -> Optional[float]:
+    """'90s', '30m', '2h' or plain seconds → seconds."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except (ValueError, IndexError):
+        raise EvomergeError(f"--timeout expects a duration like 90s, 30m or 2h, got {text!r}") from None
+
+
+def parse_fractions(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise EvomergeError(f"--fidelities expects comma-separated fractions like 0.25,0.5,1, got {text!r}") from None
+
+
+@app.command()
+@user_errors
+def search(
+    parents: str = typer.Option(..., help="Parent model folders, comma-separated (e.g. ./instruct,./cpt-sft)."),
+    benchmark: str = typer.Option(..., help="NAME|PATH|lm-eval:TASK; two, comma-separated (domain,general), for a multi-objective study."),
+    base: Optional[str] = typer.Option(None, help="The base parent (SLERP's t=0, task vectors' origin). Default: the first parent."),
+    space: str = typer.Option("slerp_gradient", help="A shipped search space (see `evomerge spaces`) or a YAML path."),
+    sampler: str = typer.Option("tpe", help="tpe, cmaes, random, grid, gp or nsga2."),
+    trials: int = typer.Option(30, help="Total trials of the study: rerunning the command continues it up to this number."),
+    timeout: Optional[str] = typer.Option(None, help="Stop starting trials after this long (90s, 30m, 2h)."),
+    study: Optional[str] = typer.Option(None, help="Study name (a folder under results/). Default: derived from parents and space."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (sqlite:///…, postgresql://…, journal:PATH). Default: results/<study>/study.db."),
+    jobs: int = typer.Option(1, min=1, help="Worker processes on this machine, all on the same study."),
+    pruner: str = typer.Option("hyperband", help="hyperband, median or none."),
+    fidelities: str = typer.Option("0.25,0.5,1", help="Benchmark fractions a trial is scored on, reporting each to the pruner."),
+    holdout: float = typer.Option(0.2, help="Fraction of items the search never sees; the best recipe is scored on them at the end."),
+    objective: str = typer.Option("accuracy", help="accuracy, or gain over the best parent."),
+    seed: int = typer.Option(0, help="Seed of the sampler and of DARE's masks."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    dtype: Optional[str] = typer.Option(None, help="Merge and score in this dtype (float32, bfloat16, …). Default: the parents'."),
+    protocol: Protocol = typer.Option(Protocol.paper, help="paper or loglik scoring."),
+    batch_size: int = typer.Option(16, min=1, help="Items per forward pass."),
+    tasks_dir: Optional[Path] = typer.Option(None, help="Folder of custom lm-eval task YAMLs."),
+) -> None:
+    """Search merge recipes of the parents for the best score on a domain benchmark.
+
+    Each trial merges in memory, is scored on growing fractions of the benchmark (hopeless recipes
+    are pruned early), and is stored in an Optuna study the dashboard can show live. The parents'
+    own scores and the paper's hand-made recipe are measured first, so the search is judged
+    against both. Results go to results/<study>/: best-recipe.yaml, trials.csv, summary.json, plots.
+    """
+    from evomerge.search.study import SearchSettings
+
+    parent_list = [p.strip() for p in parents.split(",") if p.strip()]
+    settings = SearchSettings(
+        parents=parent_list,
+        benchmarks=[b.strip() for b in benchmark.split(",") if b.strip()],
+        base=base or (parent_list[0] if parent_list else None),
+        space=space,
+        sampler=sampler,
+        pruner=pruner,
+        fidelities=parse_fractions(fidelities),
+        holdout=holdout,
+        objective=objective,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        protocol=protocol.value,
+        batch_size=batch_size,
+        tasks_dir=str(tasks_dir) if tasks_dir else None,
+        trials=trials,
+        study=study or default_study_name(parent_list, space),
+        storage=storage,
+    )
+    run_search_command(settings, timeout=parse_duration(timeout), jobs=jobs)
+
+
+def default_study_name(parents: list[str], space: str) -> str:
+    import re
+
+    stems = [Path(p.rstrip("/")).name or "model" for p in parents]
+    name = "-".join(stems + [Path(space).stem])
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:100]
+
+
+def run_search_command(settings, timeout: Optional[float], jobs: int) -> None:
+    """Shared by `search` and `worker`: run, show progress, export, print the summary."""
+    import time as clock
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from evomerge.search.export import export_all
+    from evomerge.search.run import optimise, prepare, score_holdout, start_workers
+    from evomerge.search.study import finished_count
+
+    start = clock.perf_counter()
+    prepared = prepare(settings)  # every bad input is reported here, before the study exists
+    folder = settings.results_dir
+    console.print(f"Study [bold]{settings.study}[/] in {settings.storage_url()}")
+    console.print(f"Dashboard: evomerge dashboard --storage {settings.storage_url()}")
+    workers = start_workers(settings, jobs - 1) if jobs > 1 else []
+    columns = (
+        TextColumn("[bold]trials"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("best {task.fields[best]} · pruned {task.fields[pruned]} · failed {task.fields[failed]}"),
+        TimeElapsedColumn(),
+    )
+    study = None
+    try:
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task("search", total=settings.trials, best="–", pruned=0, failed=0)
+            bar.console.print("Loading parents and scoring each alone …")
+
+            def on_trial(current, _trial) -> None:
+                from optuna.trial import TrialState
+
+                trials_now = current.get_trials(deepcopy=False)
+                complete = [t for t in trials_now if t.state == TrialState.COMPLETE]
+                best = max((t.values[0] for t in complete), default=None)
+                bar.update(
+                    task,
+                    completed=finished_count(current),
+                    best=f"{best:.3f}" if best is not None else "–",
+                    pruned=sum(t.state == TrialState.PRUNED for t in trials_now),
+                    failed=sum(t.state == TrialState.FAIL for t in trials_now),
+                )
+
+            study, runner = optimise(prepared, timeout=timeout, on_trial=on_trial)
+            for process in workers:
+                process.join()
+            holdout = score_holdout(study, runner)
+    except KeyboardInterrupt:
+        console.print("[yellow]Interrupted: the running trial is marked failed; exporting what exists.[/]")
+        for process in workers:
+            process.terminate()
+        _export_after_interrupt(settings, folder, clock.perf_counter() - start)
+        raise typer.Exit(130)
+    summary = export_all(study, folder, clock.perf_counter() - start)
+    print_summary(summary, folder, holdout)
+
+
+def _export_after_interrupt(settings, folder: Path, wall_s: float) -> None:
+    import optuna
+
+    from evomerge.search.export import export_all
+    from evomerge.search.study import open_storage
+
+    try:
+        study = optuna.load_study(study_name=settings.study, storage=open_storage(settings.storage_url()))
+        export_all(study, folder, wall_s)
+    except Exception as error:  # nothing to export yet
+        console.print(f"Nothing exported: {error}")
+
+
+def print_summary(summary: dict, folder: Path, holdout: Optional[dict]) -> None:
+    table = Table(title=f"Study {summary['study']}")
+    table.add_column("")
+    table.add_column("accuracy", justify="right")
+    for name, accuracy in summary["parents"].items():
+        table.add_row(f"parent {name}", f"{accuracy:.3f}")
+    if summary["baseline_accuracy"] is not None:
+        table.add_row("paper's recipe", f"{summary['baseline_accuracy']:.3f}")
+    if summary["best_accuracy"] is not None:
+        table.add_row(f"best found (trial {summary['best_trial']})", f"[bold]{summary['best_accuracy']:.3f}[/]")
+        table.add_row("gain over the best parent", f"{summary['gain']:+.3f}")
+        table.add_row("synergy over the parents' mean", f"{summary['synergy']:+.3f}")
+    if holdout:
+        table.add_row(f"best on held-out items (n={holdout['holdout_n']})", f"{holdout['holdout_accuracy']:.3f}")
+    stdout.print(table)
+    counts = summary["trials"]
+    stdout.print(
+        f"Trials: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, {counts.get('fail', 0)} failed, "
+        f"{summary['duplicates_skipped']} duplicates not re-evaluated."
+    )
+    stdout.print(f"Results: {folder}/ (best-recipe.yaml, trials.csv, summary.json, plots)")
+
+
+@app.command()
+@user_errors
+def worker(
+    study: str = typer.Option(..., help="Name of an existing study."),
+    storage: str = typer.Option(..., help="Its Optuna storage URL (shared by every worker)."),
+    device: Optional[str] = typer.Option(None, help="Override the study's device for this machine."),
+    timeout: Optional[str] = typer.Option(None, help="Stop starting trials after this long."),
+) -> None:
+    """Join an existing study from another machine: its settings are read from the storage."""
+    from evomerge.search.run import join_study
+
+    settings = join_study(study, storage)
+    if device:
+        settings.device = device
+    run_search_command(settings, timeout=parse_duration(timeout), jobs=1)
+
+
+@app.command()
+@user_errors
+def spaces() -> None:
+    """The shipped search spaces, with their method and dimension (for 32 layers, two parents)."""
+    from evomerge.space import load_space, shipped_spaces
+
+    table = Table()
+    for column in ("space", "method", "dimension", "description"):
+        table.add_column(column)
+    for name in shipped_spaces():
+        loaded = load_space(name)
+        table.add_row(name, loaded.method, str(loaded.dimension(32, 2)), loaded.description)
+    stdout.print(table)
+
+
+@app.command()
+@user_errors
+def export(
+    study: str = typer.Option(..., help="Study name."),
+    storage: Optional[str] = typer.Option(None, help="Storage URL (default: results/<study>/study.db)."),
+    rank: int = typer.Option(1, min=1, help="1 = the best recipe, 2 = the second best, …"),
+    out: Optional[Path] = typer.Option(None, help="Where to write the YAML (default: results/<study>/best-recipe.yaml, or rank-K.yaml)."),
+) -> None:
+    """Write a study's K-th best recipe as a mergekit YAML."""
+    import optuna
+
+    from evomerge.search.export import export_recipe
+    from evomerge.search.study import SearchSettings, open_storage
+
+    url = storage or SearchSettings(parents=[], benchmarks=[], study=study).storage_url()
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
+        raise EvomergeError(f"no study database at {url[len('sqlite:///'):]} (pass --storage)")
+    try:
+        loaded = optuna.load_study(study_name=study, storage=open_storage(url))
+    except KeyError:
+        raise EvomergeError(f"no study {study!r} in {url}") from None
+    target = out or Path("results") / study / ("best-recipe.yaml" if rank == 1 else f"rank-{rank}.yaml")
+    trial = export_recipe(loaded, target, rank)
+    stdout.print(f"Wrote {target} (trial {trial.number}, value {trial.values[0]:.4f})")
+
+
+@app.command()
+@user_errors
+def dashboard(
+    storage: str = typer.Option(..., help="The study's storage URL, e.g. sqlite:///results/<study>/study.db."),
+    host: str = typer.Option("127.0.0.1", help="Address to serve on (localhost by default)."),
+    port: int = typer.Option(8080, help="Port."),
+) -> None:
+    """Serve optuna-dashboard on a study storage (live while a search runs)."""
+    from optuna_dashboard import run_server
+
+    from evomerge.search.study import open_storage
+
+    loaded = open_storage(storage)
+    stdout.print(f"Optuna dashboard on http://{host}:{port}/ (Ctrl-C to stop)")
+    run_server(loaded, host=host, port=port)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -151,6 +151,18 @@ class SearchSpace:
             data["dtype"] = dtype
         return Recipe.from_dict(data, source=f"space {self.name}")
 
+    def grid(self, num_layers: int, parents: list[str], base: Optional[str]) -> Optional[dict[str, list[float]]]:
+        """Every searched value's steps, for a grid search; None if some value has no step."""
+        recorder = _RecordingTrial()
+        self.suggest(recorder, parents, base, num_layers)
+        grid = {}
+        for name, (low, high, step) in recorder.ranges.items():
+            if step is None:
+                return None
+            count = int(round((high - low) / step))
+            grid[name] = [round(low + i * step, 10) for i in range(count + 1)]
+        return grid
+
     def baseline_params(self, num_layers: int) -> Optional[dict[str, float]]:
         """Trial values that reproduce the paper's hand-made recipe, or None if the space cannot
         express it (only a SLERP space with 5-anchor self_attn and mlp gradients and a default can)."""
@@ -284,3 +296,14 @@ def _checked(name: str, spec: ValueSpec, where: str) -> ValueSpec:
         if too_low or value > high:
             raise SpaceError(f"{where}: {name} range reaches {value}, outside {'[' if low_inclusive else '('}{low:g}, {high:g}]")
     return spec
+
+
+class _RecordingTrial:
+    """A trial that answers with the low end and remembers each value's range."""
+
+    def __init__(self) -> None:
+        self.ranges: dict[str, tuple[float, float, Optional[float]]] = {}
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: Optional[float] = None, log: bool = False) -> float:
+        self.ranges[name] = (low, high, None if log else step)
+        return low

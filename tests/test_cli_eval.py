@@ -143,8 +143,12 @@ def test_eval_holdout_scores_only_the_search_split(setup):
 
     search, held = load_benchmark(setup["bench"]).split_holdout(0.3)
     assert len(held) > 0
-    data = summary(run("eval", "--model", setup["model"], "--benchmark", setup["bench"], "--protocol", "loglik", "--holdout", "0.3", "--device", "cpu", "--json"))
-    assert data["n"] == len(search) < 30
+    args = ("eval", "--model", setup["model"], "--benchmark", setup["bench"], "--protocol", "loglik", "--holdout", "0.3", "--device", "cpu", "--json")
+    builtin = summary(run(*args))
+    assert builtin["n"] == len(search) < 30
+    through_lm_eval = summary(run(*args, "--backend", "lm-eval"))
+    assert through_lm_eval["n"] == len(search)
+    assert through_lm_eval["accuracy"] == pytest.approx(builtin["accuracy"], abs=1e-12)
 
 
 def test_eval_chat_model_uses_its_template_and_no_chat_switches_it_off(setup):
@@ -238,6 +242,16 @@ def test_loglik_with_exact_items(setup, tmp_path):
     assert_clean_error(run("eval", "--model", setup["model"], "--benchmark", bad, "--protocol", "loglik", "--device", "cpu"), "exact")
 
 
+def test_benchmark_export_onto_an_existing_file(setup, tmp_path):
+    target = tmp_path / "a-file"
+    target.write_text("not a folder")
+    result = run("benchmark", "export", setup["bench"], target)
+    assert result.exit_code == 2 and result.stderr.startswith("error:"), (
+        f"EVAL BUG: `benchmark export BENCH DIR` with DIR an existing file ends with exit code {result.exit_code} "
+        f"and an uncaught {type(result.exception).__name__} instead of one 'error:' line and exit code 2"
+    )
+
+
 def test_benchmark_export_bad_file(setup, tmp_path):
     bad = write(tmp_path / "dup.jsonl", [items(2)[0], items(2)[0]])
     out = tmp_path / "out"
@@ -270,3 +284,16 @@ def test_eval_shipped_benchmark_by_name(setup):
     data = summary(run("eval", "--model", setup["model"], "--benchmark", "bio_materials", "--protocol", "loglik", "--fraction", "0.1", "--device", "cpu", "--json"))
     assert data["n"] == -(-len(load_benchmark("bio_materials")) // 10)
     assert data["benchmark"] == "bio_materials"
+
+
+def test_shipped_benchmark_exported_scores_the_same_through_lm_eval(setup, tmp_path):
+    if not Path(str(resources.files("evomerge") / "data" / "benchmarks" / "bio_materials.jsonl")).is_file():
+        pytest.skip("bio_materials.jsonl is not shipped yet")
+    exported = run("benchmark", "export", "bio_materials", tmp_path / "tasks")
+    assert exported.exit_code == 0, exported.output
+    common = ("--model", setup["model"], "--fraction", "0.2", "--device", "cpu", "--json")
+    builtin = summary(run("eval", "--benchmark", "bio_materials", "--protocol", "loglik", *common))
+    through_lm_eval = summary(run("eval", "--benchmark", "lm-eval:evomerge_bio_materials", "--tasks-dir", tmp_path / "tasks", *common))
+    assert through_lm_eval["n"] == builtin["n"] > 20
+    assert through_lm_eval["accuracy"] == pytest.approx(builtin["accuracy"], abs=1e-12)
+    assert through_lm_eval["per_category"] == pytest.approx(builtin["per_category"])

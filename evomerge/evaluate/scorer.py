@@ -7,7 +7,7 @@ between trials) and returns accuracy, per-category accuracy and the per-item cor
 - `paper`: greedy decoding, batched and left-padded, with a KV cache; a row stops as soon as its
   reply maps to an answer, the batch when every row has, and never after the longest option needs.
 - `loglik`: each option's log-likelihood after the same context, tokenised as lm-eval tokenises it.
-  When every option of an item is one token, one forward pass of the context scores them all.
+  When the options differ only in their last token (" A", " B", …), one forward pass scores them all.
 """
 
 from __future__ import annotations
@@ -172,8 +172,11 @@ class Scorer:
         requests = []
         for index in indices:
             encoded = self._encoded[index]
-            if all(len(option) == 1 for option in encoded.options):
-                requests.append((index, None, encoded.prompt, [option[0] for option in encoded.options]))
+            if _differ_only_in_last_token(encoded.options):
+                # One forward over context + the options' shared prefix scores every option: they
+                # differ only in the next token (" A" vs " B": a shared space, then the letter).
+                prefix = encoded.options[0][:-1]
+                requests.append((index, None, encoded.prompt + prefix, [option[-1] for option in encoded.options]))
             else:
                 for option_index, option in enumerate(encoded.options):
                     requests.append((index, option_index, (encoded.prompt + option)[:-1], option))
@@ -196,7 +199,7 @@ class Scorer:
             offset = width - keep  # logits[:, j] belongs to position offset + j
             for row, (index, option, _, targets) in enumerate(chosen):
                 end = lengths[row] - offset
-                if option is None:  # every option is one token: read them all at the last position
+                if option is None:  # options differ in one token: read them all at the last position
                     last = torch.log_softmax(logits[row, end - 1].float(), dim=-1)
                     scores[index] = [last[token].item() for token in targets]
                 else:
@@ -228,6 +231,13 @@ class Scorer:
             input_ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
             attention_mask[row, width - len(tokens) :] = 1
         return input_ids.to(device), attention_mask.to(device)
+
+
+def _differ_only_in_last_token(options: list[list[int]]) -> bool:
+    """All options the same length and identical but for their last token (then the shared part's
+    log-likelihood is the same for every option and does not change which one wins)."""
+    first = options[0]
+    return all(len(option) == len(first) and option[:-1] == first[:-1] for option in options)
 
 
 def lm_eval_split(tokenizer, context: str, options: list[str]) -> tuple[list[int], list[list[int]]]:

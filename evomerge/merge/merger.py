@@ -181,6 +181,14 @@ class Merger:
         self.apply_count += 1
         return self.model
 
+    @torch.inference_mode()
+    def show_parent(self, reference: str):
+        """Load one parent's own weights into the resident model (to score a parent alone)."""
+        parent = self.parents[self.parent_name(reference)]
+        for name, target in self._targets.items():
+            target.copy_(parent.tensors[name])
+        return self.model
+
     def merged_state_dict(self) -> dict[str, torch.Tensor]:
         """The merged tensors under the checkpoint's names (views into the resident model)."""
         return dict(self._targets)

@@ -83,6 +83,7 @@ def test_duplicate_id_names_both_lines(tmp_path, jsonl):
         (with_(MC, answer="Tubuliform"), ["answer", "Tubuliform", "choices"]),  # text not a choice
         (with_(MC, choices=["Only one"]), ["choices", "two"]),
         (with_(MC, choices="Major ampullate"), ["choices"]),
+        (with_(MC, choices=["Major ampullate", 3]), ["choices"]),
         (with_(MC, choices=...), ["choices"]),
         (with_(MC, id=...), ["missing", "'id'"]),
         (with_(MC, question=...), ["missing", "'question'"]),
@@ -99,6 +100,7 @@ def test_duplicate_id_names_both_lines(tmp_path, jsonl):
         "mc-text-not-a-choice",
         "mc-one-choice",
         "mc-choices-not-a-list",
+        "mc-choice-not-a-string",
         "mc-no-choices",
         "missing-id",
         "missing-question",

@@ -88,11 +88,12 @@ def test_lm_eval_equals_builtin_loglik_per_item(bench, model, char_tokenizer, ha
     assert_same_scores(through_lm_eval, builtin)
 
 
-def test_lm_eval_equals_builtin_loglik_at_fraction(bench, model, char_tokenizer, harness):
-    builtin = Scorer(bench, char_tokenizer, "loglik", batch_size=8, chat=False).score(model, 0.5)
-    through_lm_eval = harness.score(model, 0.5)
-    assert through_lm_eval.n == 20
-    assert through_lm_eval.item_ids == [item.id for item in bench.items[:20]]
+@pytest.mark.parametrize("fraction, n", [(0.5, 20), (0.33, 14)])  # ⌈0.33·40⌉ = 14 on both sides
+def test_lm_eval_equals_builtin_loglik_at_fraction(bench, model, char_tokenizer, harness, fraction, n):
+    builtin = Scorer(bench, char_tokenizer, "loglik", batch_size=8, chat=False).score(model, fraction)
+    through_lm_eval = harness.score(model, fraction)
+    assert through_lm_eval.n == builtin.n == n
+    assert through_lm_eval.item_ids == [item.id for item in bench.items[:n]]
     assert_same_scores(through_lm_eval, builtin)
 
 
@@ -151,3 +152,74 @@ def test_fraction_out_of_range(harness, model):
         harness.score(model, 0)
     with pytest.raises(EvomergeError, match="fraction"):
         harness.score(model, 1.5)
+
+
+# ----- tokenisation exactly as lm-eval's HFLM does it -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hflm_for(model):
+    """`hflm_for(tokenizer)` → a real HFLM around the tiny model (only its tokenisation is used)."""
+    from lm_eval.models.huggingface import HFLM
+
+    made = {}
+
+    def make(tokenizer):
+        if id(tokenizer) not in made:
+            made[id(tokenizer)] = HFLM(pretrained=model, tokenizer=tokenizer, device="cpu", batch_size=1)
+        return made[id(tokenizer)]
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer(bpe_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(bpe_model_dir))
+
+
+@pytest.mark.parametrize("tokenizer_fixture", ["char_tokenizer", "word_tokenizer", "bpe_tokenizer", "bos_chat_tokenizer"])
+def test_lm_eval_split_tokenises_exactly_as_hflm(request, bench, hflm_for, tokenizer_fixture):
+    from evomerge.evaluate.scorer import lm_eval_split
+
+    tokenizer = request.getfixturevalue(tokenizer_fixture)
+    lm = hflm_for(tokenizer)
+    contexts = [protocol.build_prompt(bench.items[0]), protocol.build_prompt(next(i for i in bench.items if i.type == "tf"))]
+    contexts += ["Question: which gland? Answer: ", "Two trailing spaces:  "]
+    for context in contexts:
+        options = [" A", " B", " True", " False"]
+        context_tokens, option_tokens = lm_eval_split(tokenizer, context, options)
+        for option, tokens in zip(options, option_tokens):
+            assert (context_tokens, tokens) == tuple(lm._encode_pair(context, option)), (tokenizer_fixture, context[-30:], option)
+
+
+def test_lm_eval_split_of_a_chat_context_that_starts_with_bos(bench, hflm_for, bos_chat_tokenizer):
+    """A chat-rendered context already begins with BOS; lm-eval then adds no second one."""
+    from evomerge.evaluate.scorer import lm_eval_split
+
+    lm = hflm_for(bos_chat_tokenizer)
+    context = protocol.build_prompt(bench.items[0], bos_chat_tokenizer, chat=True)
+    assert context.startswith(bos_chat_tokenizer.bos_token)
+    ours = lm_eval_split(bos_chat_tokenizer, context, [" A"])
+    theirs = lm._encode_pair(context, " A")
+    bos = bos_chat_tokenizer.bos_token_id
+    assert theirs[0][:2] != [bos, bos]
+    assert (ours[0], ours[1][0]) == tuple(theirs), (
+        f"EVAL BUG: lm_eval_split encodes a chat context that already starts with BOS with a second BOS "
+        f"(ours starts {ours[0][:3]}, lm-eval's {theirs[0][:3]}); lm-eval's tok_encode skips it"
+    )
+
+
+def test_lm_eval_equals_builtin_with_bpe_mixed_single_and_multi_token_options(bench, bpe_model_dir, bpe_tokenizer, task_dir):
+    from transformers import AutoModelForCausalLM
+
+    folder, name = task_dir
+    bpe_model = AutoModelForCausalLM.from_pretrained(str(bpe_model_dir)).eval()
+    scorer = Scorer(bench, bpe_tokenizer, "loglik", batch_size=8, chat=False)
+    lengths = {tuple(len(o) for o in e.options) for e in scorer._encoded}
+    assert any(all(n == 1 for n in ls) for ls in lengths), "some items should take the single-token path"
+    assert any(any(n > 1 for n in ls) for ls in lengths), "some items should take the multi-token path"
+    builtin = scorer.score(bpe_model)
+    assert 0 < sum(builtin.correct) < len(bench)
+    assert_same_scores(HarnessScorer(name, bpe_tokenizer, tasks_dir=folder, batch_size=8).score(bpe_model), builtin)

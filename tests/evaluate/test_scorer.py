@@ -347,3 +347,27 @@ def test_scorer_rejects_chat_without_a_template_and_unknown_protocol(bench, char
     with pytest.raises(EvomergeError, match="protocol"):
         Scorer(bench, char_tokenizer, "greedy")
     assert Scorer(bench, char_tokenizer, "paper").chat is False, "no template: plain prompts by default"
+
+
+def test_loglik_matches_hand_computation_with_a_real_bpe_tokenizer(bench, bpe_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(bpe_model_dir))
+    bpe_model = AutoModelForCausalLM.from_pretrained(str(bpe_model_dir)).eval()
+    scorer = Scorer(bench, tokenizer, "loglik", batch_size=8, chat=False)
+    single = [all(len(o) == 1 for o in e.options) for e in scorer._encoded]
+    assert any(single) and not all(single), "a batch should mix single- and multi-token items"
+    assert_loglik_picks_the_best_option(scorer, bpe_model, tokenizer)
+
+
+def test_chat_context_gets_one_bos_in_both_protocols(bench, bos_chat_tokenizer):
+    """A chat template that starts with BOS (Llama-3-Instruct and others) already gives the BOS."""
+    bos = bos_chat_tokenizer.bos_token_id
+    paper = Scorer(bench, bos_chat_tokenizer, "paper", chat=True)
+    assert paper._encoded[0].prompt[0] == bos and paper._encoded[0].prompt[1] != bos
+    loglik = Scorer(bench, bos_chat_tokenizer, "loglik", chat=True)
+    assert loglik._encoded[0].prompt[:2] != [bos, bos], (
+        "EVAL BUG: loglik mode with a chat template encodes the rendered prompt (which starts with BOS) with "
+        f"add_special_tokens, giving two BOS tokens: {loglik._encoded[0].prompt[:4]}"
+    )
+    assert loglik._encoded[0].prompt == paper._encoded[0].prompt

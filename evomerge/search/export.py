@@ -1,0 +1,195 @@
+"""What a study leaves in `results/<study>/`: the best recipe, the trials table, a summary, plots.
+
+`best-recipe.yaml` is a mergekit YAML with absolute parent paths; `mergekit-yaml` on it builds the
+same tensors as `evomerge merge` (the engine's contract). A two-benchmark study also writes its
+Pareto front (`pareto.csv`, `pareto/trial-N.yaml`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Optional
+
+import optuna
+from optuna.trial import TrialState
+
+from evomerge.errors import EvomergeError
+from evomerge.recipe import Recipe, layer_position, paper_recipe
+from evomerge.search.run import HOLDOUT_ATTR, best_trial
+from evomerge.search.study import PARENT_SCORES_ATTR, load_settings
+
+
+def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Complete trials, best first (by the first objective)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sorted(complete, key=lambda t: (-t.values[0], t.number))
+
+
+def recipe_of(trial: optuna.trial.FrozenTrial) -> Recipe:
+    """A trial's recipe with absolute parent paths (so it works from any folder)."""
+    recipe = Recipe.from_yaml(trial.user_attrs["recipe"], source=f"trial {trial.number}")
+    return recipe.with_models({name: str(Path(name).resolve()) for name in recipe.model_names})
+
+
+def export_recipe(study: optuna.Study, out: Path, rank: int = 1) -> optuna.trial.FrozenTrial:
+    ranked = ranked_trials(study)
+    if not ranked:
+        raise EvomergeError(f"study {study.study_name} has no complete trial yet")
+    if not 1 <= rank <= len(ranked):
+        raise EvomergeError(f"--rank {rank} is out of range: the study has {len(ranked)} complete trials")
+    trial = ranked[rank - 1]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = f"# evomerge study {study.study_name}, trial {trial.number}, rank {rank}: value {trial.values[0]:.4f}\n"
+    out.write_text(header + recipe_of(trial).to_yaml(), encoding="utf-8")
+    return trial
+
+
+def summarise(study: optuna.Study, wall_s: Optional[float] = None) -> dict:
+    settings = load_settings(study)
+    trials = study.get_trials(deepcopy=False)
+    counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+    parent_scores = study.user_attrs.get(PARENT_SCORES_ATTR, {})
+    parents = {name: scores[0]["fidelity"]["1.0"] for name, scores in parent_scores.items()}
+    best = best_trial(study)
+    baseline = next((t for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE), None)
+    summary = {
+        "study": study.study_name,
+        "benchmarks": settings.benchmarks,
+        "objective": settings.objective,
+        "parents": parents,
+        "best_parent": max(parents.values()) if parents else None,
+        "parents_mean": sum(parents.values()) / len(parents) if parents else None,
+        "best_trial": best.number if best else None,
+        "best_value": best.values[0] if best else None,
+        "best_accuracy": best.user_attrs.get("accuracy") if best else None,
+        "gain": best.user_attrs.get("gain") if best else None,
+        "synergy": best.user_attrs.get("synergy") if best else None,
+        "baseline_accuracy": baseline.user_attrs.get("accuracy") if baseline else None,
+        "holdout": study.user_attrs.get(HOLDOUT_ATTR),
+        "trials": counts,
+        "duplicates_skipped": sum("duplicate_of" in t.user_attrs for t in trials),
+        "stopped_because": study.user_attrs.get("stopped_because"),
+    }
+    if wall_s is not None:
+        summary["wall_s"] = round(wall_s, 2)
+    return summary
+
+
+def write_trials_csv(study: optuna.Study, out: Path) -> None:
+    trials = study.get_trials(deepcopy=False)
+    param_names = sorted({name for t in trials for name in t.params})
+    attr_names = ["baseline", "accuracy", "gain", "synergy", "merge_s", "score_s", "duplicate_of", "fail_reason"]
+    fidelity_names = sorted({k for t in trials for k in t.user_attrs if k.startswith("accuracy@")})
+    with open(out, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["number", "state", "values", *attr_names, *fidelity_names, *param_names])
+        for t in trials:
+            values = ";".join(f"{v:.6g}" for v in t.values) if t.values else ""
+            writer.writerow(
+                [t.number, t.state.name, values]
+                + [t.user_attrs.get(name, "") for name in attr_names + fidelity_names]
+                + [t.params.get(name, "") for name in param_names]
+            )
+
+
+def write_pareto(study: optuna.Study, folder: Path) -> None:
+    front = sorted(study.best_trials, key=lambda t: -t.values[0])
+    (folder / "pareto").mkdir(parents=True, exist_ok=True)
+    with open(folder / "pareto.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["number", "domain", "general", "recipe"])
+        for t in front:
+            path = folder / "pareto" / f"trial-{t.number}.yaml"
+            path.write_text(recipe_of(t).to_yaml(), encoding="utf-8")
+            writer.writerow([t.number, t.values[0], t.values[1], path.name])
+
+
+def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete or len(study.directions) > 1:
+        return written
+    summary = summarise(study)
+    figure, axis = plt.subplots(figsize=(7, 4))
+    numbers = [t.number for t in complete]
+    values = [t.values[0] for t in complete]
+    running = [max(values[: i + 1]) for i in range(len(values))]
+    axis.scatter(numbers, values, s=14, label="trial", color="tab:blue")
+    axis.step(numbers, running, where="post", label="best so far", color="tab:orange")
+    baseline = [t for t in complete if t.user_attrs.get("baseline")]
+    if baseline:
+        axis.scatter([baseline[0].number], [baseline[0].values[0]], marker="*", s=120, color="tab:red", label="paper's recipe")
+    if summary["best_parent"] is not None and load_settings(study).objective == "accuracy":
+        axis.axhline(summary["best_parent"], linestyle="--", color="grey", label="best parent")
+    axis.set_xlabel("trial")
+    axis.set_ylabel(load_settings(study).objective)
+    axis.legend(fontsize=8)
+    axis.set_title(f"{study.study_name}: optimisation history")
+    written.append(_save(figure, folder / "history.png"))
+
+    try:
+        importances = optuna.importance.get_param_importances(study)
+    except Exception:  # too few or identical trials: no importances to draw
+        importances = {}
+    if importances:
+        figure, axis = plt.subplots(figsize=(7, max(2.5, 0.3 * len(importances))))
+        names = list(importances)[::-1]
+        axis.barh(names, [importances[n] for n in names], color="tab:blue")
+        axis.set_xlabel("importance (fANOVA)")
+        axis.set_title("Which parameters mattered")
+        written.append(_save(figure, folder / "importances.png"))
+
+    best = best_trial(study)
+    recipe = Recipe.from_yaml(best.user_attrs["recipe"])
+    if recipe.merge_method == "slerp":
+        layers = load_num_layers(recipe)
+        figure, axis = plt.subplots(figsize=(7, 4))
+        paper = paper_recipe(*recipe.model_names[:2])
+        for module, color in (("self_attn", "tab:blue"), ("mlp", "tab:green")):
+            name = "model.layers.{}." + module + ".x.weight"
+            positions = [layer_position(i, layers) for i in range(layers)]
+            axis.plot(range(layers), [recipe.parameter("t", name.format(i), p) for i, p in enumerate(positions)], color=color, label=f"best: {module}")
+            axis.plot(range(layers), [paper.parameter("t", name.format(i), p) for i, p in enumerate(positions)], color=color, linestyle=":", label=f"paper: {module}")
+        axis.set_ylim(-0.05, 1.05)
+        axis.set_xlabel("layer")
+        axis.set_ylabel("t (0 = base, 1 = other parent)")
+        axis.legend(fontsize=8)
+        axis.set_title(f"SLERP t over depth, trial {best.number} vs the paper's schedule")
+        written.append(_save(figure, folder / "t-over-layers.png"))
+    return written
+
+
+def load_num_layers(recipe: Recipe) -> int:
+    from evomerge.merge.parents import inspect_parent
+
+    return inspect_parent(recipe.model_names[0]).num_layers
+
+
+def _save(figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    return path
+
+
+def export_all(study: optuna.Study, folder: Path, wall_s: Optional[float] = None) -> dict:
+    """Everything a finished (or interrupted) study leaves in its results folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = summarise(study, wall_s)
+    if summary["best_trial"] is not None:
+        export_recipe(study, folder / "best-recipe.yaml")
+        if len(study.directions) > 1:
+            write_pareto(study, folder)
+        write_plots(study, folder)
+    write_trials_csv(study, folder / "trials.csv")
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return summary

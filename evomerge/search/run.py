@@ -1,0 +1,167 @@
+"""Run a search: check everything, create or resume the study, optimise, score the held-out items.
+
+Order matters: every bad input (flags, space, parents, benchmark files, storage) is reported
+before the study is created; weights load once per process; `--trials` is the study's total, so
+rerunning the same command continues it; Ctrl-C stops cleanly after marking the running trial.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import optuna
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+
+from evomerge.errors import EvomergeError
+from evomerge.evaluate.benchmark import load_benchmark
+from evomerge.evaluate.harness import is_lm_eval_spec
+from evomerge.merge.parents import check_parents, inspect_parent
+from evomerge.search.objective import TrialRunner
+from evomerge.search.study import (
+    SearchSettings,
+    create_or_load_study,
+    finished_count,
+    load_settings,
+    open_storage,
+)
+from evomerge.space import SearchSpace, load_space
+
+MAX_CONSECUTIVE_FAILURES = 5
+HOLDOUT_ATTR = "holdout_scores"
+
+
+class TooManyFailures(EvomergeError):
+    pass
+
+
+@dataclass
+class Prepared:
+    settings: SearchSettings
+    space: SearchSpace
+    infos: list
+    storage: object
+
+
+def prepare(settings: SearchSettings) -> Prepared:
+    """All checks that need no weights: flags, space, parents' headers, benchmark files, storage."""
+    settings.check()
+    space = load_space(settings.space)
+    infos = [inspect_parent(parent) for parent in settings.parents]
+    check_parents(infos)
+    space.check_parents(settings.parents, settings.base)
+    for benchmark in settings.benchmarks:
+        if not is_lm_eval_spec(benchmark):
+            load_benchmark(benchmark)
+    if settings.sampler == "grid" and space.grid(infos[0].num_layers, settings.parents, settings.base) is None:
+        raise EvomergeError(f"--sampler grid needs a step on every searched value of space {space.name}")
+    return Prepared(settings, space, infos, open_storage(settings.storage_url()))
+
+
+def failure_guard(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Stop after several failures in a row: something is wrong with the setup, not one recipe."""
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
+    recent = finished[-MAX_CONSECUTIVE_FAILURES:]
+    if len(recent) == MAX_CONSECUTIVE_FAILURES and all(t.state == TrialState.FAIL for t in recent):
+        study.set_user_attr("stopped_because", f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row; last: {recent[-1].user_attrs.get('fail_reason', '?')}")
+        study.stop()
+
+
+def optimise(
+    prepared: Prepared,
+    *,
+    timeout: Optional[float] = None,
+    on_trial: Optional[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = None,
+    runner: Optional[TrialRunner] = None,
+) -> tuple[optuna.Study, TrialRunner]:
+    """Create or resume the study and run trials in this process until the study has its total."""
+    settings = prepared.settings
+    grid = prepared.space.grid(prepared.infos[0].num_layers, settings.parents, settings.base) if settings.sampler == "grid" else None
+    runner = runner or TrialRunner(settings, prepared.infos, prepared.space)
+    study = create_or_load_study(settings, prepared.storage, grid)
+    runner.score_parents(study)
+    enqueue_baseline(study, prepared.space, runner.merger.num_layers)
+    remaining = settings.trials - finished_count(study)
+    if remaining > 0:
+        callbacks = [MaxTrialsCallback(settings.trials, states=(TrialState.COMPLETE, TrialState.PRUNED)), failure_guard]
+        if on_trial is not None:
+            callbacks.append(on_trial)
+        # Failed trials do not count towards --trials: leave room to replace a few (the guard stops
+        # a run of failures); MaxTrialsCallback ends the run at the study's total, across workers.
+        n_trials = remaining + MAX_CONSECUTIVE_FAILURES
+        study.optimize(runner, n_trials=n_trials, timeout=timeout, callbacks=callbacks, catch=(Exception,))
+    if "stopped_because" in study.user_attrs and finished_count(study) < settings.trials:
+        raise TooManyFailures(f"search stopped: {study.user_attrs['stopped_because']}")
+    return study, runner
+
+
+def enqueue_baseline(study: optuna.Study, space: SearchSpace, num_layers: int) -> None:
+    """The paper's hand-made recipe as a trial, where the space can express it, once per study."""
+    params = space.baseline_params(num_layers)
+    if params is None or any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)):
+        return
+    study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
+
+
+def score_holdout(study: optuna.Study, runner: TrialRunner) -> Optional[dict]:
+    """Score the best recipe on the held-out items the search never saw; stored on the study."""
+    if not runner.settings.holdout or runner.settings.multi_objective:
+        return None
+    best = best_trial(study)
+    if best is None:
+        return None
+    from evomerge.recipe import Recipe
+
+    model = runner.merger.apply(Recipe.from_yaml(best.user_attrs["recipe"]), seed=runner.settings.seed)
+    objective = runner.objectives[0]
+    result = runner.holdout_scorer(objective).score(model, 1.0)
+    scores = {"trial": best.number, "search_accuracy": best.user_attrs.get("accuracy"), "holdout_accuracy": result.accuracy, "holdout_n": result.n}
+    study.set_user_attr(HOLDOUT_ATTR, scores)
+    return scores
+
+
+def best_trial(study: optuna.Study) -> Optional[optuna.trial.FrozenTrial]:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return None
+    if len(study.directions) > 1:
+        front = study.best_trials
+        return max(front, key=lambda t: t.values[0]) if front else None
+    return study.best_trial
+
+
+# ----- several worker processes on one machine ----------------------------------------------
+
+
+def _worker_main(settings_json: str, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    settings = SearchSettings.from_json(settings_json)
+    optimise(prepare(settings))
+
+
+def start_workers(settings: SearchSettings, count: int) -> list[multiprocessing.Process]:
+    """`count` extra processes that join the same study (each loads the parents once)."""
+    threads = max(1, (os.cpu_count() or 1) // (count + 1))
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_worker_main, args=(settings.to_json(), threads), daemon=True) for _ in range(count)]
+    for process in processes:
+        process.start()
+    return processes
+
+
+def join_study(study_name: str, storage_url: str) -> SearchSettings:
+    """The settings of an existing study, so `evomerge worker` needs nothing but its name and storage."""
+    storage = open_storage(storage_url)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise EvomergeError(f"no study {study_name!r} in {storage_url}") from None
+    settings = load_settings(study)
+    settings.storage = storage_url
+    return settings

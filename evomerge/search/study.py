@@ -1,0 +1,194 @@
+"""A study: its settings (stored on it, so a worker needs no flags), storage, sampler and pruner.
+
+Storage URLs: any Optuna RDB URL (`sqlite:///results/s/study.db`, `postgresql://…`), or
+`journal:PATH` for Optuna's JournalFileBackend (many processes on one machine). RDB storages run a
+heartbeat, so a trial whose process was killed is marked failed when the study resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import optuna
+
+from evomerge.errors import EvomergeError
+
+SAMPLERS = ("tpe", "cmaes", "random", "grid", "gp", "nsga2")
+PRUNERS = ("hyperband", "median", "none")
+OBJECTIVES = ("accuracy", "gain")
+SETTINGS_ATTR = "evomerge_settings"
+PARENT_SCORES_ATTR = "parent_scores"
+HEARTBEAT_S = 30
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+@dataclass
+class SearchSettings:
+    """Everything a search needs, as plain data (stored on the study as JSON)."""
+
+    parents: list[str]
+    benchmarks: list[str]
+    base: Optional[str] = None
+    space: str = "slerp_gradient"
+    sampler: str = "tpe"
+    pruner: str = "hyperband"
+    fidelities: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
+    holdout: float = 0.0
+    objective: str = "accuracy"
+    seed: int = 0
+    device: str = "auto"
+    dtype: Optional[str] = None
+    protocol: str = "paper"
+    backend: str = "builtin"
+    batch_size: int = 16
+    chat: Optional[bool] = None
+    tasks_dir: Optional[str] = None
+    trials: int = 30
+    study: str = "search"
+    storage: Optional[str] = None
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.benchmarks) > 1
+
+    @property
+    def results_dir(self) -> Path:
+        return Path("results") / self.study
+
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{self.results_dir / 'study.db'}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "SearchSettings":
+        data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    def check(self) -> None:
+        """Flag-level checks, before anything is loaded or created."""
+        if not _SAFE_NAME.match(self.study):
+            raise EvomergeError(f"--study {self.study!r} is not a safe folder name (letters, digits, _ . -)")
+        if self.sampler not in SAMPLERS:
+            raise EvomergeError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
+        if self.pruner not in PRUNERS:
+            raise EvomergeError(f"unknown pruner {self.pruner!r}; choose from {', '.join(PRUNERS)}")
+        if self.objective not in OBJECTIVES:
+            raise EvomergeError(f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
+        if self.trials < 1:
+            raise EvomergeError(f"--trials must be at least 1, got {self.trials}")
+        if len(self.parents) < 2:
+            raise EvomergeError("--parents needs at least two model folders, comma-separated")
+        if len(set(self.parents)) != len(self.parents):
+            raise EvomergeError(f"--parents lists a folder twice: {','.join(self.parents)}")
+        if self.base is not None and self.base not in self.parents:
+            raise EvomergeError(f"--base {self.base} is not one of --parents")
+        if not self.fidelities or any(not 0 < f <= 1 for f in self.fidelities) or self.fidelities != sorted(self.fidelities):
+            raise EvomergeError(f"--fidelities must be increasing fractions in (0, 1], got {self.fidelities}")
+        if self.fidelities[-1] != 1.0:
+            raise EvomergeError("--fidelities must end with 1 (the full benchmark)")
+        if not 0 <= self.holdout < 1:
+            raise EvomergeError(f"--holdout must be in [0, 1), got {self.holdout}")
+        if len(self.benchmarks) > 2:
+            raise EvomergeError("--benchmark takes one benchmark, or two (domain,general) for a multi-objective study")
+        if self.multi_objective and self.sampler not in ("tpe", "nsga2", "random"):
+            raise EvomergeError(f"a two-benchmark study is multi-objective: use --sampler nsga2, tpe or random, not {self.sampler}")
+
+
+def open_storage(url: str):
+    """An Optuna storage for a URL; a clear EvomergeError when it cannot be reached."""
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages import JournalStorage
+            from optuna.storages.journal import JournalFileBackend
+
+            path = Path(url.split(":", 1)[1].removeprefix("//"))  # journal:rel/path or journal:///abs/path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages import RDBStorage
+
+        return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=2 * HEARTBEAT_S)
+    except EvomergeError:
+        raise
+    except Exception as error:  # SQLAlchemy and drivers raise many types for a bad URL
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise EvomergeError(f"cannot open storage {url}: {first_line}") from None
+
+
+def make_sampler(settings: SearchSettings, grid: Optional[dict[str, list[float]]] = None):
+    seed = settings.seed
+    if settings.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
+    if settings.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=5, warn_independent_sampling=False)
+    if settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if settings.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=5)
+    if settings.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if settings.sampler == "grid":
+        if grid is None:
+            raise EvomergeError("the grid sampler needs every searched value to have a step")
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    raise EvomergeError(f"unknown sampler {settings.sampler!r}")
+
+
+def make_pruner(settings: SearchSettings):
+    steps = len(settings.fidelities)
+    if settings.pruner == "none" or steps == 1 or settings.multi_objective:
+        return optuna.pruners.NopPruner()
+    if settings.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
+    return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=steps, reduction_factor=3)
+
+
+def create_or_load_study(settings: SearchSettings, storage, grid=None) -> optuna.Study:
+    """The study, created with the settings stored on it, or loaded if it exists (a resume)."""
+    directions = ["maximize", "maximize"] if settings.multi_objective else ["maximize"]
+    existing = {summary.study_name for summary in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if settings.study in existing:
+        study = optuna.load_study(study_name=settings.study, storage=storage, sampler=make_sampler(settings, grid), pruner=make_pruner(settings))
+        stored = study.user_attrs.get(SETTINGS_ATTR)
+        if stored:
+            before = SearchSettings.from_json(stored)
+            for key in ("parents", "base", "space", "benchmarks", "objective", "fidelities", "holdout", "protocol"):
+                if getattr(before, key) != getattr(settings, key):
+                    raise EvomergeError(
+                        f"study {settings.study} exists with {key}={getattr(before, key)!r}, not {getattr(settings, key)!r}; "
+                        "use another --study name"
+                    )
+        return study
+    study = optuna.create_study(
+        study_name=settings.study,
+        storage=storage,
+        sampler=make_sampler(settings, grid),
+        pruner=make_pruner(settings),
+        directions=directions,
+    )
+    study.set_user_attr(SETTINGS_ATTR, settings.to_json())
+    return study
+
+
+def load_settings(study: optuna.Study) -> SearchSettings:
+    stored = study.user_attrs.get(SETTINGS_ATTR)
+    if not stored:
+        raise EvomergeError(f"study {study.study_name} was not made by evomerge search (no settings on it)")
+    return SearchSettings.from_json(stored)
+
+
+def finished_count(study: optuna.Study) -> int:
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def attr(trial, key: str, default: Any = None) -> Any:
+    return trial.user_attrs.get(key, default)
