@@ -102,6 +102,42 @@ def test_eval_paper_protocol_json(setup):
         assert word in result.stdout, word
 
 
+@pytest.fixture(scope="module")
+def says_a_model(setup):
+    """A real tiny llama folder edited to always reply "A." (attention/MLP outputs zeroed, so the
+    lm_head reads the current token's embedding: every token → "A", and "A" → ".")."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(setup["model"]))
+    tokenizer = AutoTokenizer.from_pretrained(str(setup["model"]))
+    letter_a, period = tokenizer.convert_tokens_to_ids("A"), tokenizer.convert_tokens_to_ids(".")
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embed, head = model.model.embed_tokens.weight, model.lm_head.weight
+        embed.zero_()
+        embed[:, 0] = 1.0
+        embed[letter_a, 0], embed[letter_a, 1] = 0.0, 1.0
+        head.zero_()
+        head[letter_a, 0] = head[period, 1] = 10.0
+    out = setup["root"] / "says-a"
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+def test_eval_paper_protocol_scores_replies_by_hand_count(setup, says_a_model):
+    data = summary(run("eval", "--model", says_a_model, "--benchmark", setup["bench"], "--device", "cpu", "--json"))
+    records = items()
+    # "A." answers every mc item with A; it is no answer to a true/false item.
+    hits = {c: [r["type"] == "mc" and r["answer"] == "A" for r in records if r["category"] == c] for c in CATEGORIES}
+    assert data["n"] == 30
+    assert data["accuracy"] == pytest.approx(sum(sum(h) for h in hits.values()) / 30)
+    assert data["accuracy"] > 0
+    assert data["per_category"] == pytest.approx({c: sum(h) / len(h) for c, h in hits.items()})
+
+
 def test_eval_loglik_builtin_matches_in_process_scorer(setup, builtin_loglik):
     expected = in_process(setup, "loglik")
     assert builtin_loglik["n"] == 30 and builtin_loglik["protocol"] == "loglik"
@@ -151,11 +187,9 @@ def test_eval_holdout_scores_only_the_search_split(setup):
     assert through_lm_eval["accuracy"] == pytest.approx(builtin["accuracy"], abs=1e-12)
 
 
-def test_eval_chat_model_uses_its_template_and_no_chat_switches_it_off(setup):
-    chat = summary(run("eval", "--model", setup["chat"], "--benchmark", setup["bench"], "--device", "cpu", "--json"))
-    plain = summary(run("eval", "--model", setup["chat"], "--benchmark", setup["bench"], "--no-chat", "--device", "cpu", "--json"))
-    assert chat["n"] == plain["n"] == 30
-
+@pytest.fixture(scope="module")
+def chat_loglik_in_process(setup):
+    """Builtin loglik accuracy of the chat model with and without its template."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from evomerge.evaluate.benchmark import load_benchmark
@@ -164,8 +198,32 @@ def test_eval_chat_model_uses_its_template_and_no_chat_switches_it_off(setup):
     model = AutoModelForCausalLM.from_pretrained(str(setup["chat"])).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(setup["chat"]))
     bench = load_benchmark(setup["bench"])
-    assert chat["accuracy"] == pytest.approx(Scorer(bench, tokenizer, "paper", chat=True).score(model).accuracy)
-    assert plain["accuracy"] == pytest.approx(Scorer(bench, tokenizer, "paper", chat=False).score(model).accuracy)
+    with_template = Scorer(bench, tokenizer, "loglik", chat=True).score(model).accuracy
+    plain = Scorer(bench, tokenizer, "loglik", chat=False).score(model).accuracy
+    assert with_template != plain, "the test model should score differently with and without its template"
+    return {"chat": with_template, "plain": plain}
+
+
+def test_eval_chat_model_uses_its_template_and_no_chat_switches_it_off(setup, chat_loglik_in_process):
+    common = ("eval", "--model", setup["chat"], "--benchmark", setup["bench"], "--protocol", "loglik", "--device", "cpu", "--json")
+    default = summary(run(*common))
+    forced = summary(run(*common, "--chat"))
+    plain = summary(run(*common, "--no-chat"))
+    assert default["accuracy"] == pytest.approx(chat_loglik_in_process["chat"]), "a model with a template uses it by default"
+    assert forced["accuracy"] == pytest.approx(chat_loglik_in_process["chat"])
+    assert plain["accuracy"] == pytest.approx(chat_loglik_in_process["plain"])
+
+
+def test_lm_eval_backend_agrees_with_builtin_on_a_chat_model(setup, chat_loglik_in_process):
+    """Same command, other backend: an Instruct parent should get the same loglik score."""
+    common = ("eval", "--model", setup["chat"], "--benchmark", setup["bench"], "--protocol", "loglik", "--device", "cpu", "--json")
+    builtin = summary(run(*common))
+    through_lm_eval = summary(run(*common, "--backend", "lm-eval"))
+    assert through_lm_eval["accuracy"] == pytest.approx(builtin["accuracy"], abs=1e-12), (
+        "EVAL BUG: on a model with a chat template, builtin loglik uses the template by default but the lm-eval "
+        f"backend scores the exported plain prompts (and ignores --chat): builtin {builtin['accuracy']:.4f} vs "
+        f"lm-eval {through_lm_eval['accuracy']:.4f} (plain-prompt builtin: {chat_loglik_in_process['plain']:.4f})"
+    )
 
 
 # ----- bad input: exit code 2 and one line ------------------------------------------------------

@@ -45,6 +45,10 @@ class ParentScores:
         return [scores[benchmark]["fidelity"][str(fidelity)] for scores in self.by_parent.values()]
 
 
+class SurplusTrial(RuntimeError):
+    """A trial started after the study had reached its total (a race between workers)."""
+
+
 class TrialRunner:
     """Holds what every trial of a study shares in this process, and runs trials."""
 
@@ -73,6 +77,7 @@ class TrialRunner:
         ]
         self.parent_scores: Optional[ParentScores] = None
         self.trials_run = 0
+        self.total_trials: Optional[int] = None  # set by the run: the study's --trials
 
     # ----- once per study --------------------------------------------------------------------
 
@@ -117,6 +122,7 @@ class TrialRunner:
 
     def _run(self, trial: optuna.Trial):
         settings = self.settings
+        self._refuse_surplus(trial)
         recipe = self.space.suggest(trial, settings.parents, settings.base, self.merger.num_layers, self.dtype_name)
         recipe_yaml = recipe.to_yaml()
         key = recipe_key(recipe_yaml)
@@ -154,6 +160,17 @@ class TrialRunner:
             values.append(extra.accuracy)  # retention of general skill: plain accuracy
         trial.set_user_attr("score_s", round(time.perf_counter() - score_start, 4))
         return values[0] if len(values) == 1 else tuple(values)
+
+    def _refuse_surplus(self, trial: optuna.Trial) -> None:
+        """Workers that start a trial at the same moment could overshoot --trials: a trial with
+        the total already reached before it is not run (recorded as failed, which does not count)."""
+        if self.total_trials is None:
+            return
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+        earlier = [t for t in trial.study.get_trials(deepcopy=False, states=states) if t.number < trial.number]
+        if len(earlier) >= self.total_trials:
+            trial.study.stop()
+            raise SurplusTrial(f"not run: the study already has its {self.total_trials} trials")
 
     def _value(self, accuracy: float, benchmark: int, fidelity: float) -> float:
         if self.settings.objective == "gain":

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import optuna
-from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from evomerge.errors import EvomergeError
@@ -61,6 +60,19 @@ def prepare(settings: SearchSettings) -> Prepared:
     return Prepared(settings, space, infos, open_storage(settings.storage_url()))
 
 
+class StopAtTotal:
+    """Stop this worker once finished plus running trials reach the study's total (across every
+    worker), so N trials asked are N recorded; a failure reopens room for another trial."""
+
+    def __init__(self, total: int):
+        self.total = total
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        if len(study.get_trials(deepcopy=False, states=states)) >= self.total:
+            study.stop()
+
+
 def failure_guard(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Stop after several failures in a row: something is wrong with the setup, not one recipe."""
     finished = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
@@ -82,11 +94,14 @@ def optimise(
     grid = prepared.space.grid(prepared.infos[0].num_layers, settings.parents, settings.base) if settings.sampler == "grid" else None
     runner = runner or TrialRunner(settings, prepared.infos, prepared.space)
     study = create_or_load_study(settings, prepared.storage, grid)
+    runner.total_trials = settings.trials
+    # A trial whose process was killed (kill -9) has stopped beating: mark it failed now.
+    optuna.storages.fail_stale_trials(study)
     runner.score_parents(study)
     enqueue_baseline(study, prepared.space, runner.merger.num_layers)
     remaining = settings.trials - finished_count(study)
     if remaining > 0:
-        callbacks = [MaxTrialsCallback(settings.trials, states=(TrialState.COMPLETE, TrialState.PRUNED)), failure_guard]
+        callbacks = [StopAtTotal(settings.trials), failure_guard]
         if on_trial is not None:
             callbacks.append(on_trial)
         # Failed trials do not count towards --trials: leave room to replace a few (the guard stops

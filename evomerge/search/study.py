@@ -8,7 +8,9 @@ heartbeat, so a trial whose process was killed is marked failed when the study r
 from __future__ import annotations
 
 import json
+import os
 import re
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
@@ -22,7 +24,8 @@ PRUNERS = ("hyperband", "median", "none")
 OBJECTIVES = ("accuracy", "gain")
 SETTINGS_ATTR = "evomerge_settings"
 PARENT_SCORES_ATTR = "parent_scores"
-HEARTBEAT_S = 30
+# A running trial beats every HEARTBEAT_S; one silent for twice that (a killed process) is failed.
+HEARTBEAT_S = int(os.environ.get("EVOMERGE_HEARTBEAT_S", "30"))
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -113,9 +116,12 @@ def open_storage(url: str):
             return JournalStorage(JournalFileBackend(str(path)))
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        from optuna.exceptions import ExperimentalWarning
         from optuna.storages import RDBStorage
 
-        return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=2 * HEARTBEAT_S)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats are "experimental"
+            return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=2 * HEARTBEAT_S)
     except EvomergeError:
         raise
     except Exception as error:  # SQLAlchemy and drivers raise many types for a bad URL

@@ -1,0 +1,388 @@
+"""Search spaces: every shipped YAML parses, turns a trial into a recipe mergekit accepts, and a
+malformed space is refused with a message that says what is wrong and where.
+
+No Optuna study is needed here: a space asks for values through `suggest_float`, so a dict-backed
+trial (and Optuna's own FixedTrial / ask-tell trials) drive it.
+"""
+
+from __future__ import annotations
+
+import re
+
+import optuna
+import pytest
+import yaml
+
+from evomerge.recipe import PAPER_T, Recipe, paper_recipe
+from evomerge.space import SearchSpace, SpaceError, load_space, parse_space, shipped_spaces
+
+SHIPPED = {"slerp_global", "slerp_gradient", "slerp_layerwise", "linear", "task_arithmetic", "ties", "dare_ties"}
+A, B, C = "./instruct", "./child", "./third"
+# Dimension for 32 layers and two parents, as `evomerge spaces` reports it.
+DIMENSIONS_32 = {
+    "slerp_global": 1,
+    "slerp_gradient": 11,  # 5 self_attn anchors + 5 mlp anchors + 1 default
+    "slerp_layerwise": 17,  # 32/4 groups for self_attn and for mlp + 1 default
+    "linear": 2,  # one weight per parent (no base)
+    "task_arithmetic": 1,  # one weight for the one non-base parent
+    "ties": 2,  # weight and density for the non-base parent
+    "dare_ties": 2,
+}
+
+
+class DictTrial:
+    """A trial that answers from a dict (or a function of the name) and records every request."""
+
+    def __init__(self, values=None, default=None):
+        self.values = values or {}
+        self.default = default
+        self.asked: dict[str, tuple] = {}
+
+    def suggest_float(self, name, low, high, *, step=None, log=False):
+        self.asked[name] = (low, high, step, log)
+        if name in self.values:
+            return self.values[name]
+        if callable(self.default):
+            return self.default(name, low, high, step)
+        return low if self.default is None else self.default
+
+
+def parents_for(space: SearchSpace):
+    """Parents and base that fit a space: two for SLERP, three for the others (more per-model values)."""
+    if space.method == "slerp":
+        return [A, B], A
+    if space.method in ("task_arithmetic", "ties", "dare_ties"):
+        return [A, B, C], A
+    return [A, B, C], None
+
+
+def write(tmp_path, text, name="space.yaml"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ----- shipped spaces --------------------------------------------------------------------------
+
+
+def test_all_seven_spaces_ship_and_parse():
+    assert set(shipped_spaces()) == SHIPPED
+    for name in SHIPPED:
+        space = load_space(name)
+        assert space.name == name
+        assert space.description, f"{name} has no description for `evomerge spaces`"
+        assert space.parameters
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_every_shipped_space_suggests_recipes_mergekit_accepts(name):
+    space = load_space(name)
+    parents, base = parents_for(space)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    seen = set()
+    for _ in range(5):
+        trial = study.ask()
+        recipe = space.suggest(trial, parents, base, num_layers=6, dtype="float32")
+        assert isinstance(recipe, Recipe)
+        assert recipe.merge_method == space.method
+        config = recipe.to_mergekit()  # mergekit's own parser; raises RecipeError if rejected
+        assert config.merge_method == space.method
+        assert [m.model.model.path for m in config.models] == parents
+        # The YAML round-trips to the same recipe.
+        assert Recipe.from_yaml(recipe.to_yaml()).to_dict() == recipe.to_dict()
+        seen.add(recipe.to_yaml())
+        study.tell(trial, 0.0)
+    assert len(seen) > 1, f"{name}: five random trials gave one recipe"
+
+
+def test_dimensions_match_what_evomerge_spaces_reports():
+    for name, expected in DIMENSIONS_32.items():
+        assert load_space(name).dimension(32, 2) == expected, name
+    assert load_space("slerp_global").dimension(32, 2) == 1
+    assert load_space("slerp_gradient").dimension(32, 2) == 11
+    # Per-model parameters scale with the parents a method weighs.
+    assert load_space("linear").dimension(32, 3) == 3
+    assert load_space("ties").dimension(32, 3) == 4
+    assert load_space("slerp_layerwise").dimension(10, 2) == 3 + 3 + 1  # ceil(10/4) groups
+
+
+def test_dimension_equals_number_of_values_asked_for():
+    """The reported dimension is the number of suggest_float calls one recipe makes."""
+    for name in SHIPPED:
+        space = load_space(name)
+        for layers in (4, 9):
+            trial = DictTrial(default=lambda n, low, high, step: low)
+            parents, base = ([A, B], A) if space.method == "slerp" else ([A, B], A if space.method != "linear" else None)
+            space.suggest(trial, parents, base, layers)
+            assert len(trial.asked) == space.dimension(layers, 2), (name, layers, sorted(trial.asked))
+
+
+def test_ties_searches_weight_and_density_for_non_base_parents_only():
+    space = load_space("ties")
+    trial = DictTrial(default=lambda name, low, high, step: {"weight.m0": 0.5, "weight.m1": 0.7, "density.m0": 0.3, "density.m1": 0.9}[name])
+    recipe = space.suggest(trial, [A, B, C], A, num_layers=4)
+    assert recipe.base_model == A
+    entries = {entry.model: entry.parameters for entry in recipe.models}
+    assert entries[A] is None, "the base model gets no weight or density in TIES"
+    assert entries[B] == {"weight": 0.5, "density": 0.3}
+    assert entries[C] == {"weight": 0.7, "density": 0.9}
+    assert set(trial.asked) == {"weight.m0", "weight.m1", "density.m0", "density.m1"}
+    low, high, step, _ = trial.asked["density.m0"]
+    assert (low, high, step) == (0.1, 1.0, 0.05)
+
+
+def test_linear_searches_a_weight_for_every_parent():
+    space = load_space("linear")
+    trial = DictTrial(default=lambda name, low, high, step: {"weight.m0": 0.2, "weight.m1": 0.4, "weight.m2": 0.6}[name])
+    recipe = space.suggest(trial, [A, B, C], None, num_layers=4)
+    assert recipe.base_model is None
+    assert [entry.parameters for entry in recipe.models] == [{"weight": 0.2}, {"weight": 0.4}, {"weight": 0.6}]
+
+
+def test_layerwise_group_size_gives_one_anchor_per_layer_with_its_groups_value():
+    space = load_space("slerp_layerwise")
+    layers = 10  # groups of 4: layers 0-3, 4-7, 8-9
+    values = {f"t.self_attn.g{g}": 0.1 * (g + 1) for g in range(3)}
+    values |= {f"t.mlp.g{g}": 0.5 + 0.1 * g for g in range(3)}
+    values["t.default"] = 0.45
+    trial = DictTrial(values)
+    recipe = space.suggest(trial, [A, B], A, num_layers=layers)
+    t = {entry.get("filter"): entry["value"] for entry in recipe.parameters["t"]}
+    assert len(t["self_attn"]) == layers and len(t["mlp"]) == layers
+    for layer in range(layers):
+        group = layer // 4
+        assert t["self_attn"][layer] == pytest.approx(0.1 * (group + 1)), layer
+        assert t["mlp"][layer] == pytest.approx(0.5 + 0.1 * group), layer
+    assert t[None] == 0.45
+    assert set(trial.asked) == set(values), "exactly one value per group and filter is searched"
+    # mergekit reads anchor i at layer i exactly, so layer i merges with its group's t.
+    for layer in range(layers):
+        position = layer / (layers - 1)
+        assert recipe.parameter("t", f"model.layers.{layer}.self_attn.q_proj.weight", position) == pytest.approx(
+            0.1 * (layer // 4 + 1)
+        )
+
+
+def test_slerp_gradient_baseline_reproduces_the_papers_recipe_exactly():
+    space = load_space("slerp_gradient")
+    params = space.baseline_params(num_layers=32)
+    assert params is not None
+    assert len(params) == 11
+    recipe = space.suggest(optuna.trial.FixedTrial(params), [A, B], A, num_layers=32, dtype="bfloat16")
+    paper = paper_recipe(A, B, dtype="bfloat16")
+    assert recipe.to_dict() == paper.to_dict()
+    assert recipe.parameters["t"] == PAPER_T
+    # And the values of every tensor at every depth agree.
+    for layer in range(32):
+        position = layer / 31
+        for module in ("self_attn.q_proj", "mlp.up_proj", "input_layernorm"):
+            tensor = f"model.layers.{layer}.{module}.weight"
+            assert recipe.parameter("t", tensor, position) == pytest.approx(paper.parameter("t", tensor, position))
+
+
+def test_baseline_is_none_for_spaces_that_cannot_express_the_papers_recipe(tmp_path):
+    for name in SHIPPED - {"slerp_gradient"}:
+        assert load_space(name).baseline_params(32) is None, name
+    # A gradient space whose range excludes a paper value cannot express it either.
+    narrow = write(
+        tmp_path,
+        "method: slerp\nparameters:\n  t:\n    filters:\n"
+        "      self_attn: {anchors: 5, low: 0, high: 0.9, step: 0.05}\n"
+        "      mlp: {anchors: 5, low: 0, high: 1, step: 0.05}\n"
+        "    default: {low: 0, high: 1, step: 0.05}\n",
+    )
+    assert load_space(narrow).baseline_params(32) is None
+
+
+def test_grid_enumerates_every_step():
+    grid = load_space("slerp_global").grid(4, [A, B], A)
+    assert list(grid) == ["t"]
+    assert len(grid["t"]) == 101
+    assert grid["t"][0] == 0.0 and grid["t"][-1] == 1.0
+    assert grid["t"][30] == 0.3  # rounded, not 0.30000000000000004
+    grid = load_space("slerp_gradient").grid(4, [A, B], A)
+    assert len(grid) == 11
+    assert all(len(values) == 21 for values in grid.values())
+    grid = load_space("ties").grid(4, [A, B, C], A)
+    assert set(grid) == {"weight.m0", "weight.m1", "density.m0", "density.m1"}
+    assert grid["density.m0"][0] == 0.1 and grid["density.m0"][-1] == 1.0 and len(grid["density.m0"]) == 19
+
+
+def test_grid_is_none_without_a_step(tmp_path):
+    path = write(tmp_path, "method: slerp\nparameters:\n  t: {low: 0, high: 1}\n")
+    assert load_space(path).grid(4, [A, B], A) is None
+
+
+def test_suggested_values_are_rounded_to_the_step_in_the_recipe_yaml():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space = load_space("slerp_gradient")
+    long_float = re.compile(r"\d\.\d{11,}")
+    raw_long = 0
+    for _ in range(30):
+        trial = study.ask()
+        recipe = space.suggest(trial, [A, B], A, num_layers=8)
+        text = recipe.to_yaml()
+        assert not long_float.search(text), text
+        raw_long += sum(len(repr(v)) > 6 for v in trial.params.values())
+        for entry in recipe.parameters["t"]:
+            values = entry["value"] if isinstance(entry["value"], list) else [entry["value"]]
+            for value in values:
+                assert abs(value / 0.05 - round(value / 0.05)) < 1e-9, value
+                assert value == round(value, 2)
+        study.tell(trial, 0.0)
+    assert raw_long > 0, "Optuna's own values were never like 0.30000000000000004: the test checks nothing"
+
+
+def test_a_users_own_space_file_works(tmp_path):
+    path = write(
+        tmp_path,
+        """
+name: my_ties
+description: my own TIES space
+method: ties
+options: {normalize: true}
+parameters:
+  weight:
+    per_model: true
+    default: {value: 1.0}
+  density:
+    per_model: true
+    filters:
+      mlp: {low: 0.2, high: 0.8, step: 0.1}
+    default: 0.5
+""",
+        name="mine.yaml",
+    )
+    space = load_space(str(path))
+    assert space.name == "my_ties" and space.method == "ties"
+    assert space.dimension(32, 3) == 2  # only the mlp density is searched, per non-base parent
+    trial = DictTrial(default=lambda name, low, high, step: 0.3 if name.endswith("m0.mlp") else 0.6)
+    recipe = space.suggest(trial, [A, B, C], A, num_layers=4)
+    recipe.to_mergekit()
+    assert recipe.parameters == {"normalize": True}
+    by_model = {entry.model: entry.parameters for entry in recipe.models}
+    assert by_model[B]["weight"] == 1.0
+    assert by_model[B]["density"] == [{"filter": "mlp", "value": 0.3}, {"value": 0.5}]
+    assert by_model[C]["density"] == [{"filter": "mlp", "value": 0.6}, {"value": 0.5}]
+    # A space file without a name is named after the file.
+    unnamed = write(tmp_path, "method: slerp\nparameters:\n  t: 0.5\n", name="fixed_half.yaml")
+    assert load_space(unnamed).name == "fixed_half"
+    assert load_space(unnamed).dimension(32, 2) == 0
+
+
+def test_a_users_space_with_a_method_that_needs_a_base_keeps_the_base(tmp_path):
+    """mergekit's della (like breadcrumbs, sce, della_linear) requires a base model; a user's della
+    space with --base must produce a recipe that names it, or every trial fails."""
+    path = write(
+        tmp_path,
+        "method: della\nparameters:\n"
+        "  density: {per_model: true, default: {low: 0.2, high: 0.8, step: 0.05}}\n"
+        "  weight: {per_model: true, default: 1}\n"
+        "  epsilon: {per_model: true, default: 0.1}\n",
+    )
+    space = load_space(path)
+    recipe = space.suggest(DictTrial(default=0.5), [A, B], A, num_layers=4)
+    assert recipe.base_model == A, (
+        "SEARCH BUG: SearchSpace.suggest drops --base for methods outside NEEDS_BASE (della, breadcrumbs, "
+        f"sce, …), so mergekit refuses every della recipe ('requires a base input'):\n{recipe.to_yaml()}"
+    )
+    assert [entry.model for entry in recipe.models if entry.parameters] == [B]
+
+
+# ----- malformed spaces ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("method: slerp\nparameters:\n  t: 0.5\nsampler: tpe\n", ["unknown key", "'sampler'"]),
+        ("method: slerp\nparameters:\n  t: {low: 0, high: 1, stride: 0.1}\n", ["parameters.t", "unknown key", "'stride'"]),
+        ("method: slerp\nparameters:\n  t: {low: 0.6, high: 0.6}\n", ["parameters.t", "low", "below high"]),
+        ("method: slerp\nparameters:\n  t: {low: 0.8, high: 0.2}\n", ["low (0.8) must be below high (0.2)"]),
+        ("method: slerp\nparameters:\n  t: {low: -0.2, high: 1}\n", ["parameters.t", "t range", "-0.2", "[0, 1]"]),
+        ("method: slerp\nparameters:\n  t: {low: 0, high: 1.5}\n", ["t range", "1.5", "[0, 1]"]),
+        ("method: ties\nparameters:\n  density: 0\n", ["parameters.density", "density", "(0, 1]"]),
+        ("method: ties\nparameters:\n  density: {per_model: true, default: {low: 0, high: 1}}\n", ["density", "(0, 1]"]),
+        ("method: slerp\nparameters:\n  t:\n    filters:\n      mlp: {low: 0, high: 1}\n", ["parameters.t", "need a 'default'"]),
+        ("- method: slerp\n- parameters: {}\n", ["a search space is a mapping"]),
+        ("just a string\n", ["a search space is a mapping"]),
+        ("parameters:\n  t: 0.5\n", ["'method'", "missing"]),
+        ("method: slerp\nparameters: {}\n", ["'parameters' must map"]),
+        ("method: slerp\nparameters:\n  t: {low: 0, high: 1, step: 2}\n", ["step 2.0 must be positive and at most high - low"]),
+        ("method: slerp\nparameters:\n  t: {low: 0, high: 1, anchors: 3, group_size: 2}\n", ["'anchors' or 'group_size', not both"]),
+        ("method: slerp\nparameters:\n  t: {low: 0, high: 1, anchors: 1}\n", ["anchors must be"]),
+        ("method: slerp\nparameters:\n  t: {low: 0, high: 1, log: true}\n", ["log range needs low > 0"]),
+        ("method: slerp\nparameters:\n  t: {low: zero, high: 1}\n", ["expected a number", "'zero'"]),
+        ("method: slerp\nparameters:\n  t: {high: 1}\n", ["needs 'low' and 'high'"]),
+        ("method: slerp\nparameters:\n  t: [0, 1]\n", ["expected a number or a mapping"]),
+    ],
+)
+def test_malformed_space_gives_a_clear_space_error(tmp_path, text, words):
+    path = write(tmp_path, text)
+    with pytest.raises(SpaceError) as caught:
+        load_space(path)
+    message = str(caught.value)
+    assert message.startswith(str(path)), f"the message should name the file: {message}"
+    assert "\n" not in message, f"one line expected: {message!r}"
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    path = write(tmp_path, "method: slerp\nparameters:\n  t: {low: 0, high: 1\n  other: [\n")
+    with pytest.raises(SpaceError) as caught:
+        load_space(path)
+    message = str(caught.value)
+    assert "malformed YAML" in message
+    match = re.search(r"line (\d+)", message)
+    assert match, message
+    assert 3 <= int(match.group(1)) <= 5, message
+
+
+def test_yaml_is_read_with_a_safe_loader(tmp_path):
+    path = write(tmp_path, "method: !!python/object/apply:os.system ['echo pwned']\nparameters:\n  t: 0.5\n")
+    with pytest.raises(SpaceError, match="malformed YAML"):
+        load_space(path)
+
+
+def test_unknown_space_name_lists_the_shipped_ones():
+    with pytest.raises(SpaceError) as caught:
+        load_space("slerp_gradiant")
+    message = str(caught.value)
+    assert "unknown search space 'slerp_gradiant'" in message
+    for name in SHIPPED:
+        assert name in message
+
+
+def test_parse_space_accepts_plain_data():
+    space = parse_space({"method": "task_arithmetic", "parameters": {"weight": {"per_model": True, "default": {"low": 0, "high": 1}}}}, "inline")
+    assert space.name == "space" and space.source == "inline"
+    recipe = space.suggest(DictTrial(default=0.25), [A, B], A, num_layers=2)
+    assert recipe.models[1].parameters == {"weight": 0.25}
+    with pytest.raises(SpaceError, match="inline: a search space is a mapping"):
+        parse_space(["method", "slerp"], "inline")
+    with pytest.raises(SpaceError, match=r"inline: unknown key 'nmae'"):
+        parse_space({"nmae": "x", "method": "slerp", "parameters": {"t": 0.5}}, "inline")
+
+
+# ----- spaces against parents ------------------------------------------------------------------
+
+
+def test_check_parents_refuses_what_the_method_cannot_merge():
+    slerp = load_space("slerp_gradient")
+    with pytest.raises(SpaceError, match="exactly two parents, got 3"):
+        slerp.check_parents([A, B, C], A)
+    ties = load_space("ties")
+    with pytest.raises(SpaceError, match="ties needs a base model"):
+        ties.check_parents([A, B], None)
+    with pytest.raises(SpaceError, match="not among the parents"):
+        ties.check_parents([A, B], C)
+    with pytest.raises(SpaceError, match="not among the parents"):
+        load_space("linear").check_parents([A, B], C)
+    with pytest.raises(SpaceError, match="at least two parents"):
+        load_space("linear").check_parents([A], None)
+    # What fits passes silently.
+    slerp.check_parents([A, B], A)
+    ties.check_parents([A, B, C], A)
+    load_space("linear").check_parents([A, B, C], None)
+    load_space("dare_ties").check_parents([A, B, C], B)
