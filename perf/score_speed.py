@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import tempfile
 import time
@@ -26,37 +25,12 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
+from _common import SHAPES, make_model, synthetic_items
 
-from evomerge.evaluate.benchmark import Item, make_benchmark
+from evomerge.evaluate.benchmark import make_benchmark
 from evomerge.evaluate.harness import HarnessScorer, export_lm_eval_task
-from evomerge.evaluate.protocol import build_prompt
 from evomerge.evaluate.scorer import Scorer
 from evomerge.merge.merger import resolve_device
-from evomerge.toy.tiny import make_checkpoint, save_bpe_tokenizer, tiny_config
-
-WORDS = (
-    "silk nacre bone collagen keratin chitin wood cellulose lignin enamel dentin aragonite calcite apatite "
-    "fibre fiber tough stiff strong modulus strength hierarchical structure protein mineral tablet layer "
-    "crystal amorphous helix sheet matrix crack energy dissipation hydrated elastic plastic tensile"
-).split()
-
-# ~20M parameters shaped like a small real LLM: a 32k vocabulary (Llama 2 / Mistral size) on a
-# narrow body. `--shape narrow-vocab` is the less favourable case for evomerge (8k vocabulary).
-SHAPES = {
-    "llama-vocab": dict(vocab_size=32000, hidden_size=256, intermediate_size=688, num_layers=4, num_heads=4, num_kv_heads=2),
-    "narrow-vocab": dict(vocab_size=8000, hidden_size=512, intermediate_size=1024, num_layers=4, num_heads=8, num_kv_heads=4),
-}
-
-
-def synthetic_items(count: int, seed: int = 0) -> list[Item]:
-    rng = random.Random(seed)
-    items = []
-    for index in range(count):
-        question = "Which " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(12, 30))) + "?"
-        choices = tuple(" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 4))) for _ in range(4))
-        items.append(Item(f"q{index:04d}", question, "mc", "ABCD"[rng.randrange(4)], choices, category=rng.choice(["general", "specific", "numerical"])))
-    return items
-
 
 def median_time(fn, repeats: int) -> tuple[float, object]:
     times, result = [], None
@@ -82,10 +56,7 @@ def main() -> None:
     benchmark = make_benchmark("perf", synthetic_items(args.items))
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
-        config = tiny_config("llama", tie_word_embeddings=False, **SHAPES[args.shape])
-        make_checkpoint(model_dir, config, seed=0)
-        texts = [build_prompt(item) + " A B C D" for item in benchmark.items] * 3
-        save_bpe_tokenizer(model_dir, texts, SHAPES[args.shape]["vocab_size"])
+        make_model(model_dir, args.shape, benchmark.items)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
         n_params = sum(p.numel() for p in model.parameters())

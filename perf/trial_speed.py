@@ -1,0 +1,113 @@
+"""One search trial in memory against the on-disk loop mergekit-evolve runs, in one run.
+
+Two ~20M-parameter parents (random init; a child perturbed from an "instruct" model), the paper's
+SLERP recipe, 200 multiple-choice items scored by log-likelihood:
+  (a) evomerge: `Merger.apply(recipe)` into the resident model, then `Scorer.score` (items
+      tokenised once per study);
+  (b) on disk: mergekit's `run_merge` (what `mergekit-yaml` runs) to a folder, load it with
+      transformers, score it through lm-eval's `simple_evaluate` on the same items.
+Both give the same accuracy. The last line is one JSON object with the medians and the speed-up.
+
+    python perf/trial_speed.py [--shape llama-vocab|narrow-vocab] [--repeats 3] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+from _common import SHAPES, make_model, synthetic_items
+
+from evomerge.evaluate.benchmark import make_benchmark
+from evomerge.evaluate.harness import HarnessScorer, export_lm_eval_task
+from evomerge.evaluate.scorer import Scorer
+from evomerge.merge.merger import Merger, resolve_device
+from evomerge.recipe import paper_recipe
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="llama-vocab")
+    parser.add_argument("--items", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    import logging
+
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    device = resolve_device(args.device)
+    benchmark = make_benchmark("perf", synthetic_items(args.items))
+    with tempfile.TemporaryDirectory() as tmp:
+        instruct, child = Path(tmp) / "instruct", Path(tmp) / "child"
+        state = make_model(instruct, args.shape, benchmark.items, seed=0)
+        make_model(child, args.shape, benchmark.items, seed=1, from_state=state, noise=0.1)
+        recipe = paper_recipe(str(instruct), str(child), dtype="float32")
+        tokenizer = AutoTokenizer.from_pretrained(instruct)
+
+        # (a) in memory: what every trial after the first costs in a study
+        merger = Merger([instruct, child], device=device, dtype=torch.float32)
+        scorer = Scorer(benchmark, tokenizer, protocol="loglik", chat=False)
+        merger.apply(recipe)  # the first trial also computes the angles once per study
+        in_memory, memory_result = [], None
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            model = merger.apply(recipe)
+            memory_result = scorer.score(model)
+            in_memory.append(time.perf_counter() - start)
+
+        # (b) on disk: merge to a folder, load it, score through lm-eval
+        task_dir = Path(tmp) / "tasks"
+        task = export_lm_eval_task(benchmark, task_dir)
+        on_disk, disk_result = [], None
+        for repeat in range(args.repeats):
+            start = time.perf_counter()
+            out = Path(tmp) / f"merged-{repeat}"
+            options = MergeOptions(device=str(device), quiet=True, copy_tokenizer=True)
+            run_merge(recipe.to_mergekit(), str(out), options=options)
+            loaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).to(device).eval()
+            disk_result = HarnessScorer(task, AutoTokenizer.from_pretrained(out), task_dir).score(loaded)
+            on_disk.append(time.perf_counter() - start)
+            del loaded
+            shutil.rmtree(out)
+
+    evomerge_s, disk_s = statistics.median(in_memory), statistics.median(on_disk)
+    print(f"parents: 2 x {sum(t.numel() for t in state.values()) / 1e6:.1f}M parameters on {device}; {len(benchmark)} items (loglik)")
+    print(f"evomerge in-memory trial   median {evomerge_s:.3f} s  accuracy {memory_result.accuracy:.3f}")
+    print(f"mergekit-yaml + load + lm-eval median {disk_s:.3f} s  accuracy {disk_result.accuracy:.3f}")
+    print(
+        json.dumps(
+            {
+                "shape": args.shape,
+                "items": len(benchmark),
+                "evomerge_trial_s": round(evomerge_s, 4),
+                "on_disk_trial_s": round(disk_s, 4),
+                "speedup": round(disk_s / evomerge_s, 2),
+                "same_accuracy": memory_result.accuracy == disk_result.accuracy,
+                "same_per_item": memory_result.correct == disk_result.correct,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()
