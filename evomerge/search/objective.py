@@ -115,6 +115,9 @@ class TrialRunner:
             return self._run(trial)
         except optuna.TrialPruned:
             raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+            raise
         except Exception as error:
             trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}"[:500])
             _free_accelerator_memory()
