@@ -32,18 +32,21 @@ def task_name_for(benchmark: Benchmark) -> str:
     return "evomerge_" + re.sub(r"[^A-Za-z0-9_]", "_", benchmark.name)
 
 
-def export_lm_eval_task(benchmark: Benchmark, out_dir: Union[str, Path]) -> str:
+def export_lm_eval_task(benchmark: Benchmark, out_dir: Union[str, Path], chat_tokenizer=None) -> str:
     """Write `benchmark` as an lm-eval task folder (YAML + JSONL in the benchmark's order); returns
-    the task name. Prompts are the paper's, without a chat template; options are letters or True/False."""
+    the task name. Prompts are the paper's, rendered with `chat_tokenizer`'s chat template when
+    one is given; options are letters or True/False."""
     if any(item.type == "exact" for item in benchmark.items):
         raise EvomergeError(f"{benchmark.name}: only mc and tf items can be exported as an lm-eval multiple_choice task")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise EvomergeError(f"{out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     name = task_name_for(benchmark)
     data_path = (out / f"{name}.jsonl").resolve()
     with open(data_path, "w", encoding="utf-8") as handle:
         for item in benchmark.items:
-            handle.write(json.dumps(_task_document(item)) + "\n")
+            handle.write(json.dumps(_task_document(item, chat_tokenizer)) + "\n")
     config = {
         "task": name,
         "dataset_path": "json",
@@ -60,10 +63,10 @@ def export_lm_eval_task(benchmark: Benchmark, out_dir: Union[str, Path]) -> str:
     return name
 
 
-def _task_document(item: Item) -> dict:
+def _task_document(item: Item, chat_tokenizer=None) -> dict:
     return {
         "id": item.id,
-        "query": protocol.build_prompt(item),
+        "query": protocol.build_prompt(item, chat_tokenizer, chat=chat_tokenizer is not None),
         "choices": list(item.options),
         "gold": item.options.index(item.answer),
         "category": item.category or "",

@@ -44,12 +44,16 @@ def make_objective(
             raise EvomergeError("--holdout applies to evomerge benchmarks; an lm-eval task has its own splits")
         return Objective(HarnessScorer(benchmark, tokenizer, tasks_dir, batch_size), None, None, "lm-eval", "loglik")
     loaded = load_benchmark(benchmark)
-    search, held = loaded.split_holdout(holdout) if holdout else (loaded, None)
+    # Items marked `split: holdout` are held out even without --holdout.
+    search, held = loaded.split_holdout(holdout)
+    held = held if len(held) else None
     if backend == "lm-eval":
         if protocol != "loglik":
             raise EvomergeError("the lm-eval backend scores by log-likelihood: use --protocol loglik")
         folder = tempfile.mkdtemp(prefix="evomerge-lm-eval-")
-        task = export_lm_eval_task(search, folder)
+        # The same prompts as the builtin scorer: with the chat template when it would use one.
+        use_chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
+        task = export_lm_eval_task(search, folder, tokenizer if use_chat else None)
         return Objective(HarnessScorer(task, tokenizer, folder, batch_size), search, held, "lm-eval", "loglik")
     scorer = Scorer(search, tokenizer, protocol=protocol, batch_size=batch_size, chat=chat)
     return Objective(scorer, search, held, "builtin", protocol)

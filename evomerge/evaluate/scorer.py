@@ -140,7 +140,7 @@ class Scorer:
         )
         generated: list[list[int]] = [[] for _ in batch]
         finished = [False] * len(batch)
-        for _ in range(self.max_new_tokens):
+        for step in range(self.max_new_tokens):
             next_tokens = output.logits[:, -1, :].argmax(dim=-1)
             for row, token in enumerate(next_tokens.tolist()):
                 if finished[row]:
@@ -151,8 +151,8 @@ class Scorer:
                 generated[row].append(token)
                 reply = self.tokenizer.decode(generated[row], skip_special_tokens=True)
                 finished[row] = protocol.reply_is_complete(reply, items[row])
-            if all(finished):
-                break
+            if all(finished) or step == self.max_new_tokens - 1:
+                break  # nothing will read another forward pass
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(batch), 1))], dim=1)
             position_ids = position_ids[:, -1:] + 1
             output = model(
@@ -183,7 +183,6 @@ class Scorer:
         scores: dict[int, list[float]] = {i: [0.0] * len(self._encoded[i].options) for i in indices}
         batches = self._batches(list(range(len(requests))), lambda r: len(requests[r][2]))
         for done, batch in enumerate(batches, start=1):
-            self._report(done - 1, len(batches))
             chosen = [requests[r] for r in batch]
             # Right padding and no mask: a causal model never attends to the pads after a row's
             # tokens, and attention keeps its fast causal kernel. Logits are computed only for the
@@ -205,6 +204,7 @@ class Scorer:
                 else:
                     logprobs = torch.log_softmax(logits[row, end - len(targets) : end].float(), dim=-1)
                     scores[index][option] = sum(logprobs[i, t].item() for i, t in enumerate(targets))
+            self._report(done, len(batches))
         predictions = []
         for index in indices:
             item_scores = scores[index]
@@ -247,8 +247,11 @@ def lm_eval_split(tokenizer, context: str, options: list[str]) -> tuple[list[int
     if spaces:
         options = [context[-spaces:] + option for option in options]
         context = context[:-spaces]
-    context_tokens = tokenizer.encode(context)
-    option_tokens = [tokenizer.encode(context + option)[len(context_tokens) :] for option in options]
+    # Like lm-eval: no special tokens are added to a text that already starts with BOS (a chat template).
+    bos = getattr(tokenizer, "bos_token", None)
+    special = {"add_special_tokens": False} if bos and context.startswith(bos) else {}
+    context_tokens = tokenizer.encode(context, **special)
+    option_tokens = [tokenizer.encode(context + option, **special)[len(context_tokens) :] for option in options]
     return context_tokens, option_tokens
 
 

@@ -8,7 +8,6 @@ tokenizer built here with `tokenizers` (" A" is one token).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,28 +15,14 @@ import torch
 
 from evomerge.toy.tiny import CHAT_TEMPLATE, make_checkpoint, tiny_config
 
-# tests/ has no __init__.py, so pytest imports every conftest.py as the module "conftest", and this
-# one replaces tests/conftest.py in sys.modules. tests/merge/test_merger.py does `from conftest
-# import ARCHS, …` (the root conftest's helpers), so once this directory has been collected the
-# root conftest is put back under that name. (An __init__.py here is no way out: the package
-# would be named `evaluate` and shadow Hugging Face's `evaluate`, which lm-eval tasks import.)
-_ROOT_CONFTEST = (Path(__file__).resolve().parent.parent / "conftest.py").resolve()
-_plugin_manager = None
-
-
-def pytest_configure(config):
-    global _plugin_manager
-    _plugin_manager = config.pluginmanager
-
-
-def pytest_collectreport(report):
-    current = sys.modules.get("conftest")
-    if _plugin_manager is None or current is None or Path(getattr(current, "__file__", "")).resolve() != Path(__file__).resolve():
-        return
-    for plugin in _plugin_manager.get_plugins():
-        if Path(getattr(plugin, "__file__", "") or "").resolve() == _ROOT_CONFTEST:
-            sys.modules["conftest"] = plugin
-            return
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """These models are tiny: one intra-op thread is as fast, and on a shared 2-core machine
+    spinning threads make the many small decode passes several times slower. Restored after."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 WORDS = ["silk", "nacre", "bone", "wood", "chitin", "keratin", "collagen", "enamel", "cellulose", "lignin"]

@@ -17,7 +17,7 @@ from typing import Optional
 import pytest
 import torch
 
-from conftest import (
+from oracle import (
     ARCHS,
     MERGE_SEED,
     MergekitBatch,
