@@ -300,7 +300,9 @@ def search(
     jobs: int = typer.Option(1, min=1, help="Worker processes on this machine, all on the same study."),
     pruner: str = typer.Option("hyperband", help="hyperband, median or none."),
     fidelities: str = typer.Option("0.25,0.5,1", help="Benchmark fractions a trial is scored on, reporting each to the pruner."),
-    holdout: float = typer.Option(0.2, help="Fraction of items the search never sees; the best recipe is scored on them at the end."),
+    holdout: Optional[float] = typer.Option(
+        None, help="Fraction of items the search never sees; the best recipe is scored on them at the end. Default 0.2 (0 for lm-eval tasks)."
+    ),
     objective: str = typer.Option("accuracy", help="accuracy, or gain over the best parent."),
     seed: int = typer.Option(0, help="Seed of the sampler and of DARE's masks."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -319,9 +321,12 @@ def search(
     from evomerge.search.study import SearchSettings
 
     parent_list = [p.strip() for p in parents.split(",") if p.strip()]
+    benchmarks = [b.strip() for b in benchmark.split(",") if b.strip()]
+    if holdout is None:
+        holdout = 0.0 if any(b.startswith("lm-eval:") for b in benchmarks) else 0.2
     settings = SearchSettings(
         parents=parent_list,
-        benchmarks=[b.strip() for b in benchmark.split(",") if b.strip()],
+        benchmarks=benchmarks,
         base=base or (parent_list[0] if parent_list else None),
         space=space,
         sampler=sampler,
@@ -487,13 +492,11 @@ def export(
     import optuna
 
     from evomerge.search.export import export_recipe
-    from evomerge.search.study import SearchSettings, open_storage
+    from evomerge.search.study import SearchSettings, open_existing_storage
 
     url = storage or SearchSettings(parents=[], benchmarks=[], study=study).storage_url()
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).is_file():
-        raise EvomergeError(f"no study database at {url[len('sqlite:///'):]} (pass --storage)")
     try:
-        loaded = optuna.load_study(study_name=study, storage=open_storage(url))
+        loaded = optuna.load_study(study_name=study, storage=open_existing_storage(url))
     except KeyError:
         raise EvomergeError(f"no study {study!r} in {url}") from None
     target = out or Path("results") / study / ("best-recipe.yaml" if rank == 1 else f"rank-{rank}.yaml")
@@ -511,9 +514,9 @@ def dashboard(
     """Serve optuna-dashboard on a study storage (live while a search runs)."""
     from optuna_dashboard import run_server
 
-    from evomerge.search.study import open_storage
+    from evomerge.search.study import open_existing_storage
 
-    loaded = open_storage(storage)
+    loaded = open_existing_storage(storage)
     stdout.print(f"Optuna dashboard on http://{host}:{port}/ (Ctrl-C to stop)")
     run_server(loaded, host=host, port=port)
 

@@ -30,8 +30,21 @@ import yaml
 from evomerge.errors import EvomergeError
 from evomerge.recipe import PAPER_T, PARAMETER_RANGES, Recipe
 
-NEEDS_BASE = {"slerp", "task_arithmetic", "ties", "dare_ties", "dare_linear"}
-TWO_PARENTS = {"slerp"}
+
+
+def method_contract(method: str) -> tuple[bool, Optional[int], set[str]]:
+    """From mergekit's own registry: (needs a base, most inputs, parameters weighed per non-base
+    parent only). A clear SpaceError for a method mergekit does not know."""
+    from mergekit import merge_methods
+    from mergekit.merge_methods.base import BasePolicy, ParameterScope
+
+    try:
+        spec = merge_methods.get(method).spec
+    except RuntimeError:
+        known = ", ".join(sorted(m.spec.name for m in merge_methods.registered_methods()))
+        raise SpaceError(f"unknown merge method {method!r}; known: {known}") from None
+    non_base = {p.name for p in spec.parameters if p.scope == ParameterScope.NON_BASE}
+    return spec.contract.base == BasePolicy.REQUIRED, spec.contract.max_inputs, non_base
 
 
 class SpaceError(EvomergeError):
@@ -111,28 +124,34 @@ class SearchSpace:
 
     def check_parents(self, parents: list[str], base: Optional[str]) -> None:
         """Refuse a space that cannot merge these parents (before any work)."""
-        if self.method in NEEDS_BASE and base is None:
+        needs_base, max_inputs, _ = method_contract(self.method)
+        if needs_base and base is None:
             raise SpaceError(f"space {self.name}: {self.method} needs a base model (--base)")
         if base is not None and base not in parents:
             raise SpaceError(f"--base {base} is not among the parents")
-        if self.method in TWO_PARENTS and len(parents) != 2:
-            raise SpaceError(f"space {self.name}: {self.method} merges exactly two parents, got {len(parents)}")
+        if max_inputs is not None and len(parents) > max_inputs:
+            raise SpaceError(f"space {self.name}: {self.method} merges at most {max_inputs} parents, got {len(parents)}")
         if len(parents) < 2:
             raise SpaceError("a search needs at least two parents")
 
     def dimension(self, num_layers: int, n_models: int = 2) -> int:
-        per_model = n_models - 1 if self.method in NEEDS_BASE else n_models
-        return sum(p.dimension(num_layers) * (per_model if p.per_model else 1) for p in self.parameters)
+        needs_base, _, non_base = method_contract(self.method)
+        total = 0
+        for p in self.parameters:
+            copies = (n_models - 1 if needs_base and p.name in non_base else n_models) if p.per_model else 1
+            total += p.dimension(num_layers) * copies
+        return total
 
     def suggest(self, trial: Trial, parents: list[str], base: Optional[str], num_layers: int, dtype: Optional[str] = None) -> Recipe:
         """The recipe a trial's suggested values describe."""
+        needs_base, _, non_base = method_contract(self.method)
         shared: dict[str, Any] = dict(self.options)
         per_model: dict[str, dict[str, Any]] = {p: {} for p in parents}
-        # Per-model values go to every parent a method weighs: the non-base ones, or all without a base.
-        others = [p for p in parents if p != base] if self.method in NEEDS_BASE else list(parents)
         for parameter in self.parameters:
             if parameter.per_model:
-                for index, parent in enumerate(others):
+                # Per-model values go to the parents mergekit weighs: non-base ones, or all inputs.
+                weighed = [p for p in parents if p != base] if needs_base and parameter.name in non_base else list(parents)
+                for index, parent in enumerate(weighed):
                     per_model[parent][parameter.name] = parameter.suggest(trial, f"{parameter.name}.m{index}", num_layers)
             else:
                 shared[parameter.name] = parameter.suggest(trial, parameter.name, num_layers)
@@ -143,7 +162,7 @@ class SearchSpace:
                 entry["parameters"] = per_model[parent]
             models.append(entry)
         data: dict[str, Any] = {"merge_method": self.method, "models": models}
-        if base is not None and self.method in NEEDS_BASE:
+        if base is not None and needs_base:
             data["base_model"] = base
         if shared:
             data["parameters"] = shared

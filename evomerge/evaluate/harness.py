@@ -9,6 +9,7 @@ accuracy equals the builtin `loglik` protocol's (same prompt, same options, same
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -73,6 +74,29 @@ def _task_document(item: Item, chat_tokenizer=None) -> dict:
     }
 
 
+@functools.lru_cache(maxsize=8)
+def _task_manager(tasks_dir: Optional[str], include_defaults: bool):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=tasks_dir, include_defaults=include_defaults)
+
+
+def find_task(task: str, tasks_dir: Optional[Union[str, Path]] = None):
+    """The TaskManager that knows `task` (lm-eval's built-in index only if `tasks_dir` lacks it);
+    a clear EvomergeError for an unknown task or folder. Cached: indexing takes seconds."""
+    task = task[len(PREFIX) :] if is_lm_eval_spec(task) else task
+    if tasks_dir is not None:
+        if not Path(tasks_dir).is_dir():
+            raise EvomergeError(f"--tasks-dir {tasks_dir} is not a folder")
+        custom = _task_manager(str(tasks_dir), False)
+        if task in custom.all_tasks:
+            return custom
+    manager = _task_manager(str(tasks_dir) if tasks_dir else None, True)
+    if task not in manager.all_tasks:
+        raise EvomergeError(f"lm-eval has no task {task!r}" + (f" (looked in {tasks_dir} too)" if tasks_dir else ""))
+    return manager
+
+
 class HarnessScorer:
     """Scores a model through lm-eval's `simple_evaluate` on one task."""
 
@@ -80,23 +104,8 @@ class HarnessScorer:
         self.task = task[len(PREFIX) :] if is_lm_eval_spec(task) else task
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.task_manager = self._task_manager(tasks_dir)
+        self.task_manager = find_task(self.task, tasks_dir)
         self._wrapped: dict[int, object] = {}
-
-    def _task_manager(self, tasks_dir):
-        from lm_eval.tasks import TaskManager
-
-        if tasks_dir is not None:
-            if not Path(tasks_dir).is_dir():
-                raise EvomergeError(f"--tasks-dir {tasks_dir} is not a folder")
-            # Indexing lm-eval's built-in tasks takes seconds: only do it for a built-in task.
-            custom = TaskManager(include_path=str(tasks_dir), include_defaults=False)
-            if self.task in custom.all_tasks:
-                return custom
-        manager = TaskManager(include_path=str(tasks_dir) if tasks_dir else None)
-        if self.task not in manager.all_tasks:
-            raise EvomergeError(f"lm-eval has no task {self.task!r}" + (f" (looked in {tasks_dir} too)" if tasks_dir else ""))
-        return manager
 
     def _lm(self, model):
         """One HFLM per resident model: the merge engine rewrites its weights in place."""

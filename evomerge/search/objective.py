@@ -200,7 +200,7 @@ class TrialRunner:
         """An identical recipe is not evaluated twice: reuse the earlier trial's outcome."""
         trial.set_user_attr("duplicate_of", original.number)
         for key, value in original.user_attrs.items():
-            if key not in ("recipe", "recipe_key", "baseline", "duplicate_of"):
+            if key not in ("recipe", "recipe_key", "baseline", "duplicate_of", "merge_s", "score_s"):
                 trial.set_user_attr(key, value)
         if original.state == optuna.trial.TrialState.PRUNED:
             raise optuna.TrialPruned(f"same recipe as pruned trial {original.number}")

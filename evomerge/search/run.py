@@ -17,7 +17,8 @@ from optuna.trial import TrialState
 
 from evomerge.errors import EvomergeError
 from evomerge.evaluate.benchmark import load_benchmark
-from evomerge.evaluate.harness import is_lm_eval_spec
+from evomerge.evaluate.harness import find_task, is_lm_eval_spec
+from evomerge.merge.merger import resolve_device, resolve_dtype
 from evomerge.merge.parents import check_parents, inspect_parent
 from evomerge.search.objective import TrialRunner
 from evomerge.search.study import (
@@ -25,6 +26,7 @@ from evomerge.search.study import (
     create_or_load_study,
     finished_count,
     load_settings,
+    open_existing_storage,
     open_storage,
 )
 from evomerge.space import SearchSpace, load_space
@@ -48,12 +50,16 @@ class Prepared:
 def prepare(settings: SearchSettings) -> Prepared:
     """All checks that need no weights: flags, space, parents' headers, benchmark files, storage."""
     settings.check()
+    resolve_device(settings.device)
+    resolve_dtype(settings.dtype)
     space = load_space(settings.space)
     infos = [inspect_parent(parent) for parent in settings.parents]
     check_parents(infos)
     space.check_parents(settings.parents, settings.base)
     for benchmark in settings.benchmarks:
-        if not is_lm_eval_spec(benchmark):
+        if is_lm_eval_spec(benchmark):
+            find_task(benchmark, settings.tasks_dir)  # an unknown task is reported now
+        else:
             load_benchmark(benchmark)
     if settings.sampler == "grid" and space.grid(infos[0].num_layers, settings.parents, settings.base) is None:
         raise EvomergeError(f"--sampler grid needs a step on every searched value of space {space.name}")
@@ -172,7 +178,7 @@ def start_workers(settings: SearchSettings, count: int) -> list[multiprocessing.
 
 def join_study(study_name: str, storage_url: str) -> SearchSettings:
     """The settings of an existing study, so `evomerge worker` needs nothing but its name and storage."""
-    storage = open_storage(storage_url)
+    storage = open_existing_storage(storage_url)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:

@@ -98,6 +98,8 @@ class SearchSettings:
             raise EvomergeError("--fidelities must end with 1 (the full benchmark)")
         if not 0 <= self.holdout < 1:
             raise EvomergeError(f"--holdout must be in [0, 1), got {self.holdout}")
+        if self.holdout and any(b.startswith("lm-eval:") for b in self.benchmarks):
+            raise EvomergeError("--holdout applies to evomerge benchmarks; an lm-eval task has its own splits (use --holdout 0)")
         if len(self.benchmarks) > 2:
             raise EvomergeError("--benchmark takes one benchmark, or two (domain,general) for a multi-objective study")
         if self.multi_objective and self.sampler not in ("tpe", "nsga2", "random"):
@@ -127,6 +129,16 @@ def open_storage(url: str):
     except Exception as error:  # SQLAlchemy and drivers raise many types for a bad URL
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise EvomergeError(f"cannot open storage {url}: {first_line}") from None
+
+
+def open_existing_storage(url: str):
+    """Like open_storage, but a sqlite or journal file must already exist (no empty file on a typo)."""
+    for prefix in ("sqlite:///", "journal:"):
+        if url.startswith(prefix):
+            path = Path(url[len(prefix) :].removeprefix("//") if prefix == "journal:" else url[len(prefix) :])
+            if not path.is_file():
+                raise EvomergeError(f"no study storage at {path}")
+    return open_storage(url)
 
 
 def make_sampler(settings: SearchSettings, grid: Optional[dict[str, list[float]]] = None):
