@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from evomerge.cli import app
 from evomerge.recipe import Recipe, paper_recipe
 from evomerge.toy.tiny import make_checkpoint, make_family, tiny_config
+from cli_checks import assert_clean_error
 
 runner = CliRunner()
 
@@ -34,17 +35,6 @@ def write_recipe(tmp_path, recipe: Recipe, name="recipe.yaml"):
 
 def run(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_clean_error(result, *words, out=None):
-    assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error:"), lines[0]
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    if out is not None:
-        assert not out.exists(), "a failed merge must write nothing"
 
 
 def test_merge_writes_a_loadable_model_equal_to_mergekit(parents, tmp_path):

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from evomerge.cli import app
 from evomerge.toy.tiny import CHAT_TEMPLATE, make_checkpoint, tiny_config
+from cli_checks import assert_clean_error
 
 runner = CliRunner()
 
@@ -67,16 +68,6 @@ def summary(result) -> dict:
     assert {"accuracy", "n", "per_category"} <= set(data), data
     assert 0 <= data["accuracy"] <= 1
     return data
-
-
-def assert_clean_error(result, *words):
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one error line, got:\n{result.stderr}"
-    assert lines[0].startswith("error:"), lines[0]
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    assert "Traceback" not in result.output
 
 
 def in_process(setup, protocol: str, fraction: float = 1.0):

@@ -17,6 +17,7 @@ from evomerge.cli import app
 from evomerge.recipe import Recipe
 from evomerge.search.study import PARENT_SCORES_ATTR, finished_count
 from evomerge.toy.tiny import CHAT_TEMPLATE, make_checkpoint, tiny_config
+from cli_checks import assert_clean_error
 
 runner = CliRunner()
 SPACES = ("slerp_global", "slerp_gradient", "slerp_layerwise", "linear", "task_arithmetic", "ties", "dare_ties")
@@ -76,15 +77,6 @@ def search_args(parents, *extra, trials=4):
         trials,
         *extra,
     ]
-
-
-def assert_clean_error(result, *words):
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
-    assert lines[0].startswith("error:"), lines[0]
-    for word in words:
-        assert word in lines[0], (word, lines[0])
 
 
 @pytest.fixture(scope="module")
