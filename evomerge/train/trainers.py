@@ -1,0 +1,227 @@
+"""One training stage with TRL: CPT and SFT (SFTTrainer), DPO (DPOTrainer), ORPO (trl.experimental).
+
+`train(TrainSettings(...))` checks the data and the model folder before any work, trains (full or
+LoRA), and writes the output folder all at once: the model (or a LoRA adapter evomerge accepts as
+a parent, or the adapter merged with `merge_lora`), the tokenizer, and `evomerge_lineage.json`
+(parent, strategy, data hash, hyperparameters, and a label such as "Instruct-CPT-SFT-DPO").
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from evomerge.errors import EvomergeError
+from evomerge.train.data import STRATEGIES, file_hash, load_records
+
+LINEAGE_FILE = "evomerge_lineage.json"
+DEFAULT_LR = {"cpt": 5e-5, "sft": 2e-5, "dpo": 5e-7, "orpo": 3e-6}
+DEFAULT_BETA = {"dpo": 0.05, "orpo": 0.1}
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass
+class TrainSettings:
+    strategy: str
+    model: str
+    data: str
+    out: str
+    epochs: float = 1.0
+    lr: Optional[float] = None  # default per strategy (DEFAULT_LR)
+    batch_size: int = 4
+    max_length: int = 512
+    beta: Optional[float] = None  # DPO / ORPO (DEFAULT_BETA)
+    seed: int = 0
+    device: str = "auto"
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = 0.0
+    max_steps: int = -1
+    lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    merge_lora: bool = False
+    overwrite: bool = False
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.strategy]
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    losses: list[float]
+    lineage: dict
+
+
+def check_model_folder(path: Path) -> None:
+    if not path.is_dir():
+        raise EvomergeError(f"model folder not found: {path}")
+    if not (path / "config.json").is_file():
+        raise EvomergeError(f"{path} has no config.json (not a Hugging Face model folder)")
+    if not ((path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()):
+        raise EvomergeError(f"{path} has no weights (model.safetensors or model.safetensors.index.json)")
+
+
+def lineage_label(model_dir: Path) -> str:
+    """The label of a model: its lineage's label, else its folder name ("Instruct")."""
+    lineage = model_dir / LINEAGE_FILE
+    if lineage.is_file():
+        return json.loads(lineage.read_text())["label"]
+    return model_dir.name
+
+
+def train(settings: TrainSettings, on_log: Optional[Callable[[int, int, float], None]] = None) -> TrainResult:
+    """Run one stage; `on_log(step, total_steps, loss)` is called as the loss is logged."""
+    if settings.strategy not in STRATEGIES:
+        raise EvomergeError(f"unknown strategy {settings.strategy!r}; choose from {', '.join(STRATEGIES)}")
+    records = load_records(settings.data, settings.strategy)
+    model_dir = Path(settings.model).resolve()
+    check_model_folder(model_dir)
+    out = Path(settings.out)
+    if out.exists() and any(out.iterdir()) and not settings.overwrite:
+        raise EvomergeError(f"output folder {out} exists and is not empty (pass --overwrite to replace it)")
+    if settings.merge_lora and not settings.lora:
+        raise EvomergeError("--merge-lora needs --lora")
+
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
+
+    torch.manual_seed(settings.seed)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if "messages" in records[0] and not tokenizer.chat_template:
+        raise EvomergeError(f"{settings.data}: messages need a chat template, and {model_dir} has none; use prompt/completion records")
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    peft_config = _lora_config(settings, model) if settings.lora else None
+
+    class ReportLoss(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if on_log is not None and logs and "loss" in logs:
+                on_log(state.global_step, state.max_steps, float(logs["loss"]))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        trainer = _make_trainer(settings, model, tokenizer, Dataset.from_list(records), peft_config, staging / "trainer")
+        trainer.remove_callback(PrinterCallback)  # it prints every log dict when tqdm is off
+        trainer.add_callback(ReportLoss())
+        trainer.train()
+        losses = [float(entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]
+        shutil.rmtree(staging / "trainer", ignore_errors=True)
+        trained = trainer.model
+        if settings.lora and settings.merge_lora:
+            trained = trained.merge_and_unload()
+        trained.save_pretrained(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        if settings.lora and not settings.merge_lora:
+            _point_adapter_at(staging, model_dir)
+        lineage = _lineage(settings, model_dir, losses)
+        (staging / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2), encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return TrainResult(out, losses, lineage)
+
+
+def _lora_config(settings: TrainSettings, model):
+    from peft import LoraConfig
+
+    modules = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [target for target in settings.lora_targets if target not in modules]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise EvomergeError(f"--lora-targets: the model has no module {missing[0]!r}; its linear modules are {', '.join(linear)}")
+    return LoraConfig(
+        r=settings.lora_r, lora_alpha=settings.lora_alpha, target_modules=list(settings.lora_targets), task_type="CAUSAL_LM"
+    )
+
+
+def _make_trainer(settings: TrainSettings, model, tokenizer, dataset, peft_config, output_dir: Path):
+    common = dict(
+        output_dir=str(output_dir),
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        learning_rate=settings.learning_rate,
+        per_device_train_batch_size=settings.batch_size,
+        lr_scheduler_type=settings.lr_scheduler,
+        warmup_steps=float(settings.warmup_ratio),  # transformers 5: a float in [0, 1) is a ratio
+        seed=settings.seed,
+        data_seed=settings.seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=not _use_cuda(settings.device),
+    )
+    if settings.strategy in ("cpt", "sft"):
+        from trl import SFTConfig, SFTTrainer
+
+        config = SFTConfig(
+            max_length=settings.max_length,
+            packing=settings.strategy == "cpt",  # CPT packs raw text into full-length blocks
+            dataset_text_field="text",
+            **common,
+        )
+        return SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+    beta = settings.beta if settings.beta is not None else DEFAULT_BETA[settings.strategy]
+    if settings.strategy == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        config = DPOConfig(beta=beta, max_length=settings.max_length, **common)
+        return DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    config = ORPOConfig(beta=beta, max_length=settings.max_length, **common)
+    return ORPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+
+
+def _use_cuda(device: str) -> bool:
+    if device == "auto":
+        return torch.cuda.is_available()
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EvomergeError("--device cuda asked for, but torch sees no CUDA device")
+    if device not in ("cpu", "cuda"):
+        raise EvomergeError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return device == "cuda"
+
+
+def _point_adapter_at(folder: Path, base: Path) -> None:
+    """An adapter's base is the absolute path of the model it was trained on, so evomerge (and
+    peft) find it from anywhere."""
+    config_path = folder / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = str(base)
+    config_path.write_text(json.dumps(config, indent=2))
+
+
+def _lineage(settings: TrainSettings, model_dir: Path, losses: list[float]) -> dict:
+    label = f"{lineage_label(model_dir)}-{settings.strategy.upper()}"
+    hyper = {k: v for k, v in asdict(settings).items() if k not in ("model", "data", "out", "overwrite")}
+    hyper["lr"] = settings.learning_rate
+    if settings.strategy in DEFAULT_BETA:
+        hyper["beta"] = settings.beta if settings.beta is not None else DEFAULT_BETA[settings.strategy]
+    return {
+        "label": label,
+        "parent_model": str(model_dir),
+        "parent_label": lineage_label(model_dir),
+        "strategy": settings.strategy,
+        "data": str(Path(settings.data).resolve()),
+        "data_sha256": file_hash(settings.data),
+        "hyperparameters": hyper,
+        "adapter": settings.lora and not settings.merge_lora,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+    }
