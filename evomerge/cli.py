@@ -521,5 +521,90 @@ def dashboard(
     run_server(loaded, host=host, port=port)
 
 
+@app.command()
+@user_errors
+def train(
+    strategy: Optional[str] = typer.Option(None, help="cpt, sft, dpo or orpo."),
+    model: Optional[Path] = typer.Option(None, help="The model folder to train from."),
+    data: Optional[Path] = typer.Option(None, help="Local JSONL: cpt {text}; sft {messages} or {prompt, completion}; dpo/orpo {prompt, chosen, rejected}."),
+    out: Optional[Path] = typer.Option(None, help="Folder for the trained model (or LoRA adapter)."),
+    pipeline: Optional[Path] = typer.Option(None, help="A YAML chain of stages (see recipes/train/); replaces the flags above."),
+    lora: bool = typer.Option(False, help="Train a LoRA adapter instead of all weights."),
+    lora_r: int = typer.Option(8, help="LoRA rank."),
+    lora_alpha: int = typer.Option(16, help="LoRA alpha."),
+    lora_targets: str = typer.Option("q_proj,k_proj,v_proj,o_proj", help="Comma-separated module names LoRA adapts."),
+    merge_lora: bool = typer.Option(False, help="Write base + adapter merged (full weights) instead of the adapter."),
+    epochs: float = typer.Option(1.0, help="Epochs over the data."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (default: cpt 5e-5, sft 2e-5, dpo 5e-7, orpo 3e-6)."),
+    batch_size: int = typer.Option(4, min=1, help="Examples per step."),
+    max_length: int = typer.Option(512, min=8, help="Tokens per example (CPT packs text into blocks of this length)."),
+    beta: Optional[float] = typer.Option(None, help="DPO/ORPO beta (default: dpo 0.05, orpo 0.1)."),
+    lr_scheduler: str = typer.Option("linear", help="linear, cosine, constant, …"),
+    warmup_ratio: float = typer.Option(0.0, help="Fraction of steps for learning-rate warmup."),
+    seed: int = typer.Option(0, help="Seed (data order, initialisation of LoRA)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
+) -> None:
+    """Make parents the way the source paper did: continued pre-training, SFT, DPO or ORPO with TRL.
+
+    Each output folder records its lineage (parent, strategy, data hash, hyperparameters) in
+    evomerge_lineage.json, with a label such as "instruct-CPT-SFT" that search and map show.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from evomerge.train.pipeline import load_pipeline, run_pipeline
+    from evomerge.train.trainers import TrainSettings, check
+    from evomerge.train.trainers import train as train_stage
+
+    settings = None
+    if pipeline is not None:
+        load_pipeline(pipeline)  # every stage and data file checked before the first one trains
+    else:
+        missing = [name for name, value in (("--strategy", strategy), ("--model", model), ("--data", data), ("--out", out)) if value is None]
+        if missing:
+            raise EvomergeError(f"give {', '.join(missing)} (or --pipeline FILE.yaml)")
+        settings = TrainSettings(
+            strategy=strategy,
+            model=str(model),
+            data=str(data),
+            out=str(out),
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            max_length=max_length,
+            beta=beta,
+            seed=seed,
+            device=device,
+            lr_scheduler=lr_scheduler,
+            warmup_ratio=warmup_ratio,
+            lora=lora,
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_targets=[t.strip() for t in lora_targets.split(",") if t.strip()],
+            merge_lora=merge_lora,
+            overwrite=overwrite,
+        )
+        check(settings)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("training", total=None, loss="–")
+
+        def on_log(step: int, total: int, loss: float) -> None:
+            bar.update(task, completed=step, total=total, loss=f"{loss:.4f}")
+
+        if pipeline is not None:
+
+            def on_stage(index: int, count: int, stage: dict) -> None:
+                bar.update(task, description=f"stage {index + 1}/{count}: {stage['label']}", completed=0, total=None, loss="–")
+
+            results = run_pipeline(pipeline, overwrite=overwrite, device=device, on_stage=on_stage, on_log=on_log)
+        else:
+            bar.update(task, description=f"{strategy} on {model}")
+            results = [train_stage(settings, on_log=on_log)]
+    for result in results:
+        first, last = result.lineage["first_loss"], result.lineage["last_loss"]
+        stdout.print(f"{result.lineage['label']}: {result.out} (loss {first:.4f} → {last:.4f})")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

@@ -78,8 +78,9 @@ def lineage_label(model_dir: Path) -> str:
     return model_dir.name
 
 
-def train(settings: TrainSettings, on_log: Optional[Callable[[int, int, float], None]] = None) -> TrainResult:
-    """Run one stage; `on_log(step, total_steps, loss)` is called as the loss is logged."""
+def check(settings: TrainSettings) -> list[dict]:
+    """Everything that can be checked before training: strategy, data, model folder, output,
+    LoRA options (against the model's modules, built on the meta device: no weights read)."""
     if settings.strategy not in STRATEGIES:
         raise EvomergeError(f"unknown strategy {settings.strategy!r}; choose from {', '.join(STRATEGIES)}")
     records = load_records(settings.data, settings.strategy)
@@ -90,6 +91,21 @@ def train(settings: TrainSettings, on_log: Optional[Callable[[int, int, float], 
         raise EvomergeError(f"output folder {out} exists and is not empty (pass --overwrite to replace it)")
     if settings.merge_lora and not settings.lora:
         raise EvomergeError("--merge-lora needs --lora")
+    _use_cuda(settings.device)
+    if settings.lora:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(model_dir)))
+        _lora_config(settings, skeleton)
+    return records
+
+
+def train(settings: TrainSettings, on_log: Optional[Callable[[int, int, float], None]] = None) -> TrainResult:
+    """Run one stage; `on_log(step, total_steps, loss)` is called as the loss is logged."""
+    records = check(settings)
+    model_dir = Path(settings.model).resolve()
+    out = Path(settings.out)
 
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback

@@ -1,0 +1,111 @@
+"""A chain of training stages from one YAML file; every stage's checkpoint is kept.
+
+    model: ./instruct            # the starting model
+    out: ./parents               # each stage writes out/<label>, e.g. parents/instruct-CPT-SFT
+    stages:
+      - {strategy: cpt, data: corpus.jsonl, epochs: 5, lr: 2.0e-5, lr_scheduler: cosine, warmup_ratio: 0.1}
+      - {strategy: sft, data: sft.jsonl, epochs: 1, lr: 2.0e-5}
+      - {strategy: dpo, data: preferences.jsonl, beta: 0.05, lr: 5.0e-7}
+      - {strategy: orpo, data: preferences.jsonl, beta: 0.1, lr: 3.0e-6, from: sft}
+
+A stage trains on the previous stage's output, or on the output of the stage named in `from`
+(stages are named by their strategy unless given a `name`), as the paper trained DPO and ORPO each
+from the SFT checkpoint. Relative paths are read from the pipeline file's folder. Every data file
+is validated before the first stage starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import yaml
+
+from evomerge.errors import EvomergeError
+from evomerge.train.data import load_records
+from evomerge.train.trainers import TrainResult, TrainSettings, check_model_folder, lineage_label, train
+
+STAGE_KEYS = {f.name for f in fields(TrainSettings)} - {"model", "out", "overwrite"} | {"name", "from"}
+
+
+class PipelineError(EvomergeError):
+    pass
+
+
+def load_pipeline(path: Union[str, Path]) -> tuple[Path, Path, list[dict]]:
+    """(starting model, output root, stages) with paths resolved and every stage checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"pipeline file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        raise PipelineError(f"{path}:{' line ' + str(mark.line + 1) if mark else ''}: malformed YAML") from None
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
+        raise PipelineError(f"{path}: a pipeline needs 'model', 'out' and a non-empty list of 'stages'")
+    for key in ("model", "out"):
+        if not isinstance(data.get(key), str):
+            raise PipelineError(f"{path}: '{key}' must be a path")
+    folder = path.parent
+    model = _resolve(folder, data["model"])
+    check_model_folder(model)
+    stages, names = [], set()
+    for index, raw in enumerate(data["stages"]):
+        where = f"{path}: stages[{index}]"
+        if not isinstance(raw, dict) or "strategy" not in raw or "data" not in raw:
+            raise PipelineError(f"{where}: a stage needs 'strategy' and 'data'")
+        unknown = set(raw) - STAGE_KEYS
+        if unknown:
+            raise PipelineError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        stage = dict(raw)
+        stage["name"] = str(stage.get("name") or stage["strategy"])
+        if stage["name"] in names:
+            raise PipelineError(f"{where}: two stages are named {stage['name']!r}; give one a 'name'")
+        if "from" in stage and stage["from"] not in names:
+            raise PipelineError(f"{where}: 'from: {stage['from']}' names no earlier stage")
+        names.add(stage["name"])
+        stage["data"] = str(_resolve(folder, stage["data"]))
+        load_records(stage["data"], stage["strategy"])  # every data file is checked up front
+        stages.append(stage)
+    for index, stage in enumerate(stages[:-1]):
+        parent_of_next = [s for s in stages[index + 1 :] if s.get("from", None) == stage["name"]] + (
+            [stages[index + 1]] if "from" not in stages[index + 1] else []
+        )
+        if stage.get("lora") and not stage.get("merge_lora") and parent_of_next:
+            raise PipelineError(
+                f"{path}: stage {stage['name']!r} writes a LoRA adapter, which a later stage cannot train from; add merge_lora: true"
+            )
+    return model, _resolve(folder, data["out"]), stages
+
+
+def run_pipeline(
+    path: Union[str, Path],
+    *,
+    overwrite: bool = False,
+    device: str = "auto",
+    on_stage: Optional[Callable[[int, int, dict], None]] = None,
+    on_log: Optional[Callable[[int, int, float], None]] = None,
+) -> list[TrainResult]:
+    model, out_root, stages = load_pipeline(path)
+    outputs: dict[str, Path] = {}
+    previous = model
+    results = []
+    for index, stage in enumerate(stages):
+        parent = outputs[stage["from"]] if "from" in stage else previous
+        label = f"{lineage_label(parent)}-{stage['strategy'].upper()}"
+        options = {k: v for k, v in stage.items() if k not in ("name", "from")}
+        options.setdefault("device", device)
+        settings = TrainSettings(model=str(parent), out=str(out_root / label), overwrite=overwrite, **options)
+        if on_stage is not None:
+            on_stage(index, len(stages), {**stage, "label": label})
+        result = train(settings, on_log=on_log)
+        outputs[stage["name"]] = previous = result.out
+        results.append(result)
+    return results
+
+
+def _resolve(folder: Path, value: str) -> Path:
+    candidate = Path(value).expanduser()
+    return (candidate if candidate.is_absolute() else folder / candidate).resolve()
