@@ -525,9 +525,9 @@ def dashboard(
 @user_errors
 def train(
     strategy: Optional[str] = typer.Option(None, help="cpt, sft, dpo or orpo."),
-    model: Optional[Path] = typer.Option(None, help="The model folder to train from."),
+    model: Optional[Path] = typer.Option(None, help="The model folder to train from (with --pipeline: replaces its 'model')."),
     data: Optional[Path] = typer.Option(None, help="Local JSONL: cpt {text}; sft {messages} or {prompt, completion}; dpo/orpo {prompt, chosen, rejected}."),
-    out: Optional[Path] = typer.Option(None, help="Folder for the trained model (or LoRA adapter)."),
+    out: Optional[Path] = typer.Option(None, help="Folder for the trained model or adapter (with --pipeline: the root for every stage)."),
     pipeline: Optional[Path] = typer.Option(None, help="A YAML chain of stages (see recipes/train/); replaces the flags above."),
     lora: bool = typer.Option(False, help="Train a LoRA adapter instead of all weights."),
     lora_r: int = typer.Option(8, help="LoRA rank."),
@@ -558,7 +558,7 @@ def train(
 
     settings = None
     if pipeline is not None:
-        load_pipeline(pipeline)  # every stage and data file checked before the first one trains
+        load_pipeline(pipeline, model, out)  # every stage and data file checked before the first trains
     else:
         missing = [name for name, value in (("--strategy", strategy), ("--model", model), ("--data", data), ("--out", out)) if value is None]
         if missing:
@@ -597,7 +597,7 @@ def train(
             def on_stage(index: int, count: int, stage: dict) -> None:
                 bar.update(task, description=f"stage {index + 1}/{count}: {stage['label']}", completed=0, total=None, loss="–")
 
-            results = run_pipeline(pipeline, overwrite=overwrite, device=device, on_stage=on_stage, on_log=on_log)
+            results = run_pipeline(pipeline, model=model, out=out, overwrite=overwrite, device=device, on_stage=on_stage, on_log=on_log)
         else:
             bar.update(task, description=f"{strategy} on {model}")
             results = [train_stage(settings, on_log=on_log)]

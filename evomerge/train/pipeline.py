@@ -33,8 +33,11 @@ class PipelineError(EvomergeError):
     pass
 
 
-def load_pipeline(path: Union[str, Path]) -> tuple[Path, Path, list[dict]]:
-    """(starting model, output root, stages) with paths resolved and every stage checked."""
+def load_pipeline(
+    path: Union[str, Path], model: Optional[Union[str, Path]] = None, out: Optional[Union[str, Path]] = None
+) -> tuple[Path, Path, list[dict]]:
+    """(starting model, output root, stages) with paths resolved and every stage checked;
+    `model` and `out` replace the file's own (a shipped pipeline on your model)."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"pipeline file not found: {path}")
@@ -45,11 +48,11 @@ def load_pipeline(path: Union[str, Path]) -> tuple[Path, Path, list[dict]]:
         raise PipelineError(f"{path}:{' line ' + str(mark.line + 1) if mark else ''}: malformed YAML") from None
     if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
         raise PipelineError(f"{path}: a pipeline needs 'model', 'out' and a non-empty list of 'stages'")
-    for key in ("model", "out"):
-        if not isinstance(data.get(key), str):
+    for key, override in (("model", model), ("out", out)):
+        if override is None and not isinstance(data.get(key), str):
             raise PipelineError(f"{path}: '{key}' must be a path")
     folder = path.parent
-    model = _resolve(folder, data["model"])
+    model = Path(model).resolve() if model is not None else _resolve(folder, data["model"])
     check_model_folder(model)
     stages, names = [], set()
     for index, raw in enumerate(data["stages"]):
@@ -77,18 +80,20 @@ def load_pipeline(path: Union[str, Path]) -> tuple[Path, Path, list[dict]]:
             raise PipelineError(
                 f"{path}: stage {stage['name']!r} writes a LoRA adapter, which a later stage cannot train from; add merge_lora: true"
             )
-    return model, _resolve(folder, data["out"]), stages
+    return model, (Path(out).resolve() if out is not None else _resolve(folder, data["out"])), stages
 
 
 def run_pipeline(
     path: Union[str, Path],
     *,
+    model: Optional[Union[str, Path]] = None,
+    out: Optional[Union[str, Path]] = None,
     overwrite: bool = False,
     device: str = "auto",
     on_stage: Optional[Callable[[int, int, dict], None]] = None,
     on_log: Optional[Callable[[int, int, float], None]] = None,
 ) -> list[TrainResult]:
-    model, out_root, stages = load_pipeline(path)
+    model, out_root, stages = load_pipeline(path, model, out)
     outputs: dict[str, Path] = {}
     previous = model
     results = []
