@@ -552,9 +552,13 @@ def train(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    import datasets
+
     from evomerge.train.pipeline import load_pipeline, run_pipeline
     from evomerge.train.trainers import TrainSettings, check
     from evomerge.train.trainers import train as train_stage
+
+    datasets.disable_progress_bars()  # TRL's dataset preparation; our bar shows the training
 
     settings = None
     if pipeline is not None:
@@ -603,7 +607,8 @@ def train(
             results = [train_stage(settings, on_log=on_log)]
     for result in results:
         first, last = result.lineage["first_loss"], result.lineage["last_loss"]
-        stdout.print(f"{result.lineage['label']}: {result.out} (loss {first:.4f} → {last:.4f})")
+        losses = f"loss {first:.4f} → {last:.4f}" if first is not None else "no loss logged"
+        stdout.print(f"{result.lineage['label']}: {result.out} ({losses})")
 
 
 if __name__ == "__main__":  # pragma: no cover

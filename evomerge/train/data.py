@@ -54,6 +54,10 @@ def load_records(path: Union[str, Path], strategy: str) -> list[dict]:
             raise DataError(f"{path}:{number}: mixes {list(matching[0])} with {list(shape)} records")
         if "messages" in shape:
             _check_messages(record["messages"], f"{path}:{number}")
+        else:
+            for field_name in shape:
+                if not isinstance(record[field_name], str):
+                    raise DataError(f"{path}:{number}: '{field_name}' must be text, got {type(record[field_name]).__name__}")
         records.append({field: record[field] for field in shape})
     if not records:
         raise DataError(f"{path}: no records (empty training data file)")

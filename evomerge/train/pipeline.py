@@ -62,7 +62,7 @@ def load_pipeline(
         unknown = set(raw) - STAGE_KEYS
         if unknown:
             raise PipelineError(f"{where}: unknown key {sorted(unknown)[0]!r}")
-        stage = dict(raw)
+        stage = _typed(dict(raw), where)
         stage["name"] = str(stage.get("name") or stage["strategy"])
         if stage["name"] in names:
             raise PipelineError(f"{where}: two stages are named {stage['name']!r}; give one a 'name'")
@@ -109,6 +109,28 @@ def run_pipeline(
         outputs[stage["name"]] = previous = result.out
         results.append(result)
     return results
+
+
+_NUMBERS = {f.name: f.type for f in fields(TrainSettings) if f.type in ("float", "int", "Optional[float]")}
+
+
+def _typed(stage: dict, where: str) -> dict:
+    """Numbers as numbers: YAML reads `2e-5` (no dot) as a string; `three` is an error."""
+    for key, kind in _NUMBERS.items():
+        if key in stage and stage[key] is not None:
+            value = stage[key]
+            try:
+                number = float(value) if not isinstance(value, bool) else None
+            except (TypeError, ValueError):
+                number = None
+            if number is None:
+                raise PipelineError(f"{where}: {key} must be a number, got {value!r}")
+            if kind == "int":
+                if number != int(number):
+                    raise PipelineError(f"{where}: {key} must be a whole number, got {value!r}")
+                number = int(number)
+            stage[key] = number
+    return stage
 
 
 def _resolve(folder: Path, value: str) -> Path:

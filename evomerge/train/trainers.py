@@ -53,6 +53,30 @@ class TrainSettings:
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.strategy]
 
+    def validate(self) -> None:
+        """Numbers and names that TRL, transformers or peft would only reject mid-run."""
+        from transformers.trainer_utils import SchedulerType
+
+        if self.strategy not in STRATEGIES:
+            raise EvomergeError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
+        positive = {"epochs": self.epochs, "lr": self.learning_rate, "batch_size": self.batch_size, "max_length": self.max_length}
+        if self.beta is not None:
+            positive["beta"] = self.beta
+        if self.lora:
+            positive.update(lora_r=self.lora_r, lora_alpha=self.lora_alpha)
+        for name, value in positive.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise EvomergeError(f"--{name.replace('_', '-')} must be a positive number, got {value!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise EvomergeError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        schedulers = [s.value for s in SchedulerType]
+        if self.lr_scheduler not in schedulers:
+            raise EvomergeError(f"unknown --lr-scheduler {self.lr_scheduler!r}; choose from {', '.join(schedulers)}")
+        if self.lora and not self.lora_targets:
+            raise EvomergeError("--lora-targets names no module")
+        if self.lora and "lm_head" in self.lora_targets:
+            raise EvomergeError("--lora-targets: TRL does not train LoRA on lm_head; choose attention or MLP modules")
+
 
 @dataclass
 class TrainResult:
@@ -81,8 +105,7 @@ def lineage_label(model_dir: Path) -> str:
 def check(settings: TrainSettings) -> list[dict]:
     """Everything that can be checked before training: strategy, data, model folder, output,
     LoRA options (against the model's modules, built on the meta device: no weights read)."""
-    if settings.strategy not in STRATEGIES:
-        raise EvomergeError(f"unknown strategy {settings.strategy!r}; choose from {', '.join(STRATEGIES)}")
+    settings.validate()
     records = load_records(settings.data, settings.strategy)
     model_dir = Path(settings.model).resolve()
     check_model_folder(model_dir)
@@ -129,6 +152,8 @@ def train(settings: TrainSettings, on_log: Optional[Callable[[int, int, float], 
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         trainer = _make_trainer(settings, model, tokenizer, Dataset.from_list(records), peft_config, staging / "trainer")
+        if len(trainer.train_dataset) == 0:
+            raise EvomergeError(f"{settings.data}: no example fits --max-length {settings.max_length}; raise it")
         trainer.remove_callback(PrinterCallback)  # it prints every log dict when tqdm is off
         trainer.add_callback(ReportLoss())
         trainer.train()
@@ -158,7 +183,7 @@ def _lora_config(settings: TrainSettings, model):
     modules = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [target for target in settings.lora_targets if target not in modules]
     if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)} - {"lm_head"})
         raise EvomergeError(f"--lora-targets: the model has no module {missing[0]!r}; its linear modules are {', '.join(linear)}")
     return LoraConfig(
         r=settings.lora_r, lora_alpha=settings.lora_alpha, target_modules=list(settings.lora_targets), task_type="CAUSAL_LM"
