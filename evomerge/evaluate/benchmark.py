@@ -9,7 +9,6 @@ means the first ⌈f·n⌉ items of it: scores at equal fraction are comparable 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import string
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from evomerge.errors import EvomergeError
+from evomerge.files import jsonl_objects
 
 ITEM_TYPES = ("mc", "tf", "exact")
 LETTERS = string.ascii_uppercase
@@ -114,15 +114,9 @@ def resolve_benchmark_path(name_or_path: Union[str, Path]) -> Path:
 def load_benchmark(name_or_path: Union[str, Path], seed: int = ORDER_SEED) -> Benchmark:
     path = resolve_benchmark_path(name_or_path)
     name = path.name[: -len(".jsonl")] if path.name.endswith(".jsonl") else path.stem
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as error:
-        raise BenchmarkError(f"{path}: not UTF-8 text ({error.reason})") from None
     items, seen = [], {}
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        item = parse_item(line, f"{path}:{number}")
+    for number, data in jsonl_objects(path, BenchmarkError, "an item"):
+        item = parse_item(data, f"{path}:{number}")
         if item.id in seen:
             raise BenchmarkError(f"{path}:{number}: duplicate id {item.id!r} (first on line {seen[item.id]})")
         seen[item.id] = number
@@ -138,14 +132,8 @@ def make_benchmark(name: str, items: Sequence[Item], source: str = "", seed: int
     return Benchmark(name, ordered, source, seed)
 
 
-def parse_item(line: str, where: str) -> Item:
-    """One JSONL line → an Item, or a BenchmarkError naming `where` (file:line)."""
-    try:
-        data = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise BenchmarkError(f"{where}: not valid JSON ({error.msg})") from None
-    if not isinstance(data, dict):
-        raise BenchmarkError(f"{where}: an item must be a JSON object")
+def parse_item(data: dict, where: str) -> Item:
+    """One JSON object → an Item, or a BenchmarkError naming `where` (file:line)."""
     for key in ("id", "question", "answer", "type"):
         if key not in data or data[key] in (None, ""):
             raise BenchmarkError(f"{where}: missing field {key!r}")

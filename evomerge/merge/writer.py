@@ -6,15 +6,14 @@ end, so a failed or interrupted merge leaves nothing half-written.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Optional, Union
 
 import torch
 
 from evomerge.errors import EvomergeError
+from evomerge.files import staged_folder
 from evomerge.merge.merger import DTYPES, Merger, mergekit_method, resolve_device
 from evomerge.merge.parents import ParentInfo, check_parents, inspect_parent
 from evomerge.recipe import Recipe
@@ -38,21 +37,6 @@ def check_output(out: Union[str, Path], overwrite: bool) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise EvomergeError(f"output folder {out} exists and is not empty (pass --overwrite to replace it)")
     return out
-
-
-@contextlib.contextmanager
-def staged_folder(out: Path) -> Iterator[Path]:
-    """A temporary folder that replaces `out` only if the block finishes."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        yield staging
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def copy_tokenizer(source: ParentInfo, dest: Path) -> None:

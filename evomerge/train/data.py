@@ -8,11 +8,11 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Union
 
 from evomerge.errors import EvomergeError
+from evomerge.files import jsonl_objects
 
 STRATEGIES = ("cpt", "sft", "dpo", "orpo")
 FIELDS = {
@@ -35,15 +35,7 @@ def load_records(path: Union[str, Path], strategy: str) -> list[dict]:
     if not path.is_file():
         raise DataError(f"training data not found: {path}")
     records, shape = [], None
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}:{number}: a record must be a JSON object")
+    for number, record in jsonl_objects(path, DataError):
         matching = [fields for fields in FIELDS[strategy] if all(_present(record.get(f)) for f in fields)]
         if not matching:
             wanted = " or ".join("{" + ", ".join(fields) + "}" for fields in FIELDS[strategy])

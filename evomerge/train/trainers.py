@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -18,6 +17,7 @@ from typing import Callable, Optional
 import torch
 
 from evomerge.errors import EvomergeError
+from evomerge.files import staged_folder
 from evomerge.train.data import STRATEGIES, file_hash, load_records
 
 LINEAGE_FILE = "evomerge_lineage.json"
@@ -148,9 +148,7 @@ def train(settings: TrainSettings, on_log: Optional[Callable[[int, int, float], 
             if on_log is not None and logs and "loss" in logs:
                 on_log(state.global_step, state.max_steps, float(logs["loss"]))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:
         trainer = _make_trainer(settings, model, tokenizer, Dataset.from_list(records), peft_config, staging / "trainer")
         if len(trainer.train_dataset) == 0:
             raise EvomergeError(f"{settings.data}: no example fits --max-length {settings.max_length}; raise it")
@@ -168,12 +166,6 @@ def train(settings: TrainSettings, on_log: Optional[Callable[[int, int, float], 
             _point_adapter_at(staging, model_dir)
         lineage = _lineage(settings, model_dir, losses)
         (staging / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return TrainResult(out, losses, lineage)
 
 
