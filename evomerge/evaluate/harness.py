@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from pathlib import Path
 from typing import Optional, Union
@@ -20,7 +21,7 @@ import yaml
 from evomerge.errors import EvomergeError
 from evomerge.evaluate import protocol
 from evomerge.evaluate.benchmark import Benchmark, Item
-from evomerge.evaluate.scorer import ScoreResult, per_category_accuracy
+from evomerge.evaluate.scorer import ScoreResult, make_result
 
 PREFIX = "lm-eval:"
 
@@ -106,6 +107,7 @@ class HarnessScorer:
         self.batch_size = batch_size
         self.task_manager = find_task(self.task, tasks_dir)
         self._wrapped: dict[int, object] = {}
+        self._documents: Optional[int] = None
 
     def _lm(self, model):
         """One HFLM per resident model: the merge engine rewrites its weights in place."""
@@ -117,37 +119,44 @@ class HarnessScorer:
             self._wrapped[key] = HFLM(pretrained=model, tokenizer=self.tokenizer, device=device, batch_size=self.batch_size)
         return self._wrapped[key]
 
-    def score(self, model, fraction: float = 1.0) -> ScoreResult:
+    def _document_count(self) -> int:
+        """How many documents the task scores (read once: fractions are counted on it)."""
+        if self._documents is None:
+            from lm_eval.tasks import get_task_dict
+
+            self._documents = len(get_task_dict([self.task], self.task_manager)[self.task].eval_docs)
+        return self._documents
+
+    def score(self, model, fraction: float = 1.0, previous: Optional[ScoreResult] = None) -> ScoreResult:
+        """The first ⌈fraction·n⌉ documents (lm-eval's `limit`); with `previous`, only the
+        documents beyond it are scored (lm-eval's `samples`), as the builtin scorer does."""
         import time
 
         from lm_eval import simple_evaluate
 
         if not 0 < fraction <= 1:
             raise EvomergeError(f"fraction must be in (0, 1], got {fraction}")
+        first = previous.n if previous is not None else 0
+        count = max(1, math.ceil(fraction * self._document_count()))
+        if first >= count:
+            return previous
         start = time.perf_counter()
         output = simple_evaluate(
             model=self._lm(model),
             tasks=[self.task],
-            limit=fraction if fraction < 1 else None,
+            samples={self.task: list(range(first, count))},
             task_manager=self.task_manager,
             log_samples=True,
             bootstrap_iters=0,
             verbosity="ERROR",
         )
         samples = sorted(output["samples"][self.task], key=lambda sample: sample["doc_id"])
-        correct = [bool(sample["acc"]) for sample in samples]
-        items = [_sample_item(sample) for sample in samples]
-        return ScoreResult(
-            accuracy=output["results"][self.task]["acc,none"],
-            n=len(samples),
-            per_category=per_category_accuracy(items, correct),
-            correct=correct,
-            item_ids=[item.id for item in items],
-            predictions=[None] * len(samples),
-            seconds=time.perf_counter() - start,
+        docs = [sample.get("doc") or {} for sample in samples]
+        result = make_result(
+            [str(doc.get("id", sample["doc_id"])) for doc, sample in zip(docs, samples)],
+            [doc.get("category") or None for doc in docs],
+            [bool(sample["acc"]) for sample in samples],
+            [None] * len(samples),
+            time.perf_counter() - start,
         )
-
-
-def _sample_item(sample: dict) -> Item:
-    doc = sample.get("doc") or {}
-    return Item(str(doc.get("id", sample["doc_id"])), "", "mc", "", category=doc.get("category") or None)
+        return previous.extended(result) if previous is not None else result

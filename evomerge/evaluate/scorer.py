@@ -34,9 +34,38 @@ class ScoreResult:
     item_ids: list[str]
     predictions: list[Optional[str]] = field(default_factory=list)
     seconds: float = 0.0
+    categories: list[Optional[str]] = field(default_factory=list)  # per item, for per_category
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def extended(self, more: "ScoreResult") -> "ScoreResult":
+        """This result followed by `more` (the next items of the same order)."""
+        correct = self.correct + more.correct
+        categories = self.categories + more.categories
+        return ScoreResult(
+            accuracy=sum(correct) / len(correct),
+            n=len(correct),
+            per_category=per_category_accuracy(categories, correct),
+            correct=correct,
+            item_ids=self.item_ids + more.item_ids,
+            predictions=self.predictions + more.predictions,
+            seconds=self.seconds + more.seconds,
+            categories=categories,
+        )
+
+
+def make_result(item_ids, categories, correct, predictions, seconds) -> ScoreResult:
+    return ScoreResult(
+        accuracy=sum(correct) / len(correct),
+        n=len(correct),
+        per_category=per_category_accuracy(categories, correct),
+        correct=list(correct),
+        item_ids=list(item_ids),
+        predictions=list(predictions),
+        seconds=seconds,
+        categories=list(categories),
+    )
 
 
 @dataclass
@@ -70,33 +99,41 @@ class Scorer:
             raise EvomergeError("--chat asked for, but the tokenizer has no chat template")
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
         self.eos_ids = {tokenizer.eos_token_id} - {None}
+        self._progress: Optional[Callable[[int, int], None]] = None
         self._encoded = [self._encode(item) for item in benchmark.items]
         self.max_new_tokens = max_new_tokens or self._longest_answer_tokens() + DECODE_SLACK
 
     # ----- public --------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def score(self, model, fraction: float = 1.0, progress: Optional[Callable[[int, int], None]] = None) -> ScoreResult:
-        """Score the first ⌈fraction·n⌉ items; `progress(done, total)` is called after each batch."""
+    def score(
+        self,
+        model,
+        fraction: float = 1.0,
+        progress: Optional[Callable[[int, int], None]] = None,
+        previous: Optional[ScoreResult] = None,
+    ) -> ScoreResult:
+        """Score the first ⌈fraction·n⌉ items; with `previous` (a result for a smaller fraction of
+        the same model) only the items beyond it are scored, so growing fractions cost one pass.
+        `progress(done, total)` is called after each batch."""
         self._progress = progress
         start = time.perf_counter()
+        first = previous.n if previous is not None else 0
         count = self.benchmark.count(fraction)
-        items = self.benchmark.items[:count]
+        if first >= count:
+            return previous
+        indices = list(range(first, count))
+        items = self.benchmark.items[first:count]
         device = next(model.parameters()).device
         if self.protocol == "paper":
-            predictions = self._generate(model, list(range(count)), device)
+            predictions = self._generate(model, indices, device)
         else:
-            predictions = self._loglik(model, list(range(count)), device)
+            predictions = self._loglik(model, indices, device)
         correct = [protocol.is_correct(item, pred) for item, pred in zip(items, predictions)]
-        return ScoreResult(
-            accuracy=sum(correct) / count,
-            n=count,
-            per_category=per_category_accuracy(items, correct),
-            correct=correct,
-            item_ids=[item.id for item in items],
-            predictions=predictions,
-            seconds=time.perf_counter() - start,
+        result = make_result(
+            [item.id for item in items], [item.category for item in items], correct, predictions, time.perf_counter() - start
         )
+        return previous.extended(result) if previous is not None else result
 
     # ----- tokenisation (once) ------------------------------------------------------------
 
@@ -215,7 +252,7 @@ class Scorer:
     # ----- batching -----------------------------------------------------------------------
 
     def _report(self, done: int, total: int) -> None:
-        if getattr(self, "_progress", None) is not None:
+        if self._progress is not None:
             self._progress(done, total)
 
     def _batches(self, indices: list[int], length) -> list[list[int]]:
@@ -255,10 +292,10 @@ def lm_eval_split(tokenizer, context: str, options: list[str]) -> tuple[list[int
     return context_tokens, option_tokens
 
 
-def per_category_accuracy(items: list[Item], correct: list[bool]) -> dict[str, float]:
+def per_category_accuracy(categories: list[Optional[str]], correct: list[bool]) -> dict[str, float]:
     totals: dict[str, list[int]] = {}
-    for item, ok in zip(items, correct):
-        if item.category:
-            hit, count = totals.setdefault(item.category, [0, 0])
-            totals[item.category] = [hit + int(ok), count + 1]
+    for category, ok in zip(categories, correct):
+        if category:
+            hit, count = totals.setdefault(category, [0, 0])
+            totals[category] = [hit + int(ok), count + 1]
     return {category: hit / count for category, (hit, count) in sorted(totals.items())}

@@ -90,8 +90,7 @@ def _write_with_evomerge(
     recipe: Recipe, infos: list[ParentInfo], out: Path, device: str, seed: Optional[int], trust_remote_code: bool
 ) -> None:
     merger = Merger(infos, device=device, dtype=recipe.dtype, trust_remote_code=trust_remote_code)
-    merger.plan(recipe)  # every recipe error surfaces before the merge runs
-    model = merger.apply(recipe, seed=seed)
+    model = merger.apply(recipe, seed=seed)  # apply plans (and checks) the recipe before writing a tensor
     out_dtype = DTYPES[recipe.out_dtype] if recipe.out_dtype else None
     state = {
         name: (tensor.to(out_dtype) if out_dtype and tensor.is_floating_point() else tensor).detach().cpu()

@@ -75,6 +75,12 @@ class TrialRunner:
             )
             for benchmark in settings.benchmarks
         ]
+        # The held-out items of each benchmark, tokenised once (parents and the best recipe use them).
+        self.holdout_scorers: dict[int, Scorer] = {
+            index: Scorer(objective.holdout, self.tokenizer, protocol=objective.protocol, batch_size=settings.batch_size, chat=settings.chat)
+            for index, objective in enumerate(self.objectives)
+            if objective.holdout is not None
+        }
         self.parent_scores: Optional[ParentScores] = None
         self.trials_run = 0
         self.total_trials: Optional[int] = None  # set by the run: the study's --trials
@@ -89,24 +95,20 @@ class TrialRunner:
             for parent in self.settings.parents:
                 model = self.merger.show_parent(parent)
                 per_benchmark = []
-                for objective in self.objectives:
-                    fidelity = {str(f): objective.scorer.score(model, f).accuracy for f in self.settings.fidelities[:-1]}
-                    full = objective.scorer.score(model, 1.0)
-                    fidelity["1.0"] = full.accuracy
+                for index, objective in enumerate(self.objectives):
+                    fidelity, full = {}, None
+                    for f in self.settings.fidelities:  # one pass: each fraction extends the last
+                        full = objective.scorer.score(model, f, previous=full)
+                        fidelity[str(f)] = full.accuracy
                     entry = {"fidelity": fidelity, "correct": correctness_string(full), "per_category": full.per_category}
-                    if objective.holdout is not None:
-                        entry["holdout"] = self.holdout_scorer(objective).score(model, 1.0).accuracy
+                    if index in self.holdout_scorers:
+                        entry["holdout"] = self.holdout_scorers[index].score(model, 1.0).accuracy
                     per_benchmark.append(entry)
                 by_parent[parent] = per_benchmark
             study.set_user_attr(PARENT_SCORES_ATTR, by_parent)
             stored = by_parent
         self.parent_scores = ParentScores(stored)
         return self.parent_scores
-
-    def holdout_scorer(self, objective: Objective) -> Scorer:
-        return Scorer(
-            objective.holdout, self.tokenizer, protocol=objective.protocol, batch_size=self.settings.batch_size, chat=self.settings.chat
-        )
 
     # ----- one trial -------------------------------------------------------------------------
 
@@ -145,7 +147,7 @@ class TrialRunner:
         fidelities = [1.0] if settings.multi_objective else settings.fidelities
         result = None
         for step, fidelity in enumerate(fidelities):
-            result = primary.scorer.score(model, fidelity)
+            result = primary.scorer.score(model, fidelity, previous=result)  # only the new items
             if math.isnan(result.accuracy):
                 raise FloatingPointError("the score is NaN")
             trial.set_user_attr(f"accuracy@{fidelity}", result.accuracy)

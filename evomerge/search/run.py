@@ -45,6 +45,7 @@ class Prepared:
     space: SearchSpace
     infos: list
     storage: object
+    grid: Optional[dict] = None  # the grid sampler's values, when --sampler grid
 
 
 def prepare(settings: SearchSettings) -> Prepared:
@@ -61,9 +62,12 @@ def prepare(settings: SearchSettings) -> Prepared:
             find_task(benchmark, settings.tasks_dir)  # an unknown task is reported now
         else:
             load_benchmark(benchmark)
-    if settings.sampler == "grid" and space.grid(infos[0].num_layers, settings.parents, settings.base) is None:
-        raise EvomergeError(f"--sampler grid needs a step on every searched value of space {space.name}")
-    return Prepared(settings, space, infos, open_storage(settings.storage_url()))
+    grid = None
+    if settings.sampler == "grid":
+        grid = space.grid(infos[0].num_layers, settings.parents, settings.base)
+        if grid is None:
+            raise EvomergeError(f"--sampler grid needs a step on every searched value of space {space.name}")
+    return Prepared(settings, space, infos, open_storage(settings.storage_url()), grid)
 
 
 class StopAtTotal:
@@ -97,9 +101,8 @@ def optimise(
 ) -> tuple[optuna.Study, TrialRunner]:
     """Create or resume the study and run trials in this process until the study has its total."""
     settings = prepared.settings
-    grid = prepared.space.grid(prepared.infos[0].num_layers, settings.parents, settings.base) if settings.sampler == "grid" else None
     runner = runner or TrialRunner(settings, prepared.infos, prepared.space)
-    study = create_or_load_study(settings, prepared.storage, grid)
+    study = create_or_load_study(settings, prepared.storage, prepared.grid)
     runner.total_trials = settings.trials
     # A trial whose process was killed (kill -9) has stopped beating: mark it failed now.
     optuna.storages.fail_stale_trials(study)
@@ -136,9 +139,10 @@ def score_holdout(study: optuna.Study, runner: TrialRunner) -> Optional[dict]:
         return None
     from evomerge.recipe import Recipe
 
+    if 0 not in runner.holdout_scorers:
+        return None
     model = runner.merger.apply(Recipe.from_yaml(best.user_attrs["recipe"]), seed=runner.settings.seed)
-    objective = runner.objectives[0]
-    result = runner.holdout_scorer(objective).score(model, 1.0)
+    result = runner.holdout_scorers[0].score(model, 1.0)
     scores = {"trial": best.number, "search_accuracy": best.user_attrs.get("accuracy"), "holdout_accuracy": result.accuracy, "holdout_n": result.n}
     study.set_user_attr(HOLDOUT_ATTR, scores)
     return scores

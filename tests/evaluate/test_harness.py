@@ -97,6 +97,15 @@ def test_lm_eval_equals_builtin_loglik_at_fraction(bench, model, char_tokenizer,
     assert_same_scores(through_lm_eval, builtin)
 
 
+def test_lm_eval_continues_from_a_smaller_fraction(bench, model, char_tokenizer, harness):
+    """lm-eval scores only the documents beyond `previous` (its `samples`), and the combined result
+    equals the builtin scorer's on the whole benchmark, item for item."""
+    half = harness.score(model, 0.5)
+    whole = harness.score(model, 1.0, previous=half)
+    assert whole.n == 40 and whole.item_ids == [item.id for item in bench.items]
+    assert_same_scores(whole, Scorer(bench, char_tokenizer, "loglik", batch_size=8, chat=False).score(model))
+
+
 def test_lm_eval_equals_builtin_with_single_token_options(bench, model, word_tokenizer, task_dir):
     folder, name = task_dir
     scorer = Scorer(bench, word_tokenizer, "loglik", batch_size=8, chat=False)

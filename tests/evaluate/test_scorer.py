@@ -371,3 +371,31 @@ def test_chat_context_gets_one_bos_in_both_protocols(bench, bos_chat_tokenizer):
         f"add_special_tokens, giving two BOS tokens: {loglik._encoded[0].prompt[:4]}"
     )
     assert loglik._encoded[0].prompt == paper._encoded[0].prompt
+
+
+@pytest.mark.parametrize("name", ["paper", "loglik"])
+def test_growing_fractions_continue_instead_of_rescoring(bench, fresh_model, char_tokenizer, name):
+    """Multi-fidelity scoring: 0.25 → 0.5 → 1 with `previous` equals scoring everything at once,
+    and reads each item once (rows through a full-sequence pass), not 1.75 times."""
+    rows = []
+    original = fresh_model.forward
+
+    def counted(*args, **kwargs):
+        input_ids = kwargs["input_ids"]
+        if input_ids.shape[1] > 1:  # a prompt pass, not one decoding step
+            rows.append(input_ids.shape[0])
+        return original(*args, **kwargs)
+
+    fresh_model.forward = counted
+    scorer = Scorer(bench, char_tokenizer, name, batch_size=8, chat=False)
+    full = scorer.score(fresh_model)
+    rows_for_full, rows[:] = sum(rows), []
+    result = None
+    for fraction in (0.25, 0.5, 1.0):
+        result = scorer.score(fresh_model, fraction, previous=result)
+        assert result.n == bench.count(fraction)
+        assert result.correct == full.correct[: result.n]
+    assert (result.item_ids, result.predictions, result.per_category) == (full.item_ids, full.predictions, full.per_category)
+    assert result.accuracy == pytest.approx(full.accuracy)
+    assert sum(rows) == rows_for_full, "continuing must not score an item twice"
+    assert scorer.score(fresh_model, 0.5, previous=result) is result, "nothing left to score"
