@@ -61,7 +61,12 @@ def quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's and datasets' bars; ours are rich's
+    os.environ.setdefault("TQDM_DISABLE", "1")  # lm-eval's bars; ours are rich's
+    # datasets' own bars (TRL's data preparation, lm-eval's task loading) ignore TQDM_DISABLE: the
+    # variable covers a later import, the call an earlier one.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if "datasets" in sys.modules:
+        sys.modules["datasets"].disable_progress_bars()
     for name in ("mergekit", "lm_eval", "lm-eval", "datasets"):
         logging.getLogger(name).setLevel(logging.ERROR)
     import warnings
@@ -552,13 +557,10 @@ def train(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    import datasets
-
     from evomerge.train.pipeline import load_pipeline, run_pipeline
     from evomerge.train.trainers import TrainSettings, check
     from evomerge.train.trainers import train as train_stage
 
-    datasets.disable_progress_bars()  # TRL's dataset preparation; our bar shows the training
 
     settings = None
     if pipeline is not None:

@@ -67,11 +67,13 @@ class ValueSpec:
     anchors: int = 0  # > 0: a gradient of this many anchors
     group_size: int = 0  # > 0: one value per this many layers
 
-    @property
-    def dimension(self) -> int:
+    def dimension(self, num_layers: int) -> int:
+        """How many numbers a trial suggests for this value."""
         if self.fixed is not None:
             return 0
-        return self.anchors or 1  # per-layer dimension depends on depth; see SearchSpace.dimension
+        if self.group_size:
+            return math.ceil(num_layers / self.group_size)
+        return self.anchors or 1
 
     def suggest(self, trial: Trial, name: str, num_layers: int) -> Union[float, list[float]]:
         if self.fixed is not None:
@@ -107,10 +109,7 @@ class ParameterSpec:
 
     def dimension(self, num_layers: int) -> int:
         specs = [spec for _, spec in self.filters] + ([self.default] if self.default else [])
-        total = 0
-        for spec in specs:
-            total += math.ceil(num_layers / spec.group_size) if spec.group_size and spec.fixed is None else spec.dimension
-        return total
+        return sum(spec.dimension(num_layers) for spec in specs)
 
 
 @dataclass

@@ -106,7 +106,6 @@ def main() -> None:
         mergekit_times = timed(run_mergekit, max(2, args.repeats // 2), sync)
         merged = merger.merged_state_dict()
         max_diff = max((merged[k].float() - mergekit_result[k].float()).abs().max().item() for k in merged)
-        del mergekit_result
 
         targets = merger.merged_state_dict()
 

@@ -16,14 +16,9 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 # hypothesis keeps a cache of constants; keep it out of the repository.
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "evomerge-hypothesis"))
 
-import json
-import subprocess
-import sys
 from pathlib import Path
-from typing import Optional, Sequence
 
 import pytest
-import torch
 from hypothesis import settings
 
 # No example database written into the repository; examples are drawn from fixed seeds per test.

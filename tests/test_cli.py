@@ -1,6 +1,5 @@
 """The command line as a user runs it: real merges, and one clean line for every bad input."""
 
-import json
 import os
 import shutil
 

@@ -11,7 +11,6 @@ import re
 
 import optuna
 import pytest
-import yaml
 
 from evomerge.recipe import PAPER_T, Recipe, paper_recipe
 from evomerge.space import SearchSpace, SpaceError, load_space, parse_space, shipped_spaces

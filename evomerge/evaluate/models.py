@@ -24,9 +24,6 @@ def load_for_eval(path: Union[str, Path], device: str = "auto", trust_remote_cod
         model = PeftModel.from_pretrained(base, str(info.path)).merge_and_unload()
     else:
         model = AutoModelForCausalLM.from_pretrained(str(info.path), dtype="auto", trust_remote_code=trust_remote_code)
-    tokenizer_dir = info.path
-    if info.adapter_base is not None and not (info.path / "tokenizer_config.json").is_file():
-        tokenizer_dir = info.adapter_base.path
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(str(info.tokenizer_dir), trust_remote_code=trust_remote_code)
     model.to(device).eval()  # not requires_grad_(False): ~2× slower forwards on torch 2.13 CPU
     return model, tokenizer

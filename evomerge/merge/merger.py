@@ -25,6 +25,7 @@ from evomerge.recipe import Recipe, layer_position
 LOG = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
 def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:

@@ -50,6 +50,12 @@ class ParentInfo:
         return int(self.config.get("num_hidden_layers") or text_config.get("num_hidden_layers") or 0)
 
     @property
+    def tokenizer_dir(self) -> Path:
+        """The folder with this parent's tokenizer: its own, or its base's for an adapter without one."""
+        own = any((self.path / name).is_file() for name in ("tokenizer_config.json", "tokenizer.json", "tokenizer.model"))
+        return self.adapter_base.path if self.adapter_base is not None and not own else self.path
+
+    @property
     def lineage(self) -> Optional[dict]:
         lineage_path = self.path / LINEAGE_FILE
         return json.loads(lineage_path.read_text()) if lineage_path.is_file() else None

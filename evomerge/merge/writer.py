@@ -40,14 +40,10 @@ def check_output(out: Union[str, Path], overwrite: bool) -> Path:
 
 
 def copy_tokenizer(source: ParentInfo, dest: Path) -> None:
-    """Tokenizer files of the base parent (of its base, for a LoRA adapter without them)."""
-    folders = [source.path] + ([source.adapter_base.path] if source.adapter_base is not None else [])
-    for folder in folders:
-        present = [name for name in TOKENIZER_FILES if (folder / name).is_file()]
-        if present:
-            for name in present:
-                shutil.copy2(folder / name, dest / name)
-            return
+    """The tokenizer files of the base parent (of its base, for a LoRA adapter without them)."""
+    for name in TOKENIZER_FILES:
+        if (source.tokenizer_dir / name).is_file():
+            shutil.copy2(source.tokenizer_dir / name, dest / name)
 
 
 def inspect_recipe_parents(recipe: Recipe, allow_pickle: bool = False, trust_remote_code: bool = False) -> list[ParentInfo]:

@@ -18,12 +18,11 @@ import optuna
 
 from evomerge.evaluate.objective import Objective, make_objective
 from evomerge.evaluate.scorer import ScoreResult, Scorer
-from evomerge.merge.merger import Merger
+from evomerge.merge.merger import DTYPE_NAMES, Merger
 from evomerge.merge.parents import ParentInfo
 from evomerge.search.study import PARENT_SCORES_ATTR, SearchSettings
 from evomerge.space import SearchSpace
 
-DTYPE_NAMES = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16", "torch.float64": "float64"}
 
 
 def recipe_key(recipe_yaml: str) -> str:
@@ -58,10 +57,9 @@ class TrialRunner:
         self.settings = settings
         self.space = space
         self.merger = Merger(list(infos), device=settings.device, dtype=settings.dtype)
-        self.dtype_name = settings.dtype or DTYPE_NAMES[str(self.merger.dtype)]
+        self.dtype_name = settings.dtype or DTYPE_NAMES[self.merger.dtype]
         tokenizer_info = infos[settings.parents.index(settings.base)] if settings.base else infos[0]
-        tokenizer_dir = tokenizer_info.adapter_base.path if tokenizer_info.adapter_base and not (tokenizer_info.path / "tokenizer_config.json").is_file() else tokenizer_info.path
-        self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_info.tokenizer_dir))
         self.objectives: list[Objective] = [
             make_objective(
                 benchmark,

@@ -13,7 +13,7 @@ import re
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import optuna
 
@@ -206,7 +206,3 @@ def load_settings(study: optuna.Study) -> SearchSettings:
 def finished_count(study: optuna.Study) -> int:
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     return len(study.get_trials(deepcopy=False, states=states))
-
-
-def attr(trial, key: str, default: Any = None) -> Any:
-    return trial.user_attrs.get(key, default)

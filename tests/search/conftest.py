@@ -4,7 +4,6 @@ import json
 import random
 
 import pytest
-import torch
 
 from evomerge.toy.tiny import CHAT_TEMPLATE, make_checkpoint, tiny_config
 
