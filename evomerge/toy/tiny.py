@@ -78,9 +78,14 @@ def save_char_tokenizer(out: Union[str, Path], vocab_size: int, chat_template: O
 
 
 def save_bpe_tokenizer(
-    out: Union[str, Path], texts: Sequence[str], vocab_size: int, chat_template: Optional[str] = None
+    out: Union[str, Path],
+    texts: Sequence[str],
+    vocab_size: int,
+    chat_template: Optional[str] = None,
+    extra_special_tokens: Sequence[str] = (),
 ) -> int:
     """A byte-level BPE trained on `texts` (deterministic; like a real LLM's, " A" is one token).
+    `extra_special_tokens` (a chat template's role markers) stay single tokens.
     Returns the number of entries, at most `vocab_size`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -90,12 +95,14 @@ def save_bpe_tokenizer(
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=["<pad>", "<s>", "</s>"],
+        special_tokens=["<pad>", "<s>", "</s>", *extra_special_tokens],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     backend.train_from_iterator(list(texts), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    if extra_special_tokens:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(extra_special_tokens)})
     if chat_template:
         tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(str(out))

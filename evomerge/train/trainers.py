@@ -48,6 +48,9 @@ class TrainSettings:
     lora_targets: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
     merge_lora: bool = False
     overwrite: bool = False
+    # Recompute activations in the backward pass (TRL's default): saves memory on large models,
+    # costs time; tiny models on a CPU train faster without it.
+    gradient_checkpointing: bool = True
 
     @property
     def learning_rate(self) -> float:
@@ -197,6 +200,10 @@ def _make_trainer(settings: TrainSettings, model, tokenizer, dataset, peft_confi
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        # TRL turns on bf16 autocast by default; on a CPU without bf16 units that runs the matmuls
+        # through a slow emulation (about 10x slower than float32 on this project's CI machine).
+        bf16=_use_cuda(settings.device) and torch.cuda.is_bf16_supported(),
         use_cpu=not _use_cuda(settings.device),
     )
     if settings.strategy in ("cpt", "sft"):
@@ -205,6 +212,10 @@ def _make_trainer(settings: TrainSettings, model, tokenizer, dataset, peft_confi
         config = SFTConfig(
             max_length=settings.max_length,
             packing=settings.strategy == "cpt",  # CPT packs raw text into full-length blocks
+            # "wrapped": concatenate and cut into [batch, max_length] blocks. TRL's default ("bfd")
+            # flattens a batch into one padding-free sequence, which only FlashAttention handles
+            # efficiently; with SDPA (CPUs, most GPUs) attention then spans the whole batch.
+            packing_strategy="wrapped",
             dataset_text_field="text",
             **common,
         )

@@ -1,0 +1,321 @@
+"""Build the toy domain: the world's files, one tokenizer, and the paper's parents at a scale.
+
+    root/world/        world.json, corpora, SFT and preference data, the two benchmarks, tokenizer/
+    root/<scale>/      base, instruct, base-CPT, …, instruct-CPT-SFT-ORPO, accuracy.json
+
+Every parent is made by `evomerge.train` (the code behind `evomerge train`), stage by stage, as the
+paper made its parents: a base pre-trained on the generic corpus; "Instruct" = base + SFT on generic
+questions; CPT on the domain corpus from Base or Instruct; then SFT, DPO, ORPO. A parent already
+built from the same data and settings is reused, so `evomerge demo` and `evomerge map` build once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+from evomerge.errors import EvomergeError
+from evomerge.evaluate.benchmark import load_benchmark, parse_item
+from evomerge.evaluate.protocol import ANSWER_CUE, build_prompt, question_text
+from evomerge.files import staged_folder
+from evomerge.toy.tiny import save_bpe_tokenizer, tiny_config
+from evomerge.train.trainers import LINEAGE_FILE
+from evomerge.toy.world import WorldSize, iter_texts, make_world, world_record, world_texts, write_jsonl
+
+DEFAULT_ROOT = Path("results") / "toy"
+VOCAB_SIZE = 2048
+WORLD_SEED = 0
+# Role markers are single tokens; an assistant turn ends with EOS, so a tuned model stops after
+# its answer. The generation prompt ends exactly where the scorer appends "The correct answer is:".
+TOY_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Width and depth of a scale, and how long each stage trains (small models learn fast)."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    lr: float
+    pretrain_epochs: int = 30  # the generic corpus is small: many passes
+    cpt_epochs: int = 10  # with 10 paraphrase rounds: each fact read 100 times
+    sft_epochs: int = 6
+    instruct_epochs: int = 30  # the generic SFT set is small too
+    batch_size: int = 16
+    block_length: int = 128  # CPT packs raw text into blocks of this many tokens
+
+
+SCALES = {
+    "xs": Scale(64, 4, 4, 2, 256, lr=3e-3),
+    "s": Scale(128, 6, 4, 2, 512, lr=1.5e-3),
+    "m": Scale(256, 8, 8, 4, 1024, lr=1e-3),
+    "l": Scale(512, 12, 8, 4, 2048, lr=6e-4),
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    parent: str  # "init" = a randomly initialised model
+    strategy: str
+    data: str  # a file in root/world/
+
+
+STAGES = (
+    Stage("base", "init", "cpt", "generic_corpus.jsonl"),
+    Stage("instruct", "base", "sft", "sft_generic.jsonl"),
+    Stage("base-CPT", "base", "cpt", "domain_corpus.jsonl"),
+    Stage("base-CPT-SFT", "base-CPT", "sft", "sft.jsonl"),
+    Stage("instruct-CPT", "instruct", "cpt", "domain_corpus.jsonl"),
+    Stage("instruct-CPT-SFT", "instruct-CPT", "sft", "sft.jsonl"),
+    Stage("instruct-CPT-SFT-DPO", "instruct-CPT-SFT", "dpo", "preferences.jsonl"),
+    Stage("instruct-CPT-SFT-ORPO", "instruct-CPT-SFT", "orpo", "preferences.jsonl"),
+)
+PARENTS = tuple(stage.name for stage in STAGES)
+_BY_NAME = {stage.name: stage for stage in STAGES}
+
+
+@dataclass
+class ToyBuild:
+    root: Path
+    scale: str
+    parents: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def world(self) -> Path:
+        return self.root / "world"
+
+    @property
+    def domain_benchmark(self) -> Path:
+        return self.world / "domain_benchmark.jsonl"
+
+    @property
+    def general_benchmark(self) -> Path:
+        return self.world / "general_benchmark.jsonl"
+
+
+Say = Callable[[str], None]
+
+
+def build_world(root: Union[str, Path] = DEFAULT_ROOT, seed: int = WORLD_SEED, size: WorldSize = WorldSize()) -> Path:
+    """Write root/world/ (reused when it was made with the same seed and size): same seed, same bytes."""
+    folder = Path(root) / "world"
+    if (folder / "world.json").is_file():
+        made = json.loads((folder / "world.json").read_text(encoding="utf-8"))
+        if made.get("seed") == seed and made.get("size") == asdict(size):
+            return folder
+    world = make_world(seed, size)
+    texts = world_texts(world, size)
+    record = {**world_record(world), "size": asdict(size)}
+    with staged_folder(folder) as staging:
+        (staging / "world.json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_jsonl(staging / "generic_corpus.jsonl", [{"text": t} for t in texts.generic_corpus])
+        write_jsonl(staging / "domain_corpus.jsonl", [{"text": t} for t in texts.domain_corpus])
+        write_jsonl(staging / "domain_benchmark.jsonl", texts.domain_benchmark)
+        write_jsonl(staging / "general_benchmark.jsonl", texts.general_benchmark)
+        generic = [parse_item(item, "toy") for item in texts.sft_generic]
+        domain = [parse_item(item, "toy") for item in texts.sft_domain]
+        # The tokenizer learns the prompts too, so the instruction is a few tokens, not dozens.
+        prompts = [question_text(parse_item(item, "toy")) + "\n" + ANSWER_CUE for item in texts.all_items()]
+        save_bpe_tokenizer(staging / "tokenizer", [*iter_texts(texts), *prompts], VOCAB_SIZE, TOY_CHAT_TEMPLATE, ROLE_TOKENS)
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(staging / "tokenizer"))
+        write_jsonl(staging / "sft_generic.jsonl", [_sft_record(item) for item in generic])
+        write_jsonl(staging / "sft.jsonl", [_sft_record(item) for item in generic + domain])
+        write_jsonl(staging / "preferences.jsonl", [_preference(item, tokenizer) for item in generic + domain])
+    return folder
+
+
+def _answer_word(item) -> str:
+    return item.answer  # a letter for mc, True/False for tf
+
+
+def _sft_record(item) -> dict:
+    """A question in the benchmark's own format, answered the way the scorer reads answers."""
+    return {"messages": [{"role": "user", "content": question_text(item)}, {"role": "assistant", "content": f"{ANSWER_CUE} {_answer_word(item)}"}]}
+
+
+def _preference(item, tokenizer) -> dict:
+    """The scorer's exact prompt; the right answer chosen, a plausible wrong one rejected."""
+    wrong = [option for option in item.options if option != item.answer]
+    rejected = wrong[sum(map(ord, item.id)) % len(wrong)]  # deterministic, spread over the options
+    eos = tokenizer.eos_token
+    return {"prompt": build_prompt(item, tokenizer, chat=True), "chosen": f" {item.answer}{eos}", "rejected": f" {rejected}{eos}"}
+
+
+def build_toy(
+    scale: str,
+    out: Optional[Union[str, Path]] = None,
+    *,
+    device: str = "auto",
+    parents: Optional[Sequence[str]] = None,
+    progress: Optional[Say] = None,
+    on_step: Optional[Callable[[str, int, int, float], None]] = None,
+    shape: Optional[Scale] = None,
+    world_size: WorldSize = WorldSize(),
+) -> ToyBuild:
+    """Build (or reuse) the world and the named parents at `scale` (default: every parent), with
+    whatever earlier stages they need. `progress(message)` gets a line per stage; `on_step(name,
+    step, total, loss)` follows training. `shape` and `world_size` make a custom (e.g. test-sized)
+    scale under the name `scale`."""
+    if shape is None and scale not in SCALES:
+        raise EvomergeError(f"unknown toy scale {scale!r}; choose from {', '.join(SCALES)}")
+    shape = shape or SCALES[scale]
+    wanted = list(parents) if parents else list(PARENTS)
+    unknown = [name for name in wanted if name not in _BY_NAME]
+    if unknown:
+        raise EvomergeError(f"unknown toy parent {unknown[0]!r}; choose from {', '.join(PARENTS)}")
+    say = progress or (lambda _message: None)
+    root = Path(out) if out is not None else DEFAULT_ROOT
+    world = build_world(root, size=world_size)
+    build = ToyBuild(root, scale)
+    for stage in _needed(wanted):
+        folder = root / scale / stage.name
+        settings = _train_settings(stage, shape, world, root / scale, folder, device)
+        if _is_built(folder, settings, shape):
+            say(f"{scale}/{stage.name}: reused")
+        else:
+            say(f"{scale}/{stage.name}: training ({stage.strategy} on {stage.data}) …")
+            _train_stage(stage, shape, settings, root / scale, world, on_step)
+        build.parents[stage.name] = folder
+    build.parents = {name: build.parents[name] for name in wanted}
+    return build
+
+
+def _needed(wanted: Sequence[str]) -> list[Stage]:
+    """The stages `wanted` depend on, in training order."""
+    needed: set[str] = set()
+    for name in wanted:
+        while name != "init":
+            needed.add(name)
+            name = _BY_NAME[name].parent
+    return [stage for stage in STAGES if stage.name in needed]
+
+
+def _train_settings(stage: Stage, shape: Scale, world: Path, scale_dir: Path, folder: Path, device: str):
+    from evomerge.train.trainers import TrainSettings
+
+    parent = scale_dir / ("init" if stage.parent == "init" else stage.parent)
+    common = dict(
+        model=str(parent), data=str(world / stage.data), out=str(folder), device=device, seed=0,
+        batch_size=shape.batch_size, overwrite=True, warmup_ratio=0.05, gradient_checkpointing=False,
+    )  # fmt: skip
+    if stage.strategy == "cpt":
+        epochs = shape.pretrain_epochs if stage.parent == "init" else shape.cpt_epochs
+        return TrainSettings(strategy="cpt", epochs=epochs, lr=shape.lr, lr_scheduler="cosine", max_length=shape.block_length, **common)
+    if stage.strategy == "sft":
+        epochs = shape.instruct_epochs if stage.parent == "base" else shape.sft_epochs
+        return TrainSettings(strategy="sft", epochs=epochs, lr=shape.lr / 2, lr_scheduler="cosine", max_length=192, **common)
+    # Preference tuning nudges a tuned model: a small step, as the paper's rates are for 8B.
+    lr = shape.lr / 20
+    return TrainSettings(strategy=stage.strategy, epochs=1, lr=lr, lr_scheduler="constant", max_length=192, **common)
+
+
+def _fingerprint(settings, shape: Scale) -> str:
+    """What a parent depends on: the scale, its settings, the bytes of its data, its parent's stamp."""
+    data = asdict(settings)
+    data.pop("overwrite", None)
+    data["shape"] = asdict(shape)
+    data["data_sha256"] = hashlib.sha256(Path(settings.data).read_bytes()).hexdigest()
+    parent_stamp = Path(settings.model) / STAMP
+    data["parent"] = parent_stamp.read_text() if parent_stamp.is_file() else settings.model
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+STAMP = "toy_build.sha256"
+
+
+def _is_built(folder: Path, settings, shape: Scale) -> bool:
+    stamp = folder / STAMP
+    return stamp.is_file() and (folder / "config.json").is_file() and stamp.read_text() == _fingerprint(settings, shape)
+
+
+def _train_stage(stage: Stage, shape: Scale, settings, scale_dir: Path, world: Path, on_step) -> None:
+    from evomerge.train.trainers import train
+
+    if stage.parent == "init":
+        _write_init(scale_dir / "init", shape, world / "tokenizer")
+    train(settings, on_log=(lambda step, total, loss: on_step(stage.name, step, total, loss)) if on_step else None)
+    out = Path(settings.out)
+    # The paper's names for the parents ("instruct-CPT-SFT"), whatever the folders are called.
+    lineage = json.loads((out / LINEAGE_FILE).read_text())
+    lineage.update(label=stage.name, parent_label=stage.parent)
+    (out / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2))
+    (out / STAMP).write_text(_fingerprint(settings, shape))
+    if stage.parent == "init":
+        shutil.rmtree(scale_dir / "init", ignore_errors=True)
+
+
+def _write_init(folder: Path, shape: Scale, tokenizer_dir: Path) -> None:
+    """A randomly initialised Llama-shaped model with the world's tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    config = tiny_config(
+        "llama", vocab_size=len(tokenizer), hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,
+        num_layers=shape.num_layers, num_heads=shape.num_heads, num_kv_heads=shape.num_kv_heads, tie_word_embeddings=False,
+    )  # fmt: skip
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with staged_folder(folder) as staging:
+        model.save_pretrained(str(staging))
+        tokenizer.save_pretrained(str(staging))
+
+
+def count_parameters(folder: Union[str, Path]) -> int:
+    """Parameters of a model folder, from the safetensors headers (no weights read)."""
+    from math import prod
+
+    from safetensors import safe_open
+
+    total = 0
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(file), "pt") as handle:
+            total += sum(prod(handle.get_slice(name).get_shape()) for name in handle.keys())
+    return total
+
+
+def score_parents(build: ToyBuild, device: str = "auto", protocol: str = "paper", progress: Optional[Say] = None) -> dict[str, dict]:
+    """Each parent's accuracy on the domain and the general benchmark (written to accuracy.json)."""
+    from transformers import AutoTokenizer
+
+    from evomerge.evaluate.models import load_for_eval
+    from evomerge.evaluate.scorer import Scorer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(build.world / "tokenizer"))
+    scorers = {
+        "domain": Scorer(load_benchmark(build.domain_benchmark), tokenizer, protocol=protocol, batch_size=32),
+        "general": Scorer(load_benchmark(build.general_benchmark), tokenizer, protocol=protocol, batch_size=32),
+    }
+    report = {}
+    for name, folder in build.parents.items():
+        model, _ = load_for_eval(folder, device)
+        results = {kind: scorer.score(model) for kind, scorer in scorers.items()}
+        report[name] = {
+            "parameters": count_parameters(folder),
+            **{kind: result.accuracy for kind, result in results.items()},
+            "answered": {kind: sum(p is not None for p in result.predictions) / result.n for kind, result in results.items()},
+            "domain_per_category": results["domain"].per_category,
+        }
+        if progress:
+            progress(f"{build.scale}/{name}: domain {report[name]['domain']:.3f} · general {report[name]['general']:.3f}")
+    path = build.root / build.scale / "accuracy.json"
+    existing = json.loads(path.read_text()) if path.is_file() else {}
+    existing.update({name: {**entry, "protocol": protocol} for name, entry in report.items()})
+    path.write_text(json.dumps(existing, indent=2) + "\n")
+    return report
