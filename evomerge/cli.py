@@ -6,6 +6,7 @@ Bad input is reported as one line on stderr with exit code 2, before any work st
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 import os
 import sys
 import time
@@ -140,22 +141,84 @@ def merge(
 @app.command()
 @user_errors
 def demo(
-    out: Path = typer.Option(Path("results/demo"), help="Where the tiny parents and merged models go."),
+    trials: int = typer.Option(30, min=1, help="Trials of the search."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    toy_dir: Path = typer.Option(Path("results/toy"), help="Where the toy world and its parents are built (and reused)."),
 ) -> None:
-    """Merge two tiny parents with the source paper's SLERP recipe, in memory and with mergekit,
-    and show that both engines give the same tensors (the full search demo comes with `evomerge search`)."""
-    from evomerge.demo import run_merge_demo
+    """The whole tool in a few minutes on a laptop CPU, on the toy domain.
 
-    rows = run_merge_demo(out, progress=console)
-    table = Table(title="The paper's SLERP recipe on two tiny Llama-shaped parents")
-    for column in ("engine", "seconds", "output"):
-        table.add_column(column)
-    for row in rows["engines"]:
-        table.add_row(row["engine"], f"{row['seconds']:.2f}", row["output"])
-    stdout.print(table)
-    verdict = "identical" if rows["identical"] else f"max |difference| {rows['max_abs_diff']:.3g}"
-    stdout.print(f"Tensors of the two outputs: {verdict} ({rows['tensors']} tensors compared).")
-    stdout.print(f"Recipe: {rows['recipe']}")
+    Builds (or reuses) the xs toy parents, searches merges of Instruct × Instruct-CPT-SFT on the toy
+    domain benchmark (default space, pruning, held-out items), and prints the parents' scores, the
+    paper's recipe, the best found and where the results went."""
+    import shutil
+
+    from evomerge.demo import DEMO_SCALE, build_demo_parents, demo_settings
+
+    console.print(f"Toy domain, scale {DEMO_SCALE}: building or reusing the parents under {toy_dir}/ …")
+    with training_progress() as on_step:
+        build = build_demo_parents(toy_dir, device, progress=console.print, on_step=on_step)
+    settings = demo_settings(build, trials, device)
+    shutil.rmtree(settings.results_dir, ignore_errors=True)  # a fresh search on every run; parents are reused
+    console.print(f"Searching merges of {' × '.join(build.parents)} on {build.domain_benchmark.name} …")
+    run_search_command(settings, timeout=None, jobs=1)
+    stdout.print(f"Open the dashboard: evomerge dashboard --storage {settings.storage_url()}")
+    stdout.print(f"Materialise the best merge: evomerge merge {settings.results_dir / 'best-recipe.yaml'} --out results/demo-merged")
+
+
+@contextmanager
+def training_progress():
+    """A progress bar per training stage; yields the `on_step(name, step, total, loss)` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        tasks: dict[str, int] = {}
+
+        def on_step(name: str, step: int, total: int, loss: float) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total, loss="–")
+            bar.update(tasks[name], completed=step, total=total, loss=f"{loss:.3f}")
+
+        yield on_step
+
+
+@app.command()
+@user_errors
+def toy(
+    scale: str = typer.Option("xs", help="xs (~0.5M parameters), s (~2M), m (~9M) or l (~50M); comma-separate several."),
+    out: Path = typer.Option(Path("results/toy"), help="Root folder: world/ and one folder per scale; built parents are reused."),
+    parents: Optional[str] = typer.Option(None, help="Only these parents (comma-separated), with the stages they need. Default: all eight."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda (training and scoring)."),
+    score: bool = typer.Option(True, help="Score every parent on the domain and the general benchmark."),
+) -> None:
+    """Build the toy materials domain and the paper's parents at a scale, with `evomerge train`.
+
+    The world (fictional biological materials and ordinary facts, fixed seed) gives a generic
+    corpus, a domain corpus for CPT, SFT and preference data, a domain benchmark whose materials
+    appear only in the CPT corpus, and a general benchmark. Parents: base, instruct, base-CPT,
+    base-CPT-SFT, instruct-CPT, instruct-CPT-SFT, instruct-CPT-SFT-DPO, instruct-CPT-SFT-ORPO.
+    Each is scored and the table written to <out>/<scale>/accuracy.json.
+    """
+    from evomerge.toy.build import SCALES, build_toy, score_parents
+
+    scales = [part.strip() for part in scale.split(",") if part.strip()]
+    unknown = [name for name in scales if name not in SCALES]
+    if unknown or not scales:
+        raise EvomergeError(f"unknown toy scale {unknown[0] if unknown else scale!r}; choose from {', '.join(SCALES)}")
+    names = [part.strip() for part in parents.split(",") if part.strip()] if parents else None
+    for name in scales:
+        with training_progress() as on_step:
+            build = build_toy(name, out, device=device, parents=names, progress=console.print, on_step=on_step)
+        if not score:
+            continue
+        report = score_parents(build, device)
+        table = Table(title=f"Toy parents, scale {name} (paper protocol)")
+        for column in ("parent", "parameters", "domain acc.", "general acc.", "answered (domain)"):
+            table.add_column(column, justify="left" if column == "parent" else "right")
+        for parent, row in report.items():
+            table.add_row(parent, f"{row['parameters']:,}", f"{row['domain']:.3f}", f"{row['general']:.3f}", f"{row['answered']['domain']:.0%}")
+        stdout.print(table)
+    stdout.print(f"World and parents: {out}/ (benchmarks: {out}/world/domain_benchmark.jsonl, general_benchmark.jsonl)")
 
 
 class Protocol(str, Enum):
@@ -315,6 +378,13 @@ def search(
     protocol: Protocol = typer.Option(Protocol.paper, help="paper or loglik scoring."),
     batch_size: int = typer.Option(16, min=1, help="Items per forward pass."),
     tasks_dir: Optional[Path] = typer.Option(None, help="Folder of custom lm-eval task YAMLs."),
+    backend: str = typer.Option("optuna", help="Where trials run: optuna (this machine, --jobs processes) or ray (a Ray cluster, one GPU per trial)."),
+    ray_address: Optional[str] = typer.Option(
+        None, help="With --backend ray: auto or HOST:PORT of a running cluster this machine is a node of. Default: a local Ray with this machine's CPUs and GPUs."
+    ),
+    gpus_per_trial: Optional[float] = typer.Option(None, help="With --backend ray: GPUs each trial reserves. Default: 1 where the cluster has GPUs, else 0."),
+    cpus_per_trial: float = typer.Option(1.0, help="With --backend ray: CPUs each trial reserves."),
+    concurrent: Optional[int] = typer.Option(None, help="With --backend ray: trials at once. Default: as many as the cluster's resources hold."),
 ) -> None:
     """Search merge recipes of the parents for the best score on a domain benchmark.
 
@@ -325,6 +395,8 @@ def search(
     """
     from evomerge.search.study import SearchSettings
 
+    if backend == "ray" and jobs > 1:
+        raise EvomergeError("--jobs starts Optuna worker processes on this machine; with --backend ray use --concurrent")
     parent_list = [p.strip() for p in parents.split(",") if p.strip()]
     benchmarks = [b.strip() for b in benchmark.split(",") if b.strip()]
     if holdout is None:
@@ -348,6 +420,11 @@ def search(
         trials=trials,
         study=study or default_study_name(parent_list, space),
         storage=storage,
+        executor=backend,
+        ray_address=ray_address,
+        gpus_per_trial=gpus_per_trial,
+        cpus_per_trial=cpus_per_trial,
+        concurrent=concurrent,
     )
     run_search_command(settings, timeout=parse_duration(timeout), jobs=jobs)
 
@@ -371,7 +448,19 @@ def run_search_command(settings, timeout: Optional[float], jobs: int) -> None:
     from evomerge.search.study import finished_count
 
     start = clock.perf_counter()
-    prepared = prepare(settings)  # every bad input is reported here, before the study exists
+    ray_session = None
+    if settings.executor == "ray":
+        from evomerge.search.ray_tune import RaySession
+
+        ray_session = RaySession(settings)  # started by prepare, once the inputs are known good
+    # Every bad input (and, on Ray, an unreachable cluster or a GPU it lacks) is reported here,
+    # before the study exists.
+    try:
+        prepared = prepare(settings, preflight=ray_session.start if ray_session else None)
+    except BaseException:
+        if ray_session is not None:
+            ray_session.close()  # the preflight started Ray, then the storage could not be opened
+        raise
     folder = settings.results_dir
     console.print(f"Study [bold]{settings.study}[/] in {settings.storage_url()}")
     console.print(f"Dashboard: evomerge dashboard --storage {settings.storage_url()}")
@@ -403,7 +492,12 @@ def run_search_command(settings, timeout: Optional[float], jobs: int) -> None:
                     failed=sum(t.state == TrialState.FAIL for t in trials_now),
                 )
 
-            study, runner = optimise(prepared, timeout=timeout, on_trial=on_trial)
+            if ray_session is not None:
+                from evomerge.search.ray_tune import optimise_on_ray
+
+                study, runner = optimise_on_ray(prepared, ray_session, timeout=timeout, on_trial=on_trial, log=bar.console.print)
+            else:
+                study, runner = optimise(prepared, timeout=timeout, on_trial=on_trial)
             for process in workers:
                 process.join()
             holdout = score_holdout(study, runner)
@@ -413,6 +507,9 @@ def run_search_command(settings, timeout: Optional[float], jobs: int) -> None:
             process.terminate()
         _export_after_interrupt(settings, folder, clock.perf_counter() - start)
         raise typer.Exit(130)
+    finally:
+        if ray_session is not None:
+            ray_session.close()
     summary = export_all(study, folder, clock.perf_counter() - start)
     print_summary(summary, folder, holdout)
 
@@ -611,6 +708,107 @@ def train(
         first, last = result.lineage["first_loss"], result.lineage["last_loss"]
         losses = f"loss {first:.4f} → {last:.4f}" if first is not None else "no loss logged"
         stdout.print(f"{result.lineage['label']}: {result.out} ({losses})")
+
+
+@app.command("map")
+@user_errors
+def map_command(
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="YAML file of parent pairs, one per scale: pairs: [{label, parents: [A, B], base: A, ancestor, params}]."),
+    toy: Optional[str] = typer.Option(None, help="Toy-domain scales, comma-separated (e.g. xs,s,m): Instruct × Instruct-CPT-SFT at each, built if needed."),
+    toy_dir: Path = typer.Option(Path("results/toy"), help="With --toy: where the toy world and its parents are built (and reused)."),
+    benchmark: Optional[str] = typer.Option(None, help="A shipped benchmark's name or a JSONL path (overrides the pairs file's and the toy's)."),
+    sweep: str = typer.Option("0:1:0.1", help="Global SLERP t values: start:stop:step, or a comma list."),
+    search: int = typer.Option(0, "--search", help="Also search N trials per pair (its own study) and score the best recipe on held-out items."),
+    space: str = typer.Option("slerp_gradient", help="Search space for --search (see `evomerge spaces`)."),
+    holdout: float = typer.Option(0.2, help="With --search: the fraction of items the search never sees; its best recipe is judged on them."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap and the search: same seed, same numbers."),
+    resamples: int = typer.Option(2000, help="Bootstrap resamples per interval."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    dtype: Optional[str] = typer.Option(None, help="Merge and score in this dtype (float32, bfloat16, …). Default: the parents'."),
+    protocol: str = typer.Option("paper", help="paper or loglik scoring."),
+    batch_size: int = typer.Option(16, help="Items per forward pass."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder. Default: results/map-<pairs file name or toy scales>."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
+) -> None:
+    """Where does merging beat both parents, across model scales, by more than the noise?
+
+    For each pair of parents: score each parent, sweep a global SLERP t, score the paper's layer
+    schedule and (with --search N) a searched recipe on held-out items. Every merge gets its accuracy,
+    gain over the best parent and synergy over the parents' mean with paired bootstrap 95% intervals,
+    and each pair its kinship (cosine of the task vectors against an ancestor). Writes map.csv,
+    items.csv, kinship.csv, figures/*.png, report.html and summary.json, all or nothing. Example:
+
+        evomerge map --pairs pairs.yaml --benchmark bio_materials --sweep 0:1:0.1 --search 30
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from evomerge.search.scale_map import MapSettings, check_options, load_pairs, parse_scales, parse_sweep, run_map, toy_pairs
+
+    if (pairs is None) == (toy is None):
+        raise EvomergeError("give --pairs FILE.yaml or --toy SCALES (one of them)")
+    scales = parse_scales(toy) if toy is not None else []
+    name = pairs.stem if pairs is not None else "toy-" + "-".join(scales)
+    settings = MapSettings(
+        out=out or Path("results") / f"map-{name}",
+        benchmark=benchmark,
+        sweep=parse_sweep(sweep),
+        search_trials=search,
+        space=space,
+        holdout=holdout,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        protocol=protocol,
+        batch_size=batch_size,
+        resamples=resamples,
+        overwrite=overwrite,
+    )
+    settings.command = map_command_line(settings, pairs, toy, toy_dir, sweep, out)
+    if pairs is not None:
+        settings.pairs, file_benchmark = load_pairs(pairs)
+        settings.benchmark = benchmark or file_benchmark
+    else:
+        check_options(settings)  # a bad flag is reported before any toy parent is built
+        settings.pairs, _ = toy_pairs(scales, toy_dir, device=device, say=lambda message: console.print(message, highlight=False))
+    if benchmark is not None:  # an explicit --benchmark wins over the pairs' own
+        for pair in settings.pairs:
+            pair.benchmark = None
+    columns = (TextColumn("[bold]map"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("checking", total=None)
+        result = run_map(settings, progress=lambda done, total, what: bar.update(task, completed=done, total=total, description=what))
+    table = Table(title="Gain over the best parent, merged − max(P1, P2); * interval above zero")
+    rows = result.summary_table()
+    for column in rows[0] if rows else ():
+        # Numbers never wrap (an interval split over two lines misreads); the merge's name may.
+        table.add_column(column, justify="left" if column in ("scale", "merge") else "right", no_wrap=column != "merge")
+    for row in rows:
+        table.add_row(*row.values())
+    stdout.print(table)
+    stdout.print(f"Wrote {result.out}/ in {result.seconds:.1f} s: report.html, map.csv, items.csv, kinship.csv, figures/*.png, summary.json")
+
+
+def map_command_line(settings, pairs: Optional[Path], toy: Optional[str], toy_dir: Path, sweep: str, out: Optional[Path]) -> str:
+    """The command as a user would retype it (flags at their defaults left out), for the report."""
+    import shlex
+
+    parts = ["evomerge", "map"]
+    if pairs is not None:
+        parts += ["--pairs", str(pairs)]
+    else:
+        parts += ["--toy", str(toy)] + (["--toy-dir", str(toy_dir)] if toy_dir != Path("results/toy") else [])
+    defaults = {"benchmark": None, "search_trials": 0, "space": "slerp_gradient", "holdout": 0.2, "seed": 0, "resamples": 2000,
+                "device": "auto", "dtype": None, "protocol": "paper", "batch_size": 16}
+    flags = {"search_trials": "--search"}
+    if sweep != "0:1:0.1":
+        parts += ["--sweep", sweep]
+    for key, default in defaults.items():
+        value = getattr(settings, key)
+        if value != default and not (key == "holdout" and not settings.search_trials):
+            parts += [flags.get(key, "--" + key.replace("_", "-")), str(value)]
+    if out is not None:
+        parts += ["--out", str(out)]
+    return " ".join(shlex.quote(part) for part in parts)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -146,14 +146,6 @@ def test_missing_recipe_and_bad_parent_flag(tmp_path):
     assert_clean_error(run("merge", tmp_path / "r.yaml", "--out", tmp_path / "o", "--parent", "oops"), "NAME=PATH")
 
 
-def test_demo_shows_both_engines_agree(tmp_path):
-    result = run("demo", "--out", tmp_path / "demo")
-    assert result.exit_code == 0, result.output
-    assert "identical" in result.stdout
-    assert (tmp_path / "demo" / "merged-evomerge" / "model.safetensors").is_file()
-    assert Recipe.load(tmp_path / "demo" / "paper-recipe.yaml").merge_method == "slerp"
-
-
 def test_version():
     result = run("--version")
     assert result.exit_code == 0 and result.stdout.startswith("evomerge ")

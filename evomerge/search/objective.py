@@ -4,6 +4,10 @@ A `TrialRunner` lives once per process: the parents stay resident in one `Merger
 items are tokenised once per scorer, and the parents' own scores are computed once per study and
 stored on it. A trial that raises (a merge error, out of memory, a NaN score) is recorded as failed
 with its reason; Optuna's `catch` then lets the study go on.
+
+`TrialRunner.evaluate` is the part both executors share: merge one recipe, score it at each
+fidelity, report each to whatever decides pruning, record. The Optuna backend hands it the
+`optuna.Trial` itself; the Ray backend hands it a reporter that sends the same values to Ray Tune.
 """
 
 from __future__ import annotations
@@ -12,17 +16,31 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Protocol, Sequence, Union
 
 import optuna
 
 from evomerge.evaluate.objective import Objective, make_objective
 from evomerge.evaluate.scorer import ScoreResult, Scorer
-from evomerge.merge.merger import DTYPE_NAMES, Merger
+from evomerge.merge.merger import DTYPE_NAMES, Merger, _stored_dtype
 from evomerge.merge.parents import ParentInfo
+from evomerge.recipe import Recipe
 from evomerge.search.study import PARENT_SCORES_ATTR, SearchSettings
 from evomerge.space import SearchSpace
 
+Values = Union[float, tuple[float, ...]]
+# What a duplicate does not copy from the trial it repeats: its own recipe bookkeeping and timings.
+NOT_COPIED = ("recipe", "recipe_key", "baseline", "duplicate_of", "merge_s", "score_s")
+
+
+class TrialRecord(Protocol):
+    """What a trial's evaluation writes to: `optuna.Trial`, or the Ray backend's reporter."""
+
+    def set_user_attr(self, key: str, value) -> None: ...
+
+    def report(self, value: float, step: int) -> None: ...
+
+    def should_prune(self) -> bool: ...
 
 
 def recipe_key(recipe_yaml: str) -> str:
@@ -44,6 +62,36 @@ class ParentScores:
         return [scores[benchmark]["fidelity"][str(fidelity)] for scores in self.by_parent.values()]
 
 
+def recipe_dtype_name(settings: SearchSettings, infos: Sequence[ParentInfo]) -> str:
+    """The dtype a trial's recipe names: --dtype, else the parents' own (what the Merger keeps
+    resident), read from the headers so a process that never loads the weights names it too."""
+    return settings.dtype or DTYPE_NAMES[_stored_dtype(infos[0])]
+
+
+def ensure_parent_scores(study: optuna.Study, compute: Callable[[], dict]) -> dict:
+    """The parents' scores stored on the study, computed (once per study) if they are not there."""
+    stored = study.user_attrs.get(PARENT_SCORES_ATTR)
+    if stored is None:
+        stored = compute()
+        study.set_user_attr(PARENT_SCORES_ATTR, stored)
+    return stored
+
+
+def find_duplicate(study: optuna.Study, number: int, key: str) -> Optional[optuna.trial.FrozenTrial]:
+    """A finished trial of the study, other than `number`, with the same recipe."""
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for other in study.get_trials(deepcopy=False, states=states):
+        if other.number != number and other.user_attrs.get("recipe_key") == key:
+            return other
+    return None
+
+
+def copied_attrs(original: optuna.trial.FrozenTrial) -> dict:
+    """What a duplicate records: the earlier trial's outcome and which trial that was."""
+    attrs = {key: value for key, value in original.user_attrs.items() if key not in NOT_COPIED}
+    return {"duplicate_of": original.number, **attrs}
+
+
 class SurplusTrial(RuntimeError):
     """A trial started after the study had reached its total (a race between workers)."""
 
@@ -57,7 +105,7 @@ class TrialRunner:
         self.settings = settings
         self.space = space
         self.merger = Merger(list(infos), device=settings.device, dtype=settings.dtype)
-        self.dtype_name = settings.dtype or DTYPE_NAMES[self.merger.dtype]
+        self.dtype_name = recipe_dtype_name(settings, infos)
         tokenizer_info = infos[settings.parents.index(settings.base)] if settings.base else infos[0]
         self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_info.tokenizer_dir))
         self.objectives: list[Objective] = [
@@ -87,26 +135,37 @@ class TrialRunner:
 
     def score_parents(self, study: optuna.Study) -> ParentScores:
         """Each parent scored alone at every fidelity (and on the held-out items); stored on the study."""
-        stored = study.user_attrs.get(PARENT_SCORES_ATTR)
-        if stored is None:
-            by_parent = {}
-            for parent in self.settings.parents:
-                model = self.merger.show_parent(parent)
-                per_benchmark = []
-                for index, objective in enumerate(self.objectives):
-                    fidelity, full = {}, None
-                    for f in self.settings.fidelities:  # one pass: each fraction extends the last
-                        full = objective.scorer.score(model, f, previous=full)
-                        fidelity[str(f)] = full.accuracy
-                    entry = {"fidelity": fidelity, "correct": correctness_string(full), "per_category": full.per_category}
-                    if index in self.holdout_scorers:
-                        entry["holdout"] = self.holdout_scorers[index].score(model, 1.0).accuracy
-                    per_benchmark.append(entry)
-                by_parent[parent] = per_benchmark
-            study.set_user_attr(PARENT_SCORES_ATTR, by_parent)
-            stored = by_parent
-        self.parent_scores = ParentScores(stored)
+        return self.use_parent_scores(ensure_parent_scores(study, self.compute_parent_scores))
+
+    def use_parent_scores(self, by_parent: dict) -> ParentScores:
+        """Measure gain and synergy against these scores (as stored on the study)."""
+        self.parent_scores = ParentScores(by_parent)
         return self.parent_scores
+
+    def compute_parent_scores(self) -> dict:
+        """Each parent alone: accuracy at every fidelity, per-item results, held-out accuracy."""
+        by_parent = {}
+        for parent in self.settings.parents:
+            model = self.merger.show_parent(parent)
+            per_benchmark = []
+            for index, objective in enumerate(self.objectives):
+                fidelity, full = {}, None
+                for f in self.settings.fidelities:  # one pass: each fraction extends the last
+                    full = objective.scorer.score(model, f, previous=full)
+                    fidelity[str(f)] = full.accuracy
+                entry = {"fidelity": fidelity, "correct": correctness_string(full), "per_category": full.per_category}
+                if index in self.holdout_scorers:
+                    entry["holdout"] = self.holdout_scorers[index].score(model, 1.0).accuracy
+                per_benchmark.append(entry)
+            by_parent[parent] = per_benchmark
+        return by_parent
+
+    def holdout_score(self, recipe_yaml: str) -> Optional[ScoreResult]:
+        """A recipe scored on the first benchmark's held-out items (None when it has none)."""
+        if 0 not in self.holdout_scorers:
+            return None
+        model = self.merger.apply(Recipe.from_yaml(recipe_yaml), seed=self.settings.seed)
+        return self.holdout_scorers[0].score(model, 1.0)
 
     # ----- one trial -------------------------------------------------------------------------
 
@@ -119,8 +178,8 @@ class TrialRunner:
             trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
             raise
         except Exception as error:
-            trial.set_user_attr("fail_reason", f"{type(error).__name__}: {error}"[:500])
-            _free_accelerator_memory()
+            trial.set_user_attr("fail_reason", failure_reason(error))
+            free_accelerator_memory()
             raise
 
     def _run(self, trial: optuna.Trial):
@@ -131,10 +190,15 @@ class TrialRunner:
         key = recipe_key(recipe_yaml)
         trial.set_user_attr("recipe", recipe_yaml)
         trial.set_user_attr("recipe_key", key)
-        duplicate = self._duplicate_of(trial, key)
+        duplicate = find_duplicate(trial.study, trial.number, key)
         if duplicate is not None:
             return self._copy_result(trial, duplicate)
+        return self.evaluate(recipe, trial)
 
+    def evaluate(self, recipe: Recipe, trial: TrialRecord) -> Values:
+        """Merge the recipe, score it at each fidelity (only the new items each time), report each
+        partial value to `trial` and stop if it says prune, record everything; the trial's value(s)."""
+        settings = self.settings
         start = time.perf_counter()
         model = self.merger.apply(recipe, seed=settings.seed)
         trial.set_user_attr("merge_s", round(time.perf_counter() - start, 4))
@@ -151,9 +215,10 @@ class TrialRunner:
             trial.set_user_attr(f"accuracy@{fidelity}", result.accuracy)
             value = self._value(result.accuracy, 0, fidelity)
             if not settings.multi_objective and fidelity < 1.0:
+                # Recorded before the report: a trial stopped at this fraction keeps its time so far.
+                trial.set_user_attr("score_s", round(time.perf_counter() - score_start, 4))
                 trial.report(value, step)
                 if trial.should_prune():
-                    trial.set_user_attr("score_s", round(time.perf_counter() - score_start, 4))
                     raise optuna.TrialPruned(f"pruned at fraction {fidelity}")
         self._record(trial, result, 0)
         values = [self._value(result.accuracy, 0, 1.0)]
@@ -180,7 +245,7 @@ class TrialRunner:
             return accuracy - max(self.parent_scores.at(benchmark, fidelity))
         return accuracy
 
-    def _record(self, trial: optuna.Trial, result: ScoreResult, benchmark: int) -> None:
+    def _record(self, trial: TrialRecord, result: ScoreResult, benchmark: int) -> None:
         parents = self.parent_scores.at(benchmark, 1.0)
         suffix = "" if benchmark == 0 else f"_b{benchmark}"
         trial.set_user_attr(f"accuracy{suffix}", result.accuracy)
@@ -189,25 +254,21 @@ class TrialRunner:
         trial.set_user_attr(f"per_category{suffix}", result.per_category)
         trial.set_user_attr(f"correct{suffix}", correctness_string(result))
 
-    def _duplicate_of(self, trial: optuna.Trial, key: str) -> Optional[optuna.trial.FrozenTrial]:
-        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-        for other in trial.study.get_trials(deepcopy=False, states=states):
-            if other.number != trial.number and other.user_attrs.get("recipe_key") == key:
-                return other
-        return None
-
     def _copy_result(self, trial: optuna.Trial, original: optuna.trial.FrozenTrial):
         """An identical recipe is not evaluated twice: reuse the earlier trial's outcome."""
-        trial.set_user_attr("duplicate_of", original.number)
-        for key, value in original.user_attrs.items():
-            if key not in ("recipe", "recipe_key", "baseline", "duplicate_of", "merge_s", "score_s"):
-                trial.set_user_attr(key, value)
+        for key, value in copied_attrs(original).items():
+            trial.set_user_attr(key, value)
         if original.state == optuna.trial.TrialState.PRUNED:
             raise optuna.TrialPruned(f"same recipe as pruned trial {original.number}")
         return original.values[0] if len(original.values) == 1 else tuple(original.values)
 
 
-def _free_accelerator_memory() -> None:
+def failure_reason(error: BaseException) -> str:
+    """A failed trial's `fail_reason`: the exception's type and message, short enough to store."""
+    return f"{type(error).__name__}: {error}"[:500]
+
+
+def free_accelerator_memory() -> None:
     import torch
 
     if torch.cuda.is_available():

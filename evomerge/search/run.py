@@ -48,10 +48,13 @@ class Prepared:
     grid: Optional[dict] = None  # the grid sampler's values, when --sampler grid
 
 
-def prepare(settings: SearchSettings) -> Prepared:
-    """All checks that need no weights: flags, space, parents' headers, benchmark files, storage."""
+def prepare(settings: SearchSettings, preflight: Optional[Callable[[], None]] = None) -> Prepared:
+    """All checks that need no weights: flags, space, parents' headers, benchmark files, storage.
+    `preflight` runs after the inputs are checked and before the storage is opened (the Ray
+    backend reaches its cluster there), so it too fails before a study file exists."""
     settings.check()
-    resolve_device(settings.device)
+    if settings.executor != "ray":  # on Ray the trials' device is the one Ray assigns them
+        resolve_device(settings.device)
     resolve_dtype(settings.dtype)
     space = load_space(settings.space)
     infos = [inspect_parent(parent) for parent in settings.parents]
@@ -67,6 +70,8 @@ def prepare(settings: SearchSettings) -> Prepared:
         grid = space.grid(infos[0].num_layers, settings.parents, settings.base)
         if grid is None:
             raise EvomergeError(f"--sampler grid needs a step on every searched value of space {space.name}")
+    if preflight is not None:
+        preflight()
     return Prepared(settings, space, infos, open_storage(settings.storage_url()), grid)
 
 
@@ -85,11 +90,24 @@ class StopAtTotal:
 
 def failure_guard(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Stop after several failures in a row: something is wrong with the setup, not one recipe."""
+    if record_failure_streak(study):
+        study.stop()
+
+
+def record_failure_streak(study: optuna.Study) -> bool:
+    """Whether the last finished trials all failed; if so the reason is stored on the study."""
     finished = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
     recent = finished[-MAX_CONSECUTIVE_FAILURES:]
     if len(recent) == MAX_CONSECUTIVE_FAILURES and all(t.state == TrialState.FAIL for t in recent):
         study.set_user_attr("stopped_because", f"{MAX_CONSECUTIVE_FAILURES} trials failed in a row; last: {recent[-1].user_attrs.get('fail_reason', '?')}")
-        study.stop()
+        return True
+    return False
+
+
+def check_stopped(study: optuna.Study, settings: SearchSettings) -> None:
+    """Raise if a run of failures stopped the study before it had its trials."""
+    if "stopped_because" in study.user_attrs and finished_count(study) < settings.trials:
+        raise TooManyFailures(f"search stopped: {study.user_attrs['stopped_because']}")
 
 
 def optimise(
@@ -117,8 +135,7 @@ def optimise(
         # a run of failures); MaxTrialsCallback ends the run at the study's total, across workers.
         n_trials = remaining + MAX_CONSECUTIVE_FAILURES
         study.optimize(runner, n_trials=n_trials, timeout=timeout, callbacks=callbacks, catch=(Exception,))
-    if "stopped_because" in study.user_attrs and finished_count(study) < settings.trials:
-        raise TooManyFailures(f"search stopped: {study.user_attrs['stopped_because']}")
+    check_stopped(study, settings)
     return study, runner
 
 
@@ -131,18 +148,17 @@ def enqueue_baseline(study: optuna.Study, space: SearchSpace, num_layers: int) -
 
 
 def score_holdout(study: optuna.Study, runner: TrialRunner) -> Optional[dict]:
-    """Score the best recipe on the held-out items the search never saw; stored on the study."""
+    """Score the best recipe on the held-out items the search never saw; stored on the study.
+    `runner` is anything with `settings` and `holdout_score(recipe_yaml)` (the Ray backend scores
+    on a worker)."""
     if not runner.settings.holdout or runner.settings.multi_objective:
         return None
     best = best_trial(study)
     if best is None:
         return None
-    from evomerge.recipe import Recipe
-
-    if 0 not in runner.holdout_scorers:
+    result = runner.holdout_score(best.user_attrs["recipe"])
+    if result is None:
         return None
-    model = runner.merger.apply(Recipe.from_yaml(best.user_attrs["recipe"]), seed=runner.settings.seed)
-    result = runner.holdout_scorers[0].score(model, 1.0)
     scores = {"trial": best.number, "search_accuracy": best.user_attrs.get("accuracy"), "holdout_accuracy": result.accuracy, "holdout_n": result.n}
     study.set_user_attr(HOLDOUT_ATTR, scores)
     return scores
@@ -187,6 +203,6 @@ def join_study(study_name: str, storage_url: str) -> SearchSettings:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         raise EvomergeError(f"no study {study_name!r} in {storage_url}") from None
-    settings = load_settings(study)
+    settings = load_settings(study).in_process()  # whichever backend started the study
     settings.storage = storage_url
     return settings

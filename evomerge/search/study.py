@@ -11,7 +11,7 @@ import json
 import os
 import re
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional
 
@@ -22,6 +22,7 @@ from evomerge.errors import EvomergeError
 SAMPLERS = ("tpe", "cmaes", "random", "grid", "gp", "nsga2")
 PRUNERS = ("hyperband", "median", "none")
 OBJECTIVES = ("accuracy", "gain")
+EXECUTORS = ("optuna", "ray")  # what runs the trials: Optuna in this process, or Ray Tune on a cluster
 SETTINGS_ATTR = "evomerge_settings"
 PARENT_SCORES_ATTR = "parent_scores"
 # A running trial beats every HEARTBEAT_S; one silent for twice that (a killed process) is failed.
@@ -53,6 +54,12 @@ class SearchSettings:
     trials: int = 30
     study: str = "search"
     storage: Optional[str] = None
+    # The trial executor (`--backend optuna|ray` on the command line; `backend` above is the scorer's).
+    executor: str = "optuna"
+    ray_address: Optional[str] = None  # auto or HOST:PORT of a cluster; None: a local Ray with this machine's CPUs and GPUs
+    gpus_per_trial: Optional[float] = None  # None: 1 where the Ray cluster has GPUs, else 0
+    cpus_per_trial: float = 1.0
+    concurrent: Optional[int] = None  # None: as many trials as the cluster's resources hold
 
     @property
     def multi_objective(self) -> bool:
@@ -67,6 +74,11 @@ class SearchSettings:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
+
+    def in_process(self) -> "SearchSettings":
+        """The same search with its trials run by Optuna in this process (an `evomerge worker`
+        joining a study that Ray ran keeps none of the Ray options)."""
+        return replace(self, executor="optuna", ray_address=None, gpus_per_trial=None, cpus_per_trial=1.0, concurrent=None)
 
     @classmethod
     def from_json(cls, text: str) -> "SearchSettings":
@@ -104,6 +116,28 @@ class SearchSettings:
             raise EvomergeError("--benchmark takes one benchmark, or two (domain,general) for a multi-objective study")
         if self.multi_objective and self.sampler not in ("tpe", "nsga2", "random"):
             raise EvomergeError(f"a two-benchmark study is multi-objective: use --sampler nsga2, tpe or random, not {self.sampler}")
+        self._check_executor()
+
+    def _check_executor(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise EvomergeError(f"unknown --backend {self.executor!r}; choose from {', '.join(EXECUTORS)}")
+        ray_flags = {
+            "--ray-address": self.ray_address is not None,
+            "--gpus-per-trial": self.gpus_per_trial is not None,
+            "--cpus-per-trial": self.cpus_per_trial != 1.0,
+            "--concurrent": self.concurrent is not None,
+        }
+        if self.executor != "ray":
+            given = [flag for flag, set_ in ray_flags.items() if set_]
+            if given:
+                raise EvomergeError(f"{given[0]} applies to --backend ray only")
+            return
+        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
+            raise EvomergeError(f"--gpus-per-trial must be 0 or more, got {self.gpus_per_trial:g}")
+        if self.cpus_per_trial <= 0:
+            raise EvomergeError(f"--cpus-per-trial must be above 0, got {self.cpus_per_trial:g}")
+        if self.concurrent is not None and self.concurrent < 1:
+            raise EvomergeError(f"--concurrent must be at least 1, got {self.concurrent}")
 
 
 def open_storage(url: str):

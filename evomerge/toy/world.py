@@ -154,12 +154,12 @@ class World:
 
 @dataclass(frozen=True)
 class WorldSize:
-    materials: int = 120
+    materials: int = 100
     sft_materials: float = 0.25  # the share of materials whose questions are in the SFT data
     paraphrase_rounds: int = 10  # domain documents per material, each saying every fact once
     generic_rounds: int = 8  # generic documents per fact group
     sft_generic: float = 0.6  # the share of generic facts asked in SFT; the rest make the general benchmark
-    questions_per_material: int = 2  # domain benchmark items per held-back material
+    questions_per_material: int = 3  # domain benchmark items per held-back material
 
 
 def material_names(rng: random.Random, count: int) -> list[str]:

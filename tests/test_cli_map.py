@@ -1,0 +1,116 @@
+"""`evomerge map` as a user runs it: a small map end to end with its table, and one clean line
+(exit 2, nothing written) for every kind of bad input, before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli_checks import assert_clean_error
+from evomerge.cli import app
+from map_parents import SCALES, build_map_parents, one_thread  # noqa: F401 (a fixture)
+
+runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def parents(tmp_path_factory):
+    return build_map_parents(tmp_path_factory.mktemp("cli-map-parents"))
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_a_small_map_runs_end_to_end_and_prints_its_table(parents, tmp_path):
+    out = tmp_path / "map"
+    result = invoke("map", "--pairs", parents["pairs"], "--sweep", "0,0.5,1", "--protocol", "loglik", "--device", "cpu", "--resamples", 200, "--out", out)
+    assert result.exit_code == 0, (result.output, result.exception)
+    for label in SCALES:
+        assert f"{label} (" in result.stdout
+    assert "best sweep" in result.stdout and "paper" in result.stdout  # (rich may wrap the names)
+    assert f"Wrote {out}/" in result.stdout.replace("\n", "")
+    for name in ("map.csv", "items.csv", "kinship.csv", "report.html", "summary.json", "figures/gain-heatmap.png"):
+        assert (out / name).is_file(), name
+    assert "evomerge map --pairs" in (out / "report.html").read_text()  # the command that made it
+
+
+def write_pairs(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    "pairs_text, extra, words",
+    [
+        (None, ["--sweep", "0:1"], ["--sweep", "start:stop:step"]),
+        (None, ["--sweep", "1:0:0.1"], ["--sweep"]),
+        (None, ["--sweep", "0:2:0.5"], ["--sweep", "[0, 1]"]),
+        (None, ["--sweep", "a,b"], ["--sweep"]),
+        (None, ["--search", "2", "--holdout", "0"], ["--holdout"]),
+        (None, ["--search", "-1"], ["--search"]),
+        (None, ["--resamples", "5"], ["--resamples"]),
+        (None, ["--benchmark", "no_such_benchmark"], ["no_such_benchmark"]),
+        ("pairs: [", [], ["not valid YAML"]),
+        ("- a\n- b\n", [], ["expected a mapping"]),
+        ("pairs: []\n", [], ["non-empty list"]),
+        ("pair: []\n", [], ["unknown key 'pair'"]),
+        ("pairs:\n  - {label: xs, parents: [xs/instruct, xs/child], colour: red}\n", [], ["unknown key 'colour'"]),
+        ("pairs:\n  - {label: xs, parents: [xs/instruct]}\n", [], ["exactly two"]),
+        ("pairs:\n  - {label: xs, parents: [xs/instruct, xs/instruct]}\n", [], ["same folder"]),
+        ("pairs:\n  - {label: 'a b', parents: [xs/instruct, xs/child]}\n", [], ["'label'"]),
+        ("pairs:\n  - {label: xs, parents: [xs/instruct, xs/child], base: xs/ancestor}\n", [], ["'base' must be one of the two parents"]),
+        ("pairs:\n  - {label: xs, parents: [xs/instruct, xs/child], params: big}\n", [], ["'params'"]),
+        ("pairs:\n  - {label: xs, parents: [xs/instruct, xs/child]}\n  - {label: xs, parents: [s/instruct, s/child]}\n", [], ["used twice"]),
+        ("benchmark: bench.jsonl\npairs:\n  - {label: xs, parents: [xs/instruct, xs/missing]}\n", [], ["parent not found", "missing"]),
+        ("benchmark: bench.jsonl\npairs:\n  - {label: xs, parents: [xs/instruct, s/child]}\n", [], ["differ"]),
+        ("benchmark: bench.jsonl\npairs:\n  - {label: xs, parents: [xs/instruct, xs/child], ancestor: s/ancestor}\n", [], ["ancestor"]),
+        ("benchmark: nope.jsonl\npairs:\n  - {label: xs, parents: [xs/instruct, xs/child]}\n", [], ["nope.jsonl"]),
+        ("pairs:\n  - {label: xs, parents: [xs/instruct, xs/child]}\n", [], ["no benchmark"]),
+    ],
+)
+def test_bad_input_gives_one_line_and_writes_nothing(parents, tmp_path, pairs_text, extra, words):
+    pairs = parents["pairs"]
+    if pairs_text is not None:
+        # Beside the real parents, so relative paths in the file find them.
+        pairs = write_pairs(parents["root"], f"{tmp_path.name}.yaml", pairs_text)
+    out = tmp_path / "out"
+    result = invoke("map", "--pairs", pairs, "--protocol", "loglik", "--device", "cpu", "--out", out, *extra)
+    assert_clean_error(result, *words, out=out)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        ([], ["--pairs", "--toy"]),
+        (["--toy", "xs,xs"], ["twice"]),
+        (["--toy", ","], ["--toy"]),
+    ],
+)
+def test_pairs_or_toy_is_required_and_checked(tmp_path, args, words):
+    out = tmp_path / "out"
+    result = invoke("map", *args, "--out", out)
+    assert_clean_error(result, *words, out=out)
+
+
+def test_both_pairs_and_toy_are_refused(parents, tmp_path):
+    out = tmp_path / "out"
+    assert_clean_error(invoke("map", "--pairs", parents["pairs"], "--toy", "xs", "--out", out), "one of them", out=out)
+
+
+def test_missing_pairs_file(tmp_path):
+    out = tmp_path / "out"
+    assert_clean_error(invoke("map", "--pairs", tmp_path / "nope.yaml", "--out", out), "pairs file not found", out=out)
+
+
+def test_a_non_empty_output_folder_is_kept_without_overwrite(parents, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    result = invoke("map", "--pairs", parents["pairs"], "--out", out)
+    assert_clean_error(result, "--overwrite")
+    assert (out / "mine.txt").read_text() == "keep"

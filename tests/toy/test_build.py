@@ -1,0 +1,93 @@
+"""Building the toy parents with evomerge's own trainers: every stage, lineage, reuse, scoring.
+
+A test-sized scale (a 2-layer model, a 30-material world, one or two epochs) keeps this to
+seconds; the real xs scale is trained by the demo test (tests/test_cli_demo.py).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from evomerge.errors import EvomergeError
+from evomerge.merge.parents import check_parents, inspect_parent
+from evomerge.toy.build import PARENTS, STAMP, Scale, build_toy, count_parameters, score_parents
+from evomerge.toy.world import WorldSize
+
+TEST_SHAPE = Scale(32, 2, 2, 1, 64, lr=3e-3, pretrain_epochs=2, cpt_epochs=1, sft_epochs=1, instruct_epochs=1)
+TEST_WORLD = WorldSize(materials=30, paraphrase_rounds=2, generic_rounds=2)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    messages: list[str] = []
+    steps: list[tuple] = []
+    build = build_toy(
+        "test", root, device="cpu", shape=TEST_SHAPE, world_size=TEST_WORLD, progress=messages.append,
+        on_step=lambda *step: steps.append(step),
+    )  # fmt: skip
+    return build, messages, steps
+
+
+def test_every_parent_is_built_with_the_papers_lineage(toy):
+    build, messages, steps = toy
+    assert list(build.parents) == list(PARENTS)
+    expected_parent = {"base": "init", "instruct": "base", "base-CPT": "base", "base-CPT-SFT": "base-CPT",
+                       "instruct-CPT": "instruct", "instruct-CPT-SFT": "instruct-CPT",
+                       "instruct-CPT-SFT-DPO": "instruct-CPT-SFT", "instruct-CPT-SFT-ORPO": "instruct-CPT-SFT"}  # fmt: skip
+    for name, folder in build.parents.items():
+        lineage = json.loads((folder / "evomerge_lineage.json").read_text())
+        assert lineage["label"] == name and lineage["parent_label"] == expected_parent[name]
+        assert lineage["first_loss"] is not None
+    assert {step[0] for step in steps} == set(PARENTS)  # every stage reported its training steps
+    assert sum("training" in m for m in messages) == len(PARENTS)
+    assert not (build.root / "test" / "init").exists()  # the random init is not left behind
+
+
+def test_parents_can_be_merged_with_each_other(toy):
+    build, _, _ = toy
+    check_parents([inspect_parent(folder) for folder in build.parents.values()])  # raises if not
+    assert count_parameters(build.parents["base"]) > 0
+
+
+def test_a_second_build_reuses_every_parent(toy):
+    build, _, _ = toy
+    stamps = {name: (folder / STAMP).read_text() for name, folder in build.parents.items()}
+    messages: list[str] = []
+    again = build_toy("test", build.root, device="cpu", shape=TEST_SHAPE, world_size=TEST_WORLD, progress=messages.append)
+    assert all(m.endswith("reused") for m in messages) and len(messages) == len(PARENTS)
+    assert {name: (folder / STAMP).read_text() for name, folder in again.parents.items()} == stamps
+
+
+def test_only_what_a_parent_needs_is_built(tmp_path):
+    messages: list[str] = []
+    build = build_toy("test", tmp_path, device="cpu", parents=["instruct"], shape=TEST_SHAPE, world_size=TEST_WORLD,
+                      progress=messages.append)  # fmt: skip
+    assert list(build.parents) == ["instruct"]
+    assert sorted(p.name for p in (tmp_path / "test").iterdir()) == ["base", "instruct"]
+    # Another scale's settings change the fingerprint: the parent is trained again, not reused.
+    changed = Scale(**{**TEST_SHAPE.__dict__, "lr": 1e-3})
+    messages.clear()
+    build_toy("test", tmp_path, device="cpu", parents=["base"], shape=changed, world_size=TEST_WORLD, progress=messages.append)
+    assert messages == ["test/base: training (cpt on generic_corpus.jsonl) …"]
+
+
+def test_parents_are_scored_on_both_benchmarks(toy):
+    build, _, _ = toy
+    report = score_parents(build, device="cpu")
+    assert set(report) == set(PARENTS)
+    for row in report.values():
+        assert 0 <= row["domain"] <= 1 and 0 <= row["general"] <= 1
+        assert row["parameters"] == count_parameters(build.parents["base"])
+    saved = json.loads((build.root / "test" / "accuracy.json").read_text())
+    assert saved["instruct"]["domain"] == report["instruct"]["domain"]
+
+
+def test_unknown_scale_or_parent_is_refused(tmp_path):
+    with pytest.raises(EvomergeError, match="unknown toy scale 'xxl'"):
+        build_toy("xxl", tmp_path)
+    with pytest.raises(EvomergeError, match="unknown toy parent 'chat'"):
+        build_toy("xs", tmp_path, parents=["chat"])
+    assert not any(tmp_path.iterdir())  # nothing written before the check
