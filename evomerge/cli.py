@@ -197,7 +197,9 @@ def toy(
     corpus, a domain corpus for CPT, SFT and preference data, a domain benchmark whose materials
     appear only in the CPT corpus, and a general benchmark. Parents: base, instruct, base-CPT,
     base-CPT-SFT, instruct-CPT, instruct-CPT-SFT, instruct-CPT-SFT-DPO, instruct-CPT-SFT-ORPO.
-    Each is scored and the table written to <out>/<scale>/accuracy.json.
+    Each is scored (domain and general benchmark with the paper's protocol; fact recall: the
+    domain's facts as cloze sentences in the corpus's words) and the table written to
+    <out>/<scale>/accuracy.json.
     """
     from evomerge.toy.build import SCALES, build_toy, score_parents
 
@@ -213,10 +215,11 @@ def toy(
             continue
         report = score_parents(build, device)
         table = Table(title=f"Toy parents, scale {name} (paper protocol)")
-        for column in ("parent", "parameters", "domain acc.", "general acc.", "answered (domain)"):
+        for column in ("parent", "parameters", "domain acc.", "general acc.", "answered (domain)", "fact recall"):
             table.add_column(column, justify="left" if column == "parent" else "right")
         for parent, row in report.items():
-            table.add_row(parent, f"{row['parameters']:,}", f"{row['domain']:.3f}", f"{row['general']:.3f}", f"{row['answered']['domain']:.0%}")
+            cells = (f"{row['parameters']:,}", f"{row['domain']:.3f}", f"{row['general']:.3f}", f"{row['answered']['domain']:.0%}", f"{row['facts']:.3f}")
+            table.add_row(parent, *cells)
         stdout.print(table)
     stdout.print(f"World and parents: {out}/ (benchmarks: {out}/world/domain_benchmark.jsonl, general_benchmark.jsonl)")
 
@@ -366,7 +369,7 @@ def search(
     study: Optional[str] = typer.Option(None, help="Study name (a folder under results/). Default: derived from parents and space."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL (sqlite:///…, postgresql://…, journal:PATH). Default: results/<study>/study.db."),
     jobs: int = typer.Option(1, min=1, help="Worker processes on this machine, all on the same study."),
-    pruner: str = typer.Option("hyperband", help="hyperband, median or none."),
+    pruner: str = typer.Option("halving", help="halving (successive halving: the best third goes on at each fraction), hyperband, median or none."),
     fidelities: str = typer.Option("0.25,0.5,1", help="Benchmark fractions a trial is scored on, reporting each to the pruner."),
     holdout: Optional[float] = typer.Option(
         None, help="Fraction of items the search never sees; the best recipe is scored on them at the end. Default 0.2 (0 for lm-eval tasks)."

@@ -25,7 +25,7 @@ from evomerge.evaluate.scorer import ScoreResult, Scorer
 from evomerge.merge.merger import DTYPE_NAMES, Merger, _stored_dtype
 from evomerge.merge.parents import ParentInfo
 from evomerge.recipe import Recipe
-from evomerge.search.study import PARENT_SCORES_ATTR, SearchSettings
+from evomerge.search.study import PARENT_SCORES_ATTR, SearchSettings, fidelity_step
 from evomerge.space import SearchSpace
 
 Values = Union[float, tuple[float, ...]]
@@ -217,7 +217,7 @@ class TrialRunner:
             if not settings.multi_objective and fidelity < 1.0:
                 # Recorded before the report: a trial stopped at this fraction keeps its time so far.
                 trial.set_user_attr("score_s", round(time.perf_counter() - score_start, 4))
-                trial.report(value, step)
+                trial.report(value, fidelity_step(step))
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at fraction {fidelity}")
         self._record(trial, result, 0)

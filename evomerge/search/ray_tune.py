@@ -52,20 +52,20 @@ from evomerge.search.objective import (
     recipe_key,
 )
 from evomerge.search.run import MAX_CONSECUTIVE_FAILURES, Prepared, check_stopped, enqueue_baseline, record_failure_streak
-from evomerge.search.study import HEARTBEAT_S, SearchSettings, create_or_load_study, finished_count, make_sampler
+from evomerge.search.study import HEARTBEAT_S, PRUNING_FACTOR, SearchSettings, create_or_load_study, finished_count, make_sampler
 
 logger = logging.getLogger("evomerge.ray")
 OnTrial = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 # What a Tune result carries (flat keys: Tune flattens nested dicts into "a/b" columns).
 VALUE = "value"  # the first objective; a second benchmark adds "value_1"
-STEP = "fidelity_step"  # index of the benchmark fraction, as the Optuna backend reports it
-RUNG = "fidelity_rung"  # ASHA's resource: REDUCTION ** step, so its rungs fall on the fractions
+STEP = "fidelity_step"  # the step the Optuna backend reports a fraction at (study.fidelity_step)
+RUNG = "fidelity_rung"  # ASHA's resource: the same step, so its rungs fall on the fractions
 STATE = "evomerge_state"  # "running" after a partial fraction, then "complete" or "fail"
 ATTRS = "evomerge_attrs"  # the trial attributes recorded since the last result, as JSON
 PID, LOADS = "worker_pid", "worker_parent_loads"
 RECIPE = "recipe"  # the one key of a Ray trial's config
-REDUCTION = 3  # ASHA keeps the best third at each fraction, as the Optuna backend's Hyperband pruner
+REDUCTION = PRUNING_FACTOR  # ASHA keeps the best third at each fraction, as the Optuna backend
 
 
 # ----- what a trial asks of the cluster ----------------------------------------------------------
@@ -144,8 +144,9 @@ def local_resources() -> dict[str, float]:
 
 
 def make_scheduler(settings: SearchSettings) -> TrialScheduler:
-    """ASHA with a rung at each partial benchmark fraction (the Optuna backend's Hyperband), the
-    median stopping rule for --pruner median, none for one fraction or two benchmarks."""
+    """ASHA with a rung at each partial benchmark fraction (the Optuna backend's successive halving;
+    also for --pruner hyperband), the median stopping rule for --pruner median, none for one
+    fraction or two benchmarks."""
     steps = len(settings.fidelities)
     if settings.pruner == "none" or steps == 1 or settings.multi_objective:
         return FIFOScheduler()
@@ -286,7 +287,7 @@ class TuneReporter:
         self.attrs[key] = value
 
     def report(self, value: float, step: int) -> None:
-        self._send({STATE: "running", self.metrics[0]: value, STEP: step, RUNG: REDUCTION**step})
+        self._send({STATE: "running", self.metrics[0]: value, STEP: step, RUNG: step})
 
     def should_prune(self) -> bool:
         return False  # Ray's scheduler decides: a trial it stops never returns from its report

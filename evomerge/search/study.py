@@ -20,7 +20,11 @@ import optuna
 from evomerge.errors import EvomergeError
 
 SAMPLERS = ("tpe", "cmaes", "random", "grid", "gp", "nsga2")
-PRUNERS = ("hyperband", "median", "none")
+PRUNERS = ("halving", "hyperband", "median", "none")
+# A trial reports its k-th partial fraction at step PRUNING_FACTOR**k (1, 3, …): successive halving
+# then judges every partial fraction, keeping the best third each time (Ray's ASHA uses the same
+# steps as its resource, so both backends prune alike).
+PRUNING_FACTOR = 3
 OBJECTIVES = ("accuracy", "gain")
 EXECUTORS = ("optuna", "ray")  # what runs the trials: Optuna in this process, or Ray Tune on a cluster
 SETTINGS_ATTR = "evomerge_settings"
@@ -39,7 +43,7 @@ class SearchSettings:
     base: Optional[str] = None
     space: str = "slerp_gradient"
     sampler: str = "tpe"
-    pruner: str = "hyperband"
+    pruner: str = "halving"
     fidelities: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
     holdout: float = 0.0
     objective: str = "accuracy"
@@ -200,7 +204,14 @@ def make_pruner(settings: SearchSettings):
         return optuna.pruners.NopPruner()
     if settings.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
-    return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=steps, reduction_factor=3)
+    if settings.pruner == "hyperband":  # hedges: some brackets never prune
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=fidelity_step(steps - 1), reduction_factor=PRUNING_FACTOR)
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=PRUNING_FACTOR, min_early_stopping_rate=0)
+
+
+def fidelity_step(index: int) -> int:
+    """The step a trial reports its `index`-th benchmark fraction at (see PRUNING_FACTOR)."""
+    return PRUNING_FACTOR**index
 
 
 def create_or_load_study(settings: SearchSettings, storage, grid=None) -> optuna.Study:

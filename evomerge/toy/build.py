@@ -294,8 +294,34 @@ def count_parameters(folder: Union[str, Path]) -> int:
     return total
 
 
+def fact_recall(model, tokenizer, world_dir: Path) -> float:
+    """Whether a model holds the domain's facts, asked as the CPT corpus states them: for each
+    property of each benchmark material, does "Zapouvene is produced by the" continue with the
+    right organism (the highest log-likelihood among the property's values)? Chance is 1/values."""
+    import torch
+
+    from evomerge.toy.world import FACT_SENTENCES, PROPERTIES
+
+    world = json.loads((world_dir / "world.json").read_text(encoding="utf-8"))
+    device = next(model.parameters()).device
+    right = total = 0
+    with torch.inference_mode():
+        for material in (m for m in world["materials"] if not m["in_sft"]):
+            for prop, values in PROPERTIES.items():
+                context = tokenizer.encode(FACT_SENTENCES[prop][0].split("{v}")[0].rstrip().format(M=material["name"]))
+                options = [tokenizer.encode(" " + value) for value in values]
+                width = max(len(context) + len(o) for o in options)
+                rows = torch.tensor([context + o + [tokenizer.pad_token_id] * (width - len(context) - len(o)) for o in options], device=device)
+                logprobs = torch.log_softmax(model(input_ids=rows).logits.float(), dim=-1)
+                scores = [sum(logprobs[k, len(context) - 1 + i, t].item() for i, t in enumerate(o)) for k, o in enumerate(options)]
+                right += values[max(range(len(values)), key=scores.__getitem__)] == material[prop]
+                total += 1
+    return right / total
+
+
 def score_parents(build: ToyBuild, device: str = "auto", protocol: str = "paper", progress: Optional[Say] = None) -> dict[str, dict]:
-    """Each parent's accuracy on the domain and the general benchmark (written to accuracy.json)."""
+    """Each parent's accuracy on the domain and the general benchmark, and its recall of the
+    domain's facts in the corpus's own words (written to accuracy.json)."""
     from transformers import AutoTokenizer
 
     from evomerge.evaluate.models import load_for_eval
@@ -313,11 +339,12 @@ def score_parents(build: ToyBuild, device: str = "auto", protocol: str = "paper"
         report[name] = {
             "parameters": count_parameters(folder),
             **{kind: result.accuracy for kind, result in results.items()},
+            "facts": fact_recall(model, tokenizer, build.world),
             "answered": {kind: sum(p is not None for p in result.predictions) / result.n for kind, result in results.items()},
             "domain_per_category": results["domain"].per_category,
         }
         if progress:
-            progress(f"{build.scale}/{name}: domain {report[name]['domain']:.3f} · general {report[name]['general']:.3f}")
+            progress(f"{build.scale}/{name}: domain {report[name]['domain']:.3f} · general {report[name]['general']:.3f} · facts {report[name]['facts']:.3f}")
     path = build.root / build.scale / "accuracy.json"
     existing = json.loads(path.read_text()) if path.is_file() else {}
     existing.update({name: {**entry, "protocol": protocol} for name, entry in report.items()})

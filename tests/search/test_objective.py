@@ -133,7 +133,7 @@ def test_each_complete_trial_records_recipe_fidelities_categories_gain_synergy_t
         assert attrs["accuracy@1.0"] == accuracy
         assert 0 <= attrs["accuracy@0.25"] <= 1 and 0 <= attrs["accuracy@0.5"] <= 1
         # Each partial fidelity was reported to the pruner at its step.
-        assert trial.intermediate_values == {0: attrs["accuracy@0.25"], 1: attrs["accuracy@0.5"]}
+        assert trial.intermediate_values == {1: attrs["accuracy@0.25"], 3: attrs["accuracy@0.5"]}
         assert set(attrs["per_category"]) == {"general", "specific"}
         assert attrs["gain"] == pytest.approx(accuracy - max(parents))
         assert attrs["synergy"] == pytest.approx(accuracy - sum(parents) / len(parents))
@@ -256,7 +256,7 @@ def test_median_pruner_stops_a_hopeless_recipe_after_the_first_fraction(search_p
     pruned = study.trials[3]
     assert pruned.state == TrialState.PRUNED, f"t=0.5 scores 0 < median 0.25 at fraction 0.25: {pruned.state}"
     assert pruned.user_attrs["accuracy@0.25"] == 0.0
-    assert pruned.intermediate_values == {0: 0.0}
+    assert pruned.intermediate_values == {1: 0.0}
     assert "accuracy" not in pruned.user_attrs and "accuracy@1.0" not in pruned.user_attrs
     assert "accuracy@0.5" not in pruned.user_attrs
     assert pruned.user_attrs["score_s"] > 0
@@ -352,7 +352,7 @@ def test_gain_objective_values_are_accuracy_minus_the_best_parent(search_parents
         assert trial.value == pytest.approx(trial.user_attrs["accuracy"] - best_parent["1.0"])
         assert trial.value == pytest.approx(trial.user_attrs["gain"])
         # What the pruner sees at a partial fraction is a gain too, against the parents at that fraction.
-        assert trial.intermediate_values[0] == pytest.approx(trial.user_attrs["accuracy@0.5"] - best_parent["0.5"])
+        assert trial.intermediate_values[1] == pytest.approx(trial.user_attrs["accuracy@0.5"] - best_parent["0.5"])
 
 
 def test_two_benchmarks_make_a_multi_objective_study(search_parents, tmp_path, monkeypatch):

@@ -184,15 +184,15 @@ def test_the_searcher_records_pruned_failed_complete_and_duplicate_trials_as_the
         prepared, num_layers=2, dtype_name="float32", timeout=None, on_trial=lambda s, t: seen.append(t.number), loads=loads, error_dir="ray-errors"
     )
 
-    # Stopped by the scheduler after the first fraction: PRUNED, its report at the Optuna backend's step 0.
+    # Stopped by the scheduler after the first fraction: PRUNED, its report at the Optuna backend's step 1.
     config = searcher.suggest("a")
     recipe = Recipe.from_yaml(config["recipe"])
     assert recipe.merge_method == "slerp" and list(config) == ["recipe"]
-    partial = result("running", {"merge_s": 0.1, "accuracy@0.25": 0.5, "score_s": 0.2}, 1, **{VALUE: 0.5, STEP: 0, RUNG: 1})
+    partial = result("running", {"merge_s": 0.1, "accuracy@0.25": 0.5, "score_s": 0.2}, 1, **{VALUE: 0.5, STEP: 1, RUNG: 1})
     searcher.on_trial_result("a", partial)
     searcher.on_trial_complete("a", result=partial)
     pruned = study.trials[0]
-    assert pruned.state == TrialState.PRUNED and pruned.intermediate_values == {0: 0.5} and pruned.value == 0.5
+    assert pruned.state == TrialState.PRUNED and pruned.intermediate_values == {1: 0.5} and pruned.value == 0.5
     assert pruned.user_attrs["accuracy@0.25"] == 0.5 and "accuracy" not in pruned.user_attrs
     assert pruned.user_attrs["recipe"] == config["recipe"]
     assert loads.by_pid == {4242: 1} and "pid 4242 loaded the parents" in seen[0]
@@ -417,11 +417,11 @@ def test_ray_trials_carry_the_same_attributes_as_the_optuna_backends(six):
         expected = COMPLETE_ATTRS | ({"baseline"} if trial.number == 0 else set())
         assert set(trial.user_attrs) == expected, trial.number
         assert trial.value == trial.user_attrs["accuracy"] == trial.user_attrs["accuracy@1.0"]
-        assert set(trial.intermediate_values) == {0, 1}, "reported at the Optuna backend's steps"
+        assert set(trial.intermediate_values) == {1, 3}, "reported at the Optuna backend's steps"
         assert set(trial.params) == set(reference.trials[0].params)
     for trial in study.get_trials(states=(TrialState.PRUNED,)):
         assert "accuracy" not in trial.user_attrs and trial.user_attrs["score_s"] > 0
-        assert set(trial.intermediate_values) == {0} or set(trial.intermediate_values) == {0, 1}
+        assert set(trial.intermediate_values) == {1} or set(trial.intermediate_values) == {1, 3}
     reference_complete = [t for t in reference.get_trials(states=(TrialState.COMPLETE,)) if "duplicate_of" not in t.user_attrs]
     assert all(set(t.user_attrs) == COMPLETE_ATTRS | ({"baseline"} if t.number == 0 else set()) for t in reference_complete)
 
@@ -477,7 +477,7 @@ def test_asha_stops_a_hopeless_recipe_after_the_first_fraction(local_ray, search
     study, _, _ = ray_search(settings, tmp_path)
     pruned = next(trial for trial in study.trials if trial.params["t.default"] == 0.5)
     assert pruned.state == TrialState.PRUNED, f"t=0.5 scores 0 < 1/4 at fraction 0.25: {pruned.state}"
-    assert pruned.user_attrs["accuracy@0.25"] == 0.0 and pruned.intermediate_values == {0: 0.0}
+    assert pruned.user_attrs["accuracy@0.25"] == 0.0 and pruned.intermediate_values == {1: 0.0}
     assert "accuracy" not in pruned.user_attrs and "accuracy@0.5" not in pruned.user_attrs
     assert pruned.user_attrs["score_s"] > 0
     assert all(trial.user_attrs["accuracy@0.25"] == 0.25 for trial in study.trials[:3])
