@@ -76,6 +76,7 @@ def quiet_libraries() -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress bar reports the trials
     warnings.filterwarnings("ignore", category=UserWarning, module="optuna")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # TRL sets transformers 5's renamed training argument itself; nothing a user can act on.
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated", category=FutureWarning)
 
