@@ -113,7 +113,8 @@ def test_search_runs_end_to_end_prints_the_summary_and_writes_results(cli_study)
     assert first.exit_code == 0, (first.output, first.exception)
     out = first.stdout
     assert f"Study {STUDY}" in out
-    assert out.count("parent /") == 2, out  # one row per parent, named by its path
+    # One row per parent, named by its path (which a narrow terminal may wrap after "parent").
+    assert out.count("│ parent ") == 2, out
     assert "paper's recipe" in out and "best found (trial" in out
     assert "gain over the best parent" in out and "synergy over the parents' mean" in out
     assert "best on held-out items (n=" in out  # --holdout defaults to 0.2
