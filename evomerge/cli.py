@@ -217,9 +217,10 @@ def toy(
         if not score:
             continue
         report = score_parents(build, device)
-        table = Table(title=f"Toy parents, scale {name} (paper protocol)")
-        for column in ("parent", "parameters", "domain acc.", "general acc.", "answered (domain)", "fact recall"):
-            table.add_column(column, justify="left" if column == "parent" else "right")
+        table = Table(title=f"Toy parents, scale {name}: accuracy (paper protocol), share answered in format, fact recall")
+        table.add_column("parent", no_wrap=True)  # "instruct-CPT-SFT-ORPO" whole, even on a narrow terminal
+        for column in ("params", "domain", "general", "in format", "facts"):
+            table.add_column(column, justify="right")
         for parent, row in report.items():
             cells = (f"{row['parameters']:,}", f"{row['domain']:.3f}", f"{row['general']:.3f}", f"{row['answered']['domain']:.0%}", f"{row['facts']:.3f}")
             table.add_row(parent, *cells)

@@ -11,6 +11,9 @@ from typing import Iterator
 
 from evomerge.errors import EvomergeError
 
+# Written by `evomerge train` beside a model; read wherever a parent's history is shown.
+LINEAGE_FILE = "evomerge_lineage.json"
+
 
 @contextlib.contextmanager
 def staged_folder(out: Path) -> Iterator[Path]:

@@ -328,14 +328,20 @@ PAPER_T = [
 ]
 
 
-def paper_recipe(instruct: str = "./instruct", fine_tuned: str = "./fine-tuned", dtype: str = "bfloat16") -> Recipe:
-    """The paper's SLERP recipe for an Instruct parent and a fine-tuned child."""
+def slerp_recipe(base: str, other: str, t, dtype: str = "bfloat16") -> Recipe:
+    """SLERP of two parents: t = 0 is `base`, t = 1 is `other`; `t` is a number or any mergekit
+    parameter value (a gradient, a filter list)."""
     return Recipe.from_dict(
         {
             "merge_method": "slerp",
-            "base_model": instruct,
-            "models": [{"model": instruct}, {"model": fine_tuned}],
-            "parameters": {"t": PAPER_T},
+            "base_model": base,
+            "models": [{"model": base}, {"model": other}],
+            "parameters": {"t": t},
             "dtype": dtype,
         }
     )
+
+
+def paper_recipe(instruct: str = "./instruct", fine_tuned: str = "./fine-tuned", dtype: str = "bfloat16") -> Recipe:
+    """The paper's SLERP recipe for an Instruct parent and a fine-tuned child."""
+    return slerp_recipe(instruct, fine_tuned, PAPER_T, dtype)

@@ -77,7 +77,7 @@ def test_toy_reports_each_parents_accuracy(demo_run):
     result = run("toy", "--scale", "xs", "--out", toy_dir, "--parents", "instruct,instruct-CPT-SFT", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert "reused" in result.output and "training" not in result.output
-    assert "instruct-CPT-SFT" in result.stdout and "domain acc." in result.stdout
+    assert "│ instruct-CPT-SFT " in result.stdout and "facts" in result.stdout
     report = json.loads((toy_dir / "xs" / "accuracy.json").read_text())
     assert set(report) >= {"instruct", "instruct-CPT-SFT"}
     assert 0 < report["instruct"]["parameters"] < 1_000_000  # xs: well under a million parameters

@@ -89,7 +89,7 @@ class Merger:
             raise ParentError(f"a parent is listed twice: {names}")
         check_parents(infos)
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype) or _stored_dtype(infos[0])
+        self.dtype = resolve_dtype(dtype) or DTYPES[infos[0].stored_dtype]
         self.trust_remote_code = trust_remote_code
         self.infos = infos
         self.parents: dict[str, Parent] = {
@@ -366,17 +366,6 @@ class Merger:
             self._targets[name] = state[name]
         return model
 
-
-def _stored_dtype(info: ParentInfo) -> torch.dtype:
-    """The dtype of the first floating-point tensor in the checkpoint (what mergekit would keep)."""
-    names = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
-    for dtype in info.dtypes.values():
-        dtype = dtype.replace("torch.", "")
-        if dtype in names:
-            return names[dtype]
-        if dtype in DTYPES:
-            return DTYPES[dtype]
-    return torch.float32
 
 
 def _agreed_buffer(tensors: list[torch.Tensor], name: str) -> torch.Tensor:

@@ -9,6 +9,7 @@ base). Pickled `.bin` weights and `trust_remote_code` are refused unless asked f
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +18,16 @@ from typing import Optional, Sequence, Union
 import torch
 
 from evomerge.errors import ParentError
+from evomerge.files import LINEAGE_FILE
 
 SINGLE_FILE = "model.safetensors"
 SHARD_INDEX = "model.safetensors.index.json"
 PICKLE_FILE = "pytorch_model.bin"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-LINEAGE_FILE = "evomerge_lineage.json"
 
+# Floating dtypes as safetensors headers name them, and as torch and recipes do.
+_FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 _LAYER_INDEX = re.compile(r"\.(?:layers|h|blocks|block)\.(\d+)\.")
 
 
@@ -54,6 +57,21 @@ class ParentInfo:
         """The folder with this parent's tokenizer: its own, or its base's for an adapter without one."""
         own = any((self.path / name).is_file() for name in ("tokenizer_config.json", "tokenizer.json", "tokenizer.model"))
         return self.adapter_base.path if self.adapter_base is not None and not own else self.path
+
+    @property
+    def parameter_count(self) -> int:
+        """Parameters declared by the checkpoint's headers (no weights read)."""
+        return sum(math.prod(shape) for shape in self.shapes.values())
+
+    @property
+    def stored_dtype(self) -> str:
+        """The name of the dtype of its first floating-point tensor (what mergekit would keep)."""
+        for dtype in self.dtypes.values():
+            name = dtype.replace("torch.", "")
+            name = _FLOAT_DTYPES.get(name, name)
+            if name in _FLOAT_DTYPES.values():
+                return name
+        return "float32"
 
     @property
     def lineage(self) -> Optional[dict]:

@@ -22,7 +22,7 @@ import optuna
 
 from evomerge.evaluate.objective import Objective, make_objective
 from evomerge.evaluate.scorer import ScoreResult, Scorer
-from evomerge.merge.merger import DTYPE_NAMES, Merger, _stored_dtype
+from evomerge.merge.merger import Merger
 from evomerge.merge.parents import ParentInfo
 from evomerge.recipe import Recipe
 from evomerge.search.study import PARENT_SCORES_ATTR, SearchSettings, fidelity_step
@@ -65,7 +65,7 @@ class ParentScores:
 def recipe_dtype_name(settings: SearchSettings, infos: Sequence[ParentInfo]) -> str:
     """The dtype a trial's recipe names: --dtype, else the parents' own (what the Merger keeps
     resident), read from the headers so a process that never loads the weights names it too."""
-    return settings.dtype or DTYPE_NAMES[_stored_dtype(infos[0])]
+    return settings.dtype or infos[0].stored_dtype
 
 
 def ensure_parent_scores(study: optuna.Study, compute: Callable[[], dict]) -> dict:

@@ -38,7 +38,7 @@ from evomerge.evaluate.scorer import ScoreResult, Scorer
 from evomerge.files import staged_folder
 from evomerge.merge.merger import DTYPE_NAMES, Merger, resolve_device, resolve_dtype
 from evomerge.merge.parents import ParentInfo, check_parents, inspect_parent, layer_index, load_parent
-from evomerge.recipe import Recipe, paper_recipe
+from evomerge.recipe import Recipe, paper_recipe, slerp_recipe
 
 if TYPE_CHECKING:
     import torch
@@ -537,19 +537,6 @@ def _search_pair(pair, settings, folder, prepared, runner, parent_results, kin, 
     counter.say(f"{label}: search done", advance=1)
     export_all(study, folder / "searches" / label, time.perf_counter() - search_start)
     return result
-
-
-def slerp_recipe(base: str, other: str, t: float, dtype: str) -> Recipe:
-    """SLERP with one global t: t = 0 is `base`, t = 1 is `other`."""
-    return Recipe.from_dict(
-        {
-            "merge_method": "slerp",
-            "base_model": base,
-            "models": [{"model": base}, {"model": other}],
-            "parameters": {"t": t},
-            "dtype": dtype,
-        }
-    )
 
 
 def stream_tensors(info: ParentInfo) -> Iterator[tuple[str, torch.Tensor]]:

@@ -21,9 +21,8 @@ from typing import Callable, Optional, Sequence, Union
 from evomerge.errors import EvomergeError
 from evomerge.evaluate.benchmark import load_benchmark, parse_item
 from evomerge.evaluate.protocol import ANSWER_CUE, build_prompt, question_text
-from evomerge.files import staged_folder
+from evomerge.files import LINEAGE_FILE, staged_folder
 from evomerge.toy.tiny import save_bpe_tokenizer, tiny_config
-from evomerge.train.trainers import LINEAGE_FILE
 from evomerge.toy.world import WorldSize, iter_texts, make_world, world_record, world_texts, write_jsonl
 
 DEFAULT_ROOT = Path("results") / "toy"

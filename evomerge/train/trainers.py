@@ -17,10 +17,9 @@ from typing import Callable, Optional
 import torch
 
 from evomerge.errors import EvomergeError
-from evomerge.files import staged_folder
+from evomerge.files import LINEAGE_FILE, staged_folder
 from evomerge.train.data import STRATEGIES, file_hash, load_records
 
-LINEAGE_FILE = "evomerge_lineage.json"
 DEFAULT_LR = {"cpt": 5e-5, "sft": 2e-5, "dpo": 5e-7, "orpo": 3e-6}
 DEFAULT_BETA = {"dpo": 0.05, "orpo": 0.1}
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")

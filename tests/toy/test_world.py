@@ -40,7 +40,7 @@ def test_every_file_is_there_and_the_benchmarks_load(world_dir):
         assert (world_dir / name).is_file(), name
     domain = load_benchmark(world_dir / "domain_benchmark.jsonl")
     general = load_benchmark(world_dir / "general_benchmark.jsonl")
-    assert len(domain) == 2 * 28  # 40 materials, 30% in SFT, two questions about each of the others
+    assert len(domain) == 3 * 30  # 40 materials, a quarter in SFT, three questions about each of the others
     assert set(domain.categories) == set(PROPERTIES)
     assert len(general) > 10 and {item.type for item in general.items} == {"mc", "tf"}
 

@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from evomerge.errors import EvomergeError
 from evomerge.merge.parents import inspect_parent
 from evomerge.train.pipeline import load_pipeline, run_pipeline
-from evomerge.train.trainers import DEFAULT_BETA, LINEAGE_FILE
+from evomerge.files import LINEAGE_FILE
+from evomerge.train.trainers import DEFAULT_BETA
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "recipes" / "train"

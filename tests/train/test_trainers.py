@@ -22,7 +22,8 @@ from evomerge.merge.parents import inspect_parent, load_parent
 from evomerge.recipe import Recipe
 from evomerge.toy.tiny import make_checkpoint, tiny_config
 from evomerge.train.data import DataError, load_records
-from evomerge.train.trainers import DEFAULT_BETA, DEFAULT_LR, LINEAGE_FILE, TrainSettings, train
+from evomerge.files import LINEAGE_FILE
+from evomerge.train.trainers import DEFAULT_BETA, DEFAULT_LR, TrainSettings, train
 
 LR = 1e-3
 EPOCHS = 3
