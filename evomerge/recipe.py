@@ -3,7 +3,9 @@
 A `Recipe` holds exactly what a mergekit YAML holds (method, models or slices, base model, dtype,
 parameters) as plain data, so it dumps to a YAML that `mergekit-yaml` accepts and loads back
 unchanged. Parameter settings stay in mergekit's raw form: a scalar, a gradient (a list of anchors)
-or a list of `{filter, value}` entries; `evaluate_setting` reads one for a tensor at a depth.
+or a list of `{filter, value}` entries; `evaluate_setting` reads one for a tensor at a depth, and
+`Recipe.reader` gives the engine one reader per parameter that validates each setting only once.
+This is the lowest layer that knows mergekit (imported lazily: mergekit's import is slow).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from evomerge.errors import RecipeError
+from evomerge.errors import EvomergeError, RecipeError
 
 Scalar = Union[bool, int, float, str]
 Setting = Any  # Scalar | list[Scalar] | {filter, value} | list[{filter, value}]
@@ -30,6 +32,40 @@ PARAMETER_RANGES: dict[str, tuple[float, float, bool]] = {
 }
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def outside_range(name: str, value: float) -> Optional[str]:
+    """The interval `name` must lie in, written "[0, 1]" or "(0, 1]", if `value` is outside it;
+    None if it is inside or `name` has no range."""
+    if name not in PARAMETER_RANGES:
+        return None
+    low, high, low_inclusive = PARAMETER_RANGES[name]
+    too_low = value < low if low_inclusive else value <= low
+    if too_low or value > high:
+        return f"{'[' if low_inclusive else '('}{low:g}, {high:g}]"
+    return None
+
+
+def load_yaml(text: str, source: str, error: type[EvomergeError] = RecipeError) -> Any:
+    """YAML through the safe loader; malformed YAML raises `error` naming the source and line, on one line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as problem:
+        mark = getattr(problem, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        what = getattr(problem, "problem", None) or str(problem).splitlines()[0]
+        raise error(f"{source}:{line}: malformed YAML: {what}") from None
+
+
+def mergekit_method(name: str):
+    """mergekit's registered merge method object, or a RecipeError naming the known ones."""
+    from mergekit import merge_methods
+
+    try:
+        return merge_methods.get(name)
+    except RuntimeError:
+        known = sorted(method.spec.name for method in merge_methods.registered_methods())
+        raise RecipeError(f"unknown merge method {name!r}; known: {', '.join(known)}") from None
 
 
 def coerce_number(value: Any) -> Any:
@@ -87,7 +123,7 @@ class Recipe(BaseModel):
         for dtype in (self.dtype, self.out_dtype):
             if dtype is not None and dtype not in DTYPES:
                 raise RecipeError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
-        for where, settings in self._all_settings():
+        for where, settings in self.all_settings():
             for name, setting in settings.items():
                 _check_setting(name, setting, where)
 
@@ -110,14 +146,7 @@ class Recipe(BaseModel):
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "recipe") -> "Recipe":
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            line = f" line {mark.line + 1}" if mark is not None else ""
-            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-            raise RecipeError(f"{source}:{line}: malformed YAML: {problem}") from None
-        return cls.from_dict(data, source)
+        return cls.from_dict(load_yaml(text, source), source)
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "Recipe":
@@ -203,14 +232,22 @@ class Recipe(BaseModel):
         `model` asks for a per-model parameter (weight, density); without it, only the shared
         (slice and global) settings are read, as mergekit does for shared parameters.
         """
-        for settings in self.parameter_sources(model, slice_index):
-            if name in settings:
-                value = evaluate_setting(settings[name], tensor_name, position, validate)
-                if value is not None:
-                    return value
-        return None
+        return self.reader(name, model, slice_index, validate).value(tensor_name, position)
 
-    def _all_settings(self) -> Iterator[tuple[str, dict[str, Setting]]]:
+    def reader(
+        self,
+        name: str,
+        model: Optional[str] = None,
+        slice_index: int = 0,
+        validate: Callable[[Any], Any] = coerce_number,
+    ) -> "ParameterReader":
+        """`parameter(name, …, model, slice_index)` for any tensor and depth, each setting validated once."""
+        return ParameterReader(
+            [SettingReader(settings[name], validate) for settings in self.parameter_sources(model, slice_index) if name in settings]
+        )
+
+    def all_settings(self) -> Iterator[tuple[str, dict[str, Setting]]]:
+        """Every parameter mapping of the recipe, with where it sits (`models[x].parameters`, …)."""
         if self.parameters:
             yield "parameters", self.parameters
         for entry in self.models or []:
@@ -243,26 +280,84 @@ def evaluate_setting(
     """mergekit's rule: first matching filter wins; numeric gradients interpolate linearly
     between evenly spaced anchors at `position` in [0, 1]; other lists step. `validate` converts
     each value as the parameter's type does (mergekit validates before interpolating)."""
-    if isinstance(setting, dict):
-        setting = [setting]
-    if _is_scalar(setting):
-        return validate(setting)
-    if not isinstance(setting, list) or not setting:
-        return None
-    if all(_is_scalar(item) for item in setting):
-        values = [validate(item) for item in setting]
-        if not all(_is_number(value) for value in values):
-            return values[int(position * (len(values) - 1))]
+    return SettingReader(setting, validate).value(tensor_name, position)
+
+
+_SCALAR, _GRADIENT, _STEPS, _FILTERED, _NOTHING = range(5)
+
+
+class SettingReader:
+    """One raw setting read with mergekit's `evaluate_setting` rule, for any tensor and depth.
+
+    mergekit validates a gradient's anchors on every read; a reader validates them the first time
+    they are read (so an invalid value fails where mergekit would) and keeps them, since a recipe
+    is read for every tensor of a model. The tests check it against mergekit's own function."""
+
+    __slots__ = ("_setting", "_validate", "_kind", "_values", "_entries")
+
+    def __init__(self, setting: Setting, validate: Callable[[Any], Any] = coerce_number):
+        if isinstance(setting, dict):
+            setting = [setting]
+        self._setting = setting
+        self._validate = validate
+        self._values: Any = None
+        self._entries: list[tuple[Optional[str], SettingReader]] = []
+        if _is_scalar(setting):
+            self._kind = _SCALAR
+        elif not isinstance(setting, list) or not setting:
+            self._kind = _NOTHING
+        elif all(_is_scalar(item) for item in setting):
+            self._kind = _GRADIENT
+        else:
+            self._kind = _FILTERED
+            self._entries = [(entry.get("filter"), SettingReader(entry["value"], validate)) for entry in setting]
+
+    def value(self, tensor_name: str, position: float = 0.0) -> Any:
+        kind = self._kind
+        if kind == _FILTERED:
+            for filter_, reader in self._entries:
+                if filter_ is None or filter_ == "*" or (tensor_name and filter_ in tensor_name):
+                    return reader.value(tensor_name, position)
+            return None
+        if kind == _NOTHING:
+            return None
+        if self._values is None:
+            self._validate_values()
+        if self._kind == _SCALAR:
+            return self._values
+        values = self._values
         scaled = position * (len(values) - 1)
+        if self._kind == _STEPS:
+            return values[int(scaled)]
         i0 = int(scaled)
         i1 = min(len(values) - 1, i0 + 1)
         frac = scaled - i0
-        return validate((1 - frac) * values[i0] + frac * values[i1])
-    for entry in setting:
-        filter_ = entry.get("filter")
-        if filter_ is None or filter_ == "*" or (tensor_name and filter_ in tensor_name):
-            return evaluate_setting(entry["value"], tensor_name, position, validate)
-    return None
+        return self._validate((1 - frac) * values[i0] + frac * values[i1])
+
+    def _validate_values(self) -> None:
+        if self._kind == _SCALAR:
+            self._values = self._validate(self._setting)
+            return
+        values = [self._validate(item) for item in self._setting]
+        if not all(_is_number(value) for value in values):
+            self._kind = _STEPS
+        self._values = values
+
+
+class ParameterReader:
+    """One parameter's settings from highest to lowest precedence; the first that gives a value wins."""
+
+    __slots__ = ("_settings",)
+
+    def __init__(self, settings: list[SettingReader]):
+        self._settings = settings
+
+    def value(self, tensor_name: str, position: float = 0.0) -> Any:
+        for setting in self._settings:
+            value = setting.value(tensor_name, position)
+            if value is not None:
+                return value
+        return None
 
 
 def _check_setting(name: str, setting: Setting, where: str) -> None:
@@ -296,12 +391,9 @@ def _check_leaf_values(name: str, value: Setting, label: str) -> None:
         if _is_number(item):
             if not math.isfinite(item):
                 raise RecipeError(f"{label}: {item} is not a finite number")
-            if name in PARAMETER_RANGES:
-                low, high, low_inclusive = PARAMETER_RANGES[name]
-                too_low = item < low if low_inclusive else item <= low
-                if too_low or item > high:
-                    bracket = "[" if low_inclusive else "("
-                    raise RecipeError(f"{label}: {name}={item} is outside {bracket}{low:g}, {high:g}]")
+            interval = outside_range(name, item)
+            if interval:
+                raise RecipeError(f"{label}: {name}={item} is outside {interval}")
 
 
 class _RecipeDumper(yaml.SafeDumper):

@@ -21,34 +21,30 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Protocol, Union
 
-import yaml
+from evomerge.errors import EvomergeError, RecipeError
+from evomerge.recipe import PAPER_T, Recipe, load_yaml, mergekit_method, outside_range
 
-from evomerge.errors import EvomergeError
-from evomerge.recipe import PAPER_T, PARAMETER_RANGES, Recipe
 
+class SpaceError(EvomergeError):
+    """A search space file that is malformed, or that does not fit the parents."""
 
 
 def method_contract(method: str) -> tuple[bool, Optional[int], set[str]]:
     """From mergekit's own registry: (needs a base, most inputs, parameters weighed per non-base
     parent only). A clear SpaceError for a method mergekit does not know."""
-    from mergekit import merge_methods
     from mergekit.merge_methods.base import BasePolicy, ParameterScope
 
     try:
-        spec = merge_methods.get(method).spec
-    except RuntimeError:
-        known = ", ".join(sorted(m.spec.name for m in merge_methods.registered_methods()))
-        raise SpaceError(f"unknown merge method {method!r}; known: {known}") from None
+        spec = mergekit_method(method).spec
+    except RecipeError as error:
+        raise SpaceError(str(error)) from None
     non_base = {p.name for p in spec.parameters if p.scope == ParameterScope.NON_BASE}
     return spec.contract.base == BasePolicy.REQUIRED, spec.contract.max_inputs, non_base
-
-
-class SpaceError(EvomergeError):
-    """A search space file that is malformed, or that does not fit the parents."""
 
 
 class Trial(Protocol):
@@ -66,14 +62,6 @@ class ValueSpec:
     log: bool = False
     anchors: int = 0  # > 0: a gradient of this many anchors
     group_size: int = 0  # > 0: one value per this many layers
-
-    def dimension(self, num_layers: int) -> int:
-        """How many numbers a trial suggests for this value."""
-        if self.fixed is not None:
-            return 0
-        if self.group_size:
-            return math.ceil(num_layers / self.group_size)
-        return self.anchors or 1
 
     def suggest(self, trial: Trial, name: str, num_layers: int) -> Union[float, list[float]]:
         if self.fixed is not None:
@@ -107,10 +95,6 @@ class ParameterSpec:
             entries.append({"value": self.default.suggest(trial, f"{prefix}.default", num_layers)})
         return entries
 
-    def dimension(self, num_layers: int) -> int:
-        specs = [spec for _, spec in self.filters] + ([self.default] if self.default else [])
-        return sum(spec.dimension(num_layers) for spec in specs)
-
 
 @dataclass
 class SearchSpace:
@@ -121,9 +105,15 @@ class SearchSpace:
     source: str = ""
     options: dict[str, Any] = field(default_factory=dict)  # fixed shared settings (normalize, …)
 
+    @cached_property
+    def contract(self) -> tuple[bool, Optional[int], set[str]]:
+        """`method_contract(self.method)`, asked of mergekit once per space."""
+        return method_contract(self.method)
+
     def check_parents(self, parents: list[str], base: Optional[str]) -> None:
-        """Refuse a space that cannot merge these parents (before any work)."""
-        needs_base, max_inputs, _ = method_contract(self.method)
+        """Refuse a space that cannot merge these parents (before any work): the flags' own errors
+        first, then whatever else mergekit's input contract for the method refuses."""
+        needs_base, max_inputs, _ = self.contract
         if needs_base and base is None:
             raise SpaceError(f"space {self.name}: {self.method} needs a base model (--base)")
         if base is not None and base not in parents:
@@ -132,18 +122,22 @@ class SearchSpace:
             raise SpaceError(f"space {self.name}: {self.method} merges at most {max_inputs} parents, got {len(parents)}")
         if len(parents) < 2:
             raise SpaceError("a search needs at least two parents")
+        try:
+            mergekit_method(self.method).spec.contract.validate_ids(list(parents), base)
+        except ValueError as error:
+            raise SpaceError(f"space {self.name}: {self.method}: {error}") from None
 
     def dimension(self, num_layers: int, n_models: int = 2) -> int:
-        needs_base, _, non_base = method_contract(self.method)
-        total = 0
-        for p in self.parameters:
-            copies = (n_models - 1 if needs_base and p.name in non_base else n_models) if p.per_model else 1
-            total += p.dimension(num_layers) * copies
-        return total
+        """How many values one trial suggests (what `evomerge spaces` reports), counted by
+        recording one `suggest` for `n_models` parents (the first is the base if the method needs one)."""
+        recorder = _RecordingTrial()
+        parents = [f"parent-{index}" for index in range(n_models)]
+        self.suggest(recorder, parents, parents[0] if self.contract[0] else None, num_layers)
+        return len(recorder.ranges)
 
     def suggest(self, trial: Trial, parents: list[str], base: Optional[str], num_layers: int, dtype: Optional[str] = None) -> Recipe:
         """The recipe a trial's suggested values describe."""
-        needs_base, _, non_base = method_contract(self.method)
+        needs_base, _, non_base = self.contract
         shared: dict[str, Any] = dict(self.options)
         per_model: dict[str, dict[str, Any]] = {p: {} for p in parents}
         for parameter in self.parameters:
@@ -222,12 +216,7 @@ def load_space(name_or_path: Union[str, Path]) -> SearchSpace:
         path = Path(text).expanduser()
         if not path.is_file():
             raise SpaceError(f"unknown search space {text!r}; shipped: {', '.join(shipped_spaces())}, or give a YAML path")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise SpaceError(f"{path}:{line}: malformed YAML: {getattr(error, 'problem', error)}") from None
+    data = load_yaml(path.read_text(encoding="utf-8"), str(path), SpaceError)
     return parse_space(data, str(path), default_name=path.stem)
 
 
@@ -305,14 +294,10 @@ def _number(value: Any, where: str) -> float:
 
 def _checked(name: str, spec: ValueSpec, where: str) -> ValueSpec:
     """A range must stay inside what the parameter allows (t in [0, 1], density in (0, 1], …)."""
-    if name not in PARAMETER_RANGES:
-        return spec
-    low, high, low_inclusive = PARAMETER_RANGES[name]
-    values = [spec.fixed] if spec.fixed is not None else [spec.low, spec.high]
-    for value in values:
-        too_low = value < low if low_inclusive else value <= low
-        if too_low or value > high:
-            raise SpaceError(f"{where}: {name} range reaches {value}, outside {'[' if low_inclusive else '('}{low:g}, {high:g}]")
+    for value in [spec.fixed] if spec.fixed is not None else [spec.low, spec.high]:
+        interval = outside_range(name, value)
+        if interval:
+            raise SpaceError(f"{where}: {name} range reaches {value}, outside {interval}")
     return spec
 
 

@@ -5,9 +5,10 @@ SLERP-gradient recipe (the paper's schedule) merged
   (a) by `Merger.apply` (parents resident, angles precomputed, written in place),
   (b) by mergekit's in-memory `merge_state_dicts` on the same resident state dicts,
   (c) by a bare torch pass that reads both parents and writes one model (`torch.add(a, b, out=o)`),
-and prints medians; the last line is one JSON object with the figures and ratios.
+and prints the median of `--repeats` runs of each (the same number for all three); the last line is
+one JSON object with the figures and ratios.
 
-    python perf/merge_speed.py [--shape llama-100m|llama-8b] [--device cpu|cuda] [--dtype float32|bfloat16]
+    python perf/merge_speed.py [--shape llama-100m|llama-8b] [--device cpu|cuda] [--dtype float32|bfloat16] [--repeats 7]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from evomerge.merge.merger import Merger, resolve_device
-from evomerge.recipe import Recipe
+from evomerge.recipe import paper_recipe
 from evomerge.toy.tiny import make_checkpoint, tiny_config
 
 SHAPES = {
@@ -34,13 +35,6 @@ SHAPES = {
     # Llama 3.1 8B's shapes; needs a GPU with ~60 GB (parents and the resident model in bf16).
     "llama-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32, num_kv_heads=8),
 }
-
-PAPER_T = [
-    {"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
-    {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]},
-    {"value": 0.5},
-]
-
 
 def timed(fn, repeats: int, sync) -> list[float]:
     times = []
@@ -58,7 +52,7 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="llama-100m")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs of each of the three (medians are reported)")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -72,22 +66,12 @@ def main() -> None:
         state = make_checkpoint(instruct, config, seed=0, dtype=dtype)
         make_checkpoint(child, config, seed=1, dtype=dtype, from_state=state, noise=0.05)
         del state
-        recipe = Recipe.from_dict(
-            {
-                "merge_method": "slerp",
-                "base_model": str(instruct),
-                "models": [{"model": str(instruct)}, {"model": str(child)}],
-                "parameters": {"t": PAPER_T},
-                "dtype": args.dtype,
-            }
-        )
+        recipe = paper_recipe(str(instruct), str(child), args.dtype)
         merger = Merger([instruct, child], device=device, dtype=dtype)
-        n_params = sum(t.numel() for t in merger.parents[str(instruct)].tensors.values())
-        print(f"parents: 2 x {n_params / 1e6:.1f}M parameters, {args.dtype}, on {device}")
+        n_params = merger.infos[0].parameter_count
+        print(f"parents: 2 x {n_params / 1e6:.1f}M parameters, {args.dtype}, on {device}; medians of {args.repeats} runs")
 
-        start = time.perf_counter()
-        merger.apply(recipe)  # first call computes the angles once per study
-        first_s = time.perf_counter() - start
+        (first_s,) = timed(lambda: merger.apply(recipe), 1, sync)  # the first call also computes the angles
         evomerge_times = timed(lambda: merger.apply(recipe), args.repeats, sync)
 
         from mergekit.merge_methods import PerGroupValues, merge_state_dicts
@@ -103,7 +87,7 @@ def main() -> None:
                 merge_state_dicts({"a": a_sd, "b": b_sd}, "slerp", base="a", parameters={"t": t_values})
             )
 
-        mergekit_times = timed(run_mergekit, max(2, args.repeats // 2), sync)
+        mergekit_times = timed(run_mergekit, args.repeats, sync)
         merged = merger.merged_state_dict()
         max_diff = max((merged[k].float() - mergekit_result[k].float()).abs().max().item() for k in merged)
 
@@ -129,6 +113,7 @@ def main() -> None:
                 "device": str(device),
                 "dtype": args.dtype,
                 "params_per_parent": n_params,
+                "repeats": args.repeats,
                 "evomerge_s": round(evomerge_s, 4),
                 "evomerge_first_call_s": round(first_s, 4),
                 "mergekit_s": round(mergekit_s, 4),

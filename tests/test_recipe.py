@@ -12,7 +12,16 @@ from mergekit.config import MergeConfiguration
 from mergekit.config import evaluate_setting as mergekit_evaluate_setting
 
 from evomerge.errors import RecipeError
-from evomerge.recipe import DTYPES, Recipe, evaluate_setting, layer_position
+from evomerge.recipe import (
+    DTYPES,
+    Recipe,
+    SettingReader,
+    evaluate_setting,
+    layer_position,
+    mergekit_method,
+    outside_range,
+    paper_recipe,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_RECIPE = REPO / "recipes" / "paper_slerp.yaml"
@@ -205,6 +214,46 @@ def test_evaluate_setting_equals_mergekit(setting, tensor_name, position):
     ours = evaluate_setting(setting, tensor_name, position)
     theirs = mergekit_value(setting, tensor_name, position)
     assert ours == theirs, f"{setting!r} on {tensor_name} at {position}: evomerge {ours!r}, mergekit {theirs!r}"
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    setting=settings_of(real),
+    reads=st.lists(st.tuples(st.sampled_from(TENSOR_NAMES), unit), min_size=2, max_size=8),
+)
+def test_one_reader_read_for_many_tensors_equals_mergekit_each_time(setting, reads):
+    """The engine validates a setting once and reads it for every tensor: what it keeps from one
+    read must not change the next."""
+    reader = SettingReader(setting)
+    for tensor_name, position in reads:
+        ours, theirs = reader.value(tensor_name, position), mergekit_value(setting, tensor_name, position)
+        assert ours == theirs, f"{setting!r} on {tensor_name} at {position}: evomerge {ours!r}, mergekit {theirs!r}"
+
+
+def test_a_recipe_reader_reads_what_parameter_reads():
+    recipe = Recipe.from_yaml(FULL_RECIPE)
+    weight = recipe.reader("weight", "/models/cpt-sft")
+    density = recipe.reader("density", "/models/cpt-sft")
+    for tensor_name in TENSOR_NAMES:
+        for position in (0.0, 0.3, 0.5, 1.0):
+            assert weight.value(tensor_name, position) == recipe.parameter("weight", tensor_name, position, "/models/cpt-sft")
+            assert density.value(tensor_name, position) == recipe.parameter("density", tensor_name, position, "/models/cpt-sft")
+    assert recipe.reader("lambda").value(ATTN) == 1.5
+    assert recipe.reader("gamma").value(ATTN) is None
+
+
+def test_a_value_is_validated_when_first_read_as_mergekit_validates_it():
+    """An invalid value a filter never reaches is not an error (mergekit never reads it either)."""
+
+    def strict(value):
+        if value == "bad":
+            raise ValueError("not a number")
+        return float(value)
+
+    reader = SettingReader([{"filter": "mlp", "value": 0.3}, {"filter": "nowhere", "value": "bad"}, {"value": [0, 1]}], strict)
+    assert reader.value(MLP) == 0.3 and reader.value(ATTN, 0.5) == 0.5
+    with pytest.raises(ValueError, match="not a number"):
+        SettingReader(["bad", 1], strict).value(ATTN)
 
 
 def test_worked_example_from_the_reference():
@@ -453,8 +502,6 @@ def test_recipe_error_is_not_a_pydantic_error():
 
 
 def test_paper_slerp_recipe_loads_and_mergekit_accepts_it():
-    if not PAPER_RECIPE.is_file():
-        pytest.skip(f"{PAPER_RECIPE} is not there yet")
     recipe = Recipe.load(PAPER_RECIPE)
     mergekit_accepts(PAPER_RECIPE.read_text())
     recipe.to_mergekit()
@@ -470,3 +517,28 @@ def test_paper_slerp_recipe_loads_and_mergekit_accepts_it():
         assert recipe.parameter("t", mlp_name, position) == pytest.approx(mlp, abs=1e-3)
     assert recipe.parameter("t", EMBED, 0.0) == 0.5
     assert Recipe.from_yaml(recipe.to_yaml()) == recipe
+
+
+def test_the_shipped_paper_recipe_is_paper_recipe():
+    """recipes/paper_slerp.yaml is exactly what `paper_recipe()` writes (the engine's and perf's source)."""
+    assert Recipe.load(PAPER_RECIPE) == paper_recipe()
+    assert PAPER_RECIPE.read_text(encoding="utf-8") == paper_recipe().to_yaml()
+
+
+# ----- shared helpers -------------------------------------------------------------------------
+
+
+def test_outside_range_names_the_interval():
+    assert outside_range("t", 0.0) is None and outside_range("t", 1.0) is None
+    assert outside_range("t", -0.1) == "[0, 1]" and outside_range("t", 1.5) == "[0, 1]"
+    assert outside_range("density", 0.0) == "(0, 1]" and outside_range("density", 1e-9) is None
+    assert outside_range("weight", 99.0) is None
+
+
+def test_unknown_merge_method_lists_mergekits_methods():
+    assert mergekit_method("ties").spec.name == "ties"
+    with pytest.raises(RecipeError) as caught:
+        mergekit_method("slurp")
+    message = str(caught.value)
+    assert message.startswith("unknown merge method 'slurp'; known: ")
+    assert {"slerp", "ties", "dare_ties", "model_stock", "nuslerp"} <= set(message.split("known: ")[1].split(", "))

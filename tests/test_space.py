@@ -385,3 +385,41 @@ def test_check_parents_refuses_what_the_method_cannot_merge():
     ties.check_parents([A, B, C], A)
     load_space("linear").check_parents([A, B, C], None)
     load_space("dare_ties").check_parents([A, B, C], B)
+
+
+def test_check_parents_refuses_what_mergekits_input_contract_refuses():
+    """Beyond the flags' own errors, mergekit's InputContract decides (min inputs, non-base counts)."""
+    stock = parse_space({"method": "model_stock", "parameters": {"filter_wise": 0}}, "inline", "stock")
+    with pytest.raises(SpaceError) as caught:
+        stock.check_parents([A, B], A)
+    assert str(caught.value) == "space stock: model_stock: Merge method requires at least 3 inputs; got 2"
+    stock.check_parents([A, B, C], A)
+    nuslerp = parse_space({"method": "nuslerp", "parameters": {"weight": {"per_model": True, "default": 1}}}, "inline", "nu")
+    with pytest.raises(SpaceError) as caught:
+        nuslerp.check_parents([A, B, C], None)
+    assert str(caught.value) == "space nu: nuslerp: Merge method requires exactly 2 non-base inputs; got 3"
+    with pytest.raises(SpaceError, match="Duplicate merge inputs"):
+        load_space("linear").check_parents([A, B, A], None)
+
+
+def test_unknown_method_is_a_space_error_listing_mergekits_methods():
+    space = parse_space({"method": "slurp", "parameters": {"t": 0.5}}, "inline")
+    with pytest.raises(SpaceError) as caught:
+        space.check_parents([A, B], A)
+    assert str(caught.value).startswith("unknown merge method 'slurp'; known: ")
+    assert "slerp" in str(caught.value).split("known: ")[1].split(", ")
+
+
+def test_mergekit_is_asked_for_the_methods_contract_once_per_space(monkeypatch):
+    import evomerge.space as space_module
+
+    calls = []
+    original = space_module.method_contract
+    monkeypatch.setattr(space_module, "method_contract", lambda method: calls.append(method) or original(method))
+    space = load_space("ties")
+    for seed in range(3):
+        space.suggest(DictTrial(default=0.5), [A, B, C], A, num_layers=4)
+    space.check_parents([A, B, C], A)
+    assert space.dimension(32, 3) == 4
+    assert calls == ["ties"]
+

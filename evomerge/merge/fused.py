@@ -4,7 +4,9 @@ torch needs three passes per chunk for this (two products and a sum) plus a Pyth
 op; the C loop in `kernels/weighted_pairs.c` reads each parent once and writes the result once, on
 all cores, with products and sum rounded separately so results stay bitwise mergekit's. It is
 compiled with the system C compiler on first use and cached; without a compiler (or with
-EVOMERGE_NO_KERNEL=1) `weighted_pairs` returns False and callers use the torch path.
+EVOMERGE_NO_KERNEL=1) `plan_weighted_pairs` returns None and callers use the torch path. The
+pointer and size arrays are built once per list of tensors (`WeightedPairs`): a trial passes only
+its coefficients.
 """
 
 from __future__ import annotations
@@ -62,6 +64,67 @@ def load_kernel() -> Optional[ctypes.CDLL]:
     return kernel
 
 
+class WeightedPairs:
+    """The kernel's fixed arguments for one list of (out, a, b) tensors, built once: a call passes
+    only the coefficients. Holds the tensors, so the pointers it passes stay valid."""
+
+    def __init__(
+        self,
+        kernel: ctypes.CDLL,
+        outs: Sequence[torch.Tensor],
+        firsts: Sequence[torch.Tensor],
+        seconds: Sequence[torch.Tensor],
+    ):
+        self._kernel = kernel
+        self._tensors = (list(outs), list(firsts), list(seconds))
+        self.count = len(outs)
+        self._kind = KINDS[outs[0].dtype] if outs else 0
+        pointers = ctypes.c_void_p * self.count
+        self._out_ptrs = pointers(*[t.data_ptr() for t in outs])
+        self._a_ptrs = pointers(*[t.data_ptr() for t in firsts])
+        self._b_ptrs = pointers(*[t.data_ptr() for t in seconds])
+        self._sizes = (ctypes.c_int64 * self.count)(*[t.numel() for t in outs])
+
+    def __call__(self, c0: torch.Tensor, c1: torch.Tensor) -> None:
+        """out_i = c0[i]·a_i + c1[i]·b_i; c0 and c1 are contiguous float32 CPU vectors of `count`."""
+        for coefficients in (c0, c1):
+            if coefficients.dtype != torch.float32 or coefficients.device.type != "cpu" or not coefficients.is_contiguous():
+                raise ValueError("the kernel takes contiguous float32 CPU coefficients")
+            if coefficients.numel() != self.count:
+                raise ValueError(f"expected {self.count} coefficients, got {coefficients.numel()}")
+        if not self.count:
+            return
+        self._kernel.weighted_pairs(
+            self._kind,
+            self.count,
+            ctypes.cast(self._out_ptrs, ctypes.c_void_p),
+            ctypes.cast(self._a_ptrs, ctypes.c_void_p),
+            ctypes.cast(self._b_ptrs, ctypes.c_void_p),
+            ctypes.cast(self._sizes, ctypes.c_void_p),
+            c0.data_ptr(),
+            c1.data_ptr(),
+            torch.get_num_threads(),
+        )
+
+
+def plan_weighted_pairs(
+    outs: Sequence[torch.Tensor], firsts: Sequence[torch.Tensor], seconds: Sequence[torch.Tensor]
+) -> Optional[WeightedPairs]:
+    """A `WeightedPairs` for these tensors, or None if the kernel cannot take them (not CPU, not
+    float32/bfloat16, mixed dtypes, not contiguous, no kernel on this machine)."""
+    dtype = outs[0].dtype if outs else torch.float32
+    if dtype not in KINDS:
+        return None
+    for group in (outs, firsts, seconds):
+        for tensor in group:
+            if tensor.device.type != "cpu" or tensor.dtype != dtype or not tensor.is_contiguous():
+                return None
+    kernel = load_kernel()
+    if kernel is None:
+        return None
+    return WeightedPairs(kernel, outs, firsts, seconds)
+
+
 def weighted_pairs(
     outs: Sequence[torch.Tensor],
     firsts: Sequence[torch.Tensor],
@@ -70,36 +133,12 @@ def weighted_pairs(
     c1: Sequence[float],
 ) -> bool:
     """out_i = c0_i·a_i + c1_i·b_i for every i in one kernel call. False if the kernel cannot
-    take these tensors (not CPU, not float32/bfloat16, not contiguous, no kernel), writing nothing."""
+    take these tensors, writing nothing. (A caller that repeats the call on the same tensors keeps
+    a `plan_weighted_pairs` instead.)"""
     if not outs:
         return True
-    dtype = outs[0].dtype
-    if dtype not in KINDS:
+    pairs = plan_weighted_pairs(outs, firsts, seconds)
+    if pairs is None:
         return False
-    for group in (outs, firsts, seconds):
-        for tensor in group:
-            if tensor.device.type != "cpu" or tensor.dtype != dtype or not tensor.is_contiguous():
-                return False
-    kernel = load_kernel()
-    if kernel is None:
-        return False
-    count = len(outs)
-    pointers = ctypes.c_void_p * count
-    out_ptrs = pointers(*[t.data_ptr() for t in outs])
-    a_ptrs = pointers(*[t.data_ptr() for t in firsts])
-    b_ptrs = pointers(*[t.data_ptr() for t in seconds])
-    sizes = (ctypes.c_int64 * count)(*[t.numel() for t in outs])
-    coef0 = (ctypes.c_float * count)(*c0)
-    coef1 = (ctypes.c_float * count)(*c1)
-    kernel.weighted_pairs(
-        KINDS[dtype],
-        count,
-        ctypes.cast(out_ptrs, ctypes.c_void_p),
-        ctypes.cast(a_ptrs, ctypes.c_void_p),
-        ctypes.cast(b_ptrs, ctypes.c_void_p),
-        ctypes.cast(sizes, ctypes.c_void_p),
-        ctypes.cast(coef0, ctypes.c_void_p),
-        ctypes.cast(coef1, ctypes.c_void_p),
-        torch.get_num_threads(),
-    )
+    pairs(torch.tensor(list(c0), dtype=torch.float32), torch.tensor(list(c1), dtype=torch.float32))
     return True

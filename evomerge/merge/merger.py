@@ -17,15 +17,18 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from evomerge.errors import ParentError, RecipeError
+from evomerge.errors import EvomergeError, ParentError, RecipeError
 from evomerge.merge import fused, methods
 from evomerge.merge.parents import Parent, ParentInfo, check_parents, inspect_parent, layer_index, load_parent
-from evomerge.recipe import Recipe, layer_position
+from evomerge.recipe import DTYPES as DTYPE_CHOICES
+from evomerge.recipe import ParameterReader, Recipe, layer_position, mergekit_method
 
 LOG = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_CHOICES}
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+# Recipe keys mergekit-yaml honours when it writes the model folder; the in-memory engine does not.
+FOLDER_KEYS = ("tokenizer_source", "tokenizer", "chat_template")
 
 
 def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
@@ -34,9 +37,9 @@ def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
     try:
         device = torch.device(device)
     except RuntimeError:
-        raise ParentError(f"unknown device {device!r}; use auto, cpu or cuda") from None
+        raise EvomergeError(f"unknown device {device!r}; use auto, cpu or cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ParentError("--device cuda asked for, but torch sees no CUDA device")
+        raise EvomergeError("--device cuda asked for, but torch sees no CUDA device")
     return device
 
 
@@ -48,17 +51,6 @@ def resolve_dtype(dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]
     return DTYPES[dtype]
 
 
-def mergekit_method(name: str):
-    """mergekit's registered method object, or a RecipeError naming the known ones."""
-    from mergekit import merge_methods
-
-    try:
-        return merge_methods.get(name)
-    except RuntimeError:
-        known = sorted(method.spec.name for method in merge_methods.registered_methods())
-        raise RecipeError(f"unknown merge method {name!r}; known: {', '.join(known)}") from None
-
-
 @dataclass
 class TensorPlan:
     """Resolved values for one tensor of one recipe."""
@@ -66,6 +58,19 @@ class TensorPlan:
     name: str
     shared: dict[str, Any]  # parameter → value
     per_model: dict[str, dict[str, Any]]  # parameter → {parent name → value}
+
+
+@dataclass
+class _SlerpPair:
+    """What every SLERP trial of one (base, other) pair reuses: the floating tensors' rows in the
+    plan list, their stacked geometry, and the tensors (or the fused kernel's arguments)."""
+
+    rows: list[int]
+    geometry: methods.SlerpGeometry
+    outs: list[torch.Tensor]
+    firsts: list[torch.Tensor]
+    seconds: list[torch.Tensor]
+    kernel: Optional[fused.WeightedPairs]
 
 
 class Merger:
@@ -96,16 +101,30 @@ class Merger:
             info.name: load_parent(info, dtype=self.dtype, device=self.device) for info in infos
         }
         self.model = self._build_resident_model(infos[0])
-        # The model's own order (embeddings, layers, final norm, head), not the file's alphabetical
-        # one, tells which tensors mergekit plans before the layers and which after.
-        model_order = [name for name in self.model.state_dict() if name in infos[0].shapes]
-        self.tensor_names = model_order
-        self._layer_of = {name: layer_index(name) for name in self.tensor_names}
+        # In the model's own order (embeddings, layers, final norm, head), not the file's
+        # alphabetical one: it tells which tensors mergekit plans before the layers and which after.
+        self.tensor_names = list(self._targets)
         self.num_layers = infos[0].num_layers
-        first_layer_at = next((i for i, n in enumerate(model_order) if self._layer_of[n] is not None), 0)
-        self._is_pre_weight = {name: i < first_layer_at for i, name in enumerate(model_order)}
+        self._layer_of = [layer_index(name) for name in self.tensor_names]
+        first_layer_at = next((i for i, layer in enumerate(self._layer_of) if layer is not None), 0)
+        self._is_pre_weight = [i < first_layer_at for i in range(len(self.tensor_names))]
+        # mergekit merges tensors in name order; DARE's random draws follow it.
+        self._merge_order = sorted(range(len(self.tensor_names)), key=self.tensor_names.__getitem__)
+        first = next(iter(self.parents.values())).tensors
+        self._floating_rows = [row for row in self._merge_order if first[self.tensor_names[row]].is_floating_point()]
+        # Non-floating buffers that all parents share sit in the model from the start and are never
+        # rewritten; the ones some parents disagree on are checked and copied per recipe.
+        self._mixed_buffers = [
+            name
+            for name in self.tensor_names
+            if not first[name].is_floating_point()
+            and any(not torch.equal(parent.tensors[name], first[name]) for parent in self.parents.values())
+        ]
+        self._agreeing_sets: set[frozenset[str]] = set()
+        self._references: dict[str, str] = {}  # a recipe's model reference → parent name
+        self._placements: dict[tuple[tuple[int, int], ...], list[tuple[int, float]]] = {}
         self._scratch = methods.ChunkScratch()
-        self._slerp_geometry: dict[tuple[str, str], tuple[dict[str, int], methods.SlerpGeometry]] = {}
+        self._slerp_pairs: dict[tuple[str, str], _SlerpPair] = {}
         self._deltas: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
         self._orders: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
         self.apply_count = 0
@@ -116,48 +135,20 @@ class Merger:
         """The loaded parent a recipe's model reference points to (by name, then by path)."""
         if reference in self.parents:
             return reference
-        wanted = Path(reference).expanduser().resolve()
-        for name, parent in self.parents.items():
-            if parent.path.resolve() == wanted:
-                return name
-        raise RecipeError(f"the recipe names {reference!r}, which is not among the parents ({', '.join(self.parents)})")
+        if reference not in self._references:
+            wanted = Path(reference).expanduser().resolve()
+            found = next((name for name, parent in self.parents.items() if parent.path.resolve() == wanted), None)
+            if found is None:
+                raise RecipeError(
+                    f"the recipe names {reference!r}, which is not among the parents ({', '.join(self.parents)})"
+                )
+            self._references[reference] = found
+        return self._references[reference]
 
     def plan(self, recipe: Recipe) -> list[TensorPlan]:
-        """Check a recipe against the parents and resolve every parameter; raises RecipeError."""
-        method = mergekit_method(recipe.merge_method)
-        if recipe.dtype is not None and DTYPES[recipe.dtype] != self.dtype:
-            raise RecipeError(f"the recipe asks for dtype {recipe.dtype} but the parents are resident in {self.dtype}")
-        models = [self.parent_name(ref) for ref in recipe.model_names]
-        if len(set(models)) != len(models):
-            raise RecipeError(f"the recipe lists a parent twice: {recipe.model_names}")
-        base = self.parent_name(recipe.base_model) if recipe.base_model else None
-        try:
-            method.validate_inputs(models, base)
-        except ValueError as error:
-            raise RecipeError(f"{recipe.merge_method}: {error}") from None
-        specs = {spec.name: spec for spec in method.spec.parameters}
-        used = {name for _, settings in recipe._all_settings() for name in settings}
-        unknown = sorted(used - set(specs))
-        if unknown:
-            raise RecipeError(
-                f"{recipe.merge_method} has no parameter {unknown[0]!r}; it takes: {', '.join(specs) or 'none'}"
-            )
-        slices = self._slice_layout(recipe)
-        plans = []
-        for tensor_name in self.tensor_names:
-            slice_index, position = self._placement(tensor_name, slices)
-            shared, per_model = {}, {}
-            for spec in method.spec.parameters:
-                if spec.scope.value == "shared":
-                    shared[spec.name] = self._resolve(recipe, spec, tensor_name, position, slice_index, None)
-                else:
-                    inputs = [m for m in models if spec.scope.value == "input" or m != base]
-                    per_model[spec.name] = {
-                        m: self._resolve(recipe, spec, tensor_name, position, slice_index, self._reference(recipe, m))
-                        for m in inputs
-                    }
-            plans.append(TensorPlan(tensor_name, shared, per_model))
-        return plans
+        """Check a recipe against the parents and resolve every parameter for every tensor (in
+        `tensor_names` order); raises RecipeError."""
+        return self._plan(recipe)[0]
 
     @torch.inference_mode()
     def apply(self, recipe: Recipe, seed: Optional[int] = None):
@@ -166,20 +157,18 @@ class Merger:
         `seed` seeds torch before merging, as `mergekit-yaml --random-seed` does, so DARE's random
         masks are mergekit's own; tensors are merged in mergekit's execution order (by name).
         """
-        plans = self.plan(recipe)
-        models = [self.parent_name(ref) for ref in recipe.model_names]
-        base = self.parent_name(recipe.base_model) if recipe.base_model else None
+        plans, models, base = self._plan(recipe)
         if seed is not None:
             torch.manual_seed(seed)
         name = recipe.merge_method
-        ordered = sorted(plans, key=lambda plan: plan.name)
+        for buffer in self._mixed_buffers:  # the recipe's parents agree on it (checked by _plan)
+            self._targets[buffer].copy_(self.parents[models[0]].tensors[buffer])
         if name == "slerp":
-            other = next(m for m in models if m != base)
-            self._apply_slerp(ordered, base, other)
+            self._apply_slerp(plans, base, next(m for m in models if m != base))
         elif name == "linear":
-            self._apply_linear(ordered, models)
-        elif name in methods.TASK_ARITHMETIC_FAMILY:
-            self._apply_task_arithmetic(ordered, name, base, [m for m in models if m != base])
+            self._apply_linear(plans, models)
+        elif name in methods.fast_task_arithmetic_methods():
+            self._apply_task_arithmetic(plans, name, base, [m for m in models if m != base])
         else:
             self._apply_with_mergekit(plans, name, models, base)
         self.apply_count += 1
@@ -200,64 +189,41 @@ class Merger:
     # ----- fast paths ----------------------------------------------------------------------
 
     def _apply_slerp(self, plans: list[TensorPlan], base: str, other: str) -> None:
-        if (base, other) not in self._slerp_geometry:
-            names = [n for n in self.tensor_names if self.parents[base].tensors[n].is_floating_point()]
-            geometries = [methods.slerp_geometry(self.parents[base].tensors[n], self.parents[other].tensors[n]) for n in names]
-            self._slerp_geometry[(base, other)] = ({n: i for i, n in enumerate(names)}, methods.stack_geometries(geometries))
-        rows, geometry = self._slerp_geometry[(base, other)]
-        floating = [plan for plan in plans if plan.name in rows]
-        for plan in plans:
-            if plan.name not in rows:
-                tensors = [self.parents[m].tensors[plan.name] for m in (base, other)]
-                self._targets[plan.name].copy_(_agreed_buffer(tensors, plan.name))
-        t_by_row = [0.0] * len(rows)
-        for plan in floating:
-            t_by_row[rows[plan.name]] = plan.shared["t"]
-        c0_by_row, c1_by_row = methods.slerp_coefficients(t_by_row, geometry)
-        outs = [self._targets[plan.name] for plan in floating]
-        firsts = [self.parents[base].tensors[plan.name] for plan in floating]
-        seconds = [self.parents[other].tensors[plan.name] for plan in floating]
-        c0s = [c0_by_row[rows[plan.name]] for plan in floating]
-        c1s = [c1_by_row[rows[plan.name]] for plan in floating]
-        if not fused.weighted_pairs(outs, firsts, seconds, c0s, c1s):
-            for target, a, b, c0, c1 in zip(outs, firsts, seconds, c0s, c1s):
-                methods.weighted_pair_into(target, a, b, c0, c1, self._scratch)
+        pair = self._slerp_pair(base, other)
+        c0, c1 = methods.slerp_coefficient_columns([plans[row].shared["t"] for row in pair.rows], pair.geometry)
+        if pair.kernel is not None:
+            pair.kernel(c0, c1)
+            return
+        for target, a, b, x, y in zip(pair.outs, pair.firsts, pair.seconds, c0.tolist(), c1.tolist()):
+            methods.weighted_pair_into(target, a, b, x, y, self._scratch)
 
     def _apply_linear(self, plans: list[TensorPlan], models: list[str]) -> None:
-        for plan in plans:
+        for row in self._floating_rows:
+            plan = plans[row]
             tensors = [self.parents[m].tensors[plan.name] for m in models]
-            target = self._targets[plan.name]
-            if not tensors[0].is_floating_point():
-                target.copy_(_agreed_buffer(tensors, plan.name))
-                continue
             weights = [plan.per_model["weight"][m] for m in models]
-            target.copy_(methods.linear(tensors, weights, normalize=plan.shared["normalize"]))
+            methods.linear(tensors, weights, normalize=plan.shared["normalize"], out=self._targets[plan.name])
 
     def _apply_task_arithmetic(self, plans: list[TensorPlan], method_name: str, base: str, others: list[str]) -> None:
-        family = methods.TASK_ARITHMETIC_FAMILY[method_name]
         deltas = [self._task_vectors(base, other) for other in others]
-        orders = [self._magnitude_orders(base, other) for other in others] if family["sparsification"] == "magnitude" else None
-        for plan in plans:
-            base_tensor = self.parents[base].tensors[plan.name]
-            target = self._targets[plan.name]
-            if not base_tensor.is_floating_point():
-                target.copy_(_agreed_buffer([self.parents[m].tensors[plan.name] for m in [base, *others]], plan.name))
-                continue
-            shared = plan.shared
-            target.copy_(
-                methods.task_arithmetic(
-                    base_tensor,
-                    [d[plan.name] for d in deltas],
-                    [plan.per_model["weight"][m] for m in others],
-                    densities=[plan.per_model["density"][m] for m in others],
-                    sparsification=family["sparsification"],
-                    consensus=family["consensus"],
-                    normalize=shared["normalize"],
-                    rescale=shared["rescale"],
-                    lam=shared["lambda"],
-                    int8_mask=shared["int8_mask"],
-                    orders=[o[plan.name] for o in orders] if orders else None,
-                )
+        method = methods.fast_task_arithmetic_methods()[method_name]
+        magnitude = method.sparsification_method == "magnitude"
+        orders = [self._magnitude_orders(base, other) for other in others] if magnitude else None
+        for row in self._floating_rows:
+            plan = plans[row]
+            name = plan.name
+            parameters = {
+                **plan.shared,
+                "weight": [plan.per_model["weight"][m] for m in others],
+                "density": [plan.per_model["density"][m] for m in others],
+            }
+            methods.merge_task_arithmetic(
+                method_name,
+                self.parents[base].tensors[name],
+                [d[name] for d in deltas],
+                parameters,
+                orders=[o[name] for o in orders] if orders else None,
+                out=self._targets[name],
             )
 
     def _apply_with_mergekit(self, plans: list[TensorPlan], method_name: str, models: list[str], base: Optional[str]) -> None:
@@ -279,15 +245,25 @@ class Merger:
 
     # ----- per-study caches ----------------------------------------------------------------
 
+    def _slerp_pair(self, base: str, other: str) -> _SlerpPair:
+        key = (base, other)
+        if key not in self._slerp_pairs:
+            rows = self._floating_rows
+            names = [self.tensor_names[row] for row in rows]
+            outs = [self._targets[name] for name in names]
+            firsts = [self.parents[base].tensors[name] for name in names]
+            seconds = [self.parents[other].tensors[name] for name in names]
+            geometry = methods.stack_geometries([methods.slerp_geometry(a, b) for a, b in zip(firsts, seconds)])
+            kernel = fused.plan_weighted_pairs(outs, firsts, seconds) if geometry.theta.dtype == torch.float32 else None
+            self._slerp_pairs[key] = _SlerpPair(rows, geometry, outs, firsts, seconds, kernel)
+        return self._slerp_pairs[key]
+
     def _task_vectors(self, base: str, other: str) -> dict[str, torch.Tensor]:
         key = (base, other)
         if key not in self._deltas:
             base_tensors, other_tensors = self.parents[base].tensors, self.parents[other].tensors
-            self._deltas[key] = {
-                name: other_tensors[name] - base_tensors[name]
-                for name in self.tensor_names
-                if base_tensors[name].is_floating_point()
-            }
+            names = [self.tensor_names[row] for row in self._floating_rows]
+            self._deltas[key] = {name: other_tensors[name] - base_tensors[name] for name in names}
         return self._deltas[key]
 
     def _magnitude_orders(self, base: str, other: str) -> dict[str, torch.Tensor]:
@@ -298,26 +274,81 @@ class Merger:
 
     # ----- recipe resolution -----------------------------------------------------------------
 
-    def _reference(self, recipe: Recipe, parent: str) -> str:
-        """The reference the recipe uses for a loaded parent (per-model settings are keyed by it)."""
-        return next(ref for ref in recipe.model_names if self.parent_name(ref) == parent)
-
-    def _resolve(self, recipe: Recipe, spec, tensor_name: str, position: float, slice_index: int, model: Optional[str]):
+    def _plan(self, recipe: Recipe) -> tuple[list[TensorPlan], list[str], Optional[str]]:
+        """(plans in `tensor_names` order, the recipe's parents, its base); raises RecipeError."""
+        method = mergekit_method(recipe.merge_method)
+        ignored = [key for key in FOLDER_KEYS if getattr(recipe, key) is not None]
+        if ignored:
+            raise RecipeError(
+                f"the in-memory engine does not apply the recipe's {', '.join(ignored)}; "
+                "remove it, or merge with `evomerge merge --engine mergekit`"
+            )
+        if recipe.dtype is not None and DTYPES[recipe.dtype] != self.dtype:
+            raise RecipeError(f"the recipe asks for dtype {recipe.dtype} but the parents are resident in {self.dtype}")
+        references = recipe.model_names
+        models = [self.parent_name(ref) for ref in references]
+        if len(set(models)) != len(models):
+            raise RecipeError(f"the recipe lists a parent twice: {references}")
+        base = self.parent_name(recipe.base_model) if recipe.base_model else None
         try:
-            value = recipe.parameter(spec.name, tensor_name, position, model, slice_index, validate=spec.validate)
-            if value is None:
-                if spec.required:
-                    whose = f" for {model}" if model else ""
-                    raise RecipeError(f"{recipe.merge_method} needs parameter {spec.name!r}{whose} (no value for {tensor_name})")
-                value = spec.validate(spec.default)
-            return value
-        except ValueError as error:  # pydantic's ValidationError is a ValueError
-            raise RecipeError(f"parameter {spec.name!r} is not valid for {tensor_name}: {error.errors()[0]['msg'] if hasattr(error, 'errors') else error}") from None
+            method.validate_inputs(models, base)
+        except ValueError as error:
+            raise RecipeError(f"{recipe.merge_method}: {error}") from None
+        specs = method.spec.parameters
+        used = {name for _, settings in recipe.all_settings() for name in settings}
+        unknown = sorted(used - {spec.name for spec in specs})
+        if unknown:
+            raise RecipeError(
+                f"{recipe.merge_method} has no parameter {unknown[0]!r}; it takes: {', '.join(spec.name for spec in specs) or 'none'}"
+            )
+        self._check_buffers(models)
+        placements = self._placements_for(self._slice_layout(recipe))
+        slice_count = len(recipe.slices) if recipe.slices else 1
+        # One reader per parameter, parent (None: shared) and slice, so each setting is validated
+        # once per recipe rather than once per tensor.
+        readers = []
+        for spec in specs:
+            is_shared = spec.scope.value == "shared"
+            if is_shared:
+                whose = [(None, None)]
+            else:
+                whose = [(m, ref) for m, ref in zip(models, references) if spec.scope.value == "input" or m != base]
+            default = None if spec.required else spec.validate(spec.default)
+            by_model = [
+                (m, ref, [recipe.reader(spec.name, ref, index, spec.validate) for index in range(slice_count)])
+                for m, ref in whose
+            ]
+            readers.append((spec, is_shared, default, by_model))
+        plans = []
+        for tensor_name, (slice_index, position) in zip(self.tensor_names, placements):
+            shared: dict[str, Any] = {}
+            per_model: dict[str, dict[str, Any]] = {}
+            for spec, is_shared, default, by_model in readers:
+                values = {
+                    m: _resolve(recipe.merge_method, spec, default, slices[slice_index], tensor_name, position, ref)
+                    for m, ref, slices in by_model
+                }
+                if is_shared:
+                    shared[spec.name] = values[None]
+                else:
+                    per_model[spec.name] = values
+            plans.append(TensorPlan(tensor_name, shared, per_model))
+        return plans, models, base
 
-    def _slice_layout(self, recipe: Recipe) -> list[tuple[int, int]]:
+    def _check_buffers(self, models: list[str]) -> None:
+        """Non-floating buffers must agree between the recipe's parents (mergekit copies them, or refuses)."""
+        if not self._mixed_buffers or frozenset(models) in self._agreeing_sets:
+            return
+        for name in self._mixed_buffers:
+            first = self.parents[models[0]].tensors[name]
+            if any(not torch.equal(self.parents[m].tensors[name], first) for m in models[1:]):
+                raise RecipeError(f"non-floating tensor {name} differs between parents")
+        self._agreeing_sets.add(frozenset(models))
+
+    def _slice_layout(self, recipe: Recipe) -> tuple[tuple[int, int], ...]:
         """Layer ranges of the output slices; the engine supports slices that keep layers in place."""
         if not recipe.slices:
-            return [(0, self.num_layers)]
+            return ((0, self.num_layers),)
         layout, expected_start = [], 0
         for index, out_slice in enumerate(recipe.slices):
             ranges = {tuple(source.layer_range) for source in out_slice.sources}
@@ -331,20 +362,28 @@ class Merger:
             expected_start = stop
         if expected_start != self.num_layers:
             raise RecipeError(f"slices cover layers 0–{expected_start} but the parents have {self.num_layers}")
-        return layout
+        return tuple(layout)
 
-    def _placement(self, tensor_name: str, slices: list[tuple[int, int]]) -> tuple[int, float]:
-        """(slice index, gradient position) as mergekit plans it; non-layer tensors sit at 0."""
-        layer = self._layer_of[tensor_name]
-        if layer is None:
-            return (0 if self._is_pre_weight[tensor_name] else len(slices) - 1), 0.0
-        for index, (start, stop) in enumerate(slices):
-            if start <= layer < stop:
-                return index, layer_position(layer - start, stop - start)
-        raise RecipeError(f"{tensor_name} lies outside every slice")
+    def _placements_for(self, slices: tuple[tuple[int, int], ...]) -> list[tuple[int, float]]:
+        """(slice index, gradient position) of every tensor as mergekit plans it, once per layout;
+        tensors outside the layers sit at 0 in the first slice (before the layers) or the last."""
+        if slices not in self._placements:
+            placements = []
+            for row, layer in enumerate(self._layer_of):
+                if layer is None:
+                    placements.append((0 if self._is_pre_weight[row] else len(slices) - 1, 0.0))
+                    continue
+                index = next((i for i, (start, stop) in enumerate(slices) if start <= layer < stop), None)
+                if index is None:
+                    raise RecipeError(f"{self.tensor_names[row]} lies outside every slice")
+                start, stop = slices[index]
+                placements.append((index, layer_position(layer - start, stop - start)))
+            self._placements[slices] = placements
+        return self._placements[slices]
 
     def _build_resident_model(self, info: ParentInfo):
-        """Allocate one model of the parents' architecture, without random init, on the device."""
+        """Allocate one model of the parents' architecture, without random init, on the device;
+        `self._targets` maps each checkpoint tensor to its parameter, in the model's order."""
         from transformers import AutoConfig, AutoModelForCausalLM
         from transformers.initialization import no_init_weights
 
@@ -357,19 +396,28 @@ class Merger:
         model.to(self.device).eval()
         model.tie_weights()  # a tied lm_head is absent from the files and must share the embeddings
         state = model.state_dict()
-        self._targets: dict[str, torch.Tensor] = {}
-        first = next(iter(self.parents.values()))
-        for name, tensor in first.tensors.items():
+        first = next(iter(self.parents.values())).tensors
+        for name, tensor in first.items():
             if name not in state or tuple(state[name].shape) != tuple(tensor.shape):
                 raise ParentError(f"transformers' {info.architecture} has no tensor {name} of shape {list(tensor.shape)}")
-            state[name].copy_(tensor)
-            self._targets[name] = state[name]
+        self._targets: dict[str, torch.Tensor] = {name: state[name] for name in state if name in first}
+        for name, target in self._targets.items():
+            target.copy_(first[name])
         return model
 
 
-
-def _agreed_buffer(tensors: list[torch.Tensor], name: str) -> torch.Tensor:
-    """Non-floating buffers must agree between parents (mergekit copies them, or refuses)."""
-    if any(not torch.equal(t, tensors[0]) for t in tensors[1:]):
-        raise RecipeError(f"non-floating tensor {name} differs between parents")
-    return tensors[0]
+def _resolve(
+    method: str, spec, default: Any, reader: ParameterReader, tensor_name: str, position: float, model: Optional[str]
+) -> Any:
+    """One parameter's value for one tensor (for `model`, a recipe reference, if per model)."""
+    try:
+        value = reader.value(tensor_name, position)
+    except ValueError as error:  # pydantic's ValidationError is a ValueError
+        reason = error.errors()[0]["msg"] if hasattr(error, "errors") else str(error)
+        raise RecipeError(f"parameter {spec.name!r} is not valid for {tensor_name}: {reason}") from None
+    if value is not None:
+        return value
+    if spec.required:
+        whose = f" for {model}" if model else ""
+        raise RecipeError(f"{method} needs parameter {spec.name!r}{whose} (no value for {tensor_name})")
+    return default

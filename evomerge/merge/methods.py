@@ -1,23 +1,30 @@
 """Merge arithmetic on tensors, split into what a study computes once and what a trial computes.
 
-Every function follows mergekit 0.1.5's own arithmetic operation by operation (same dtypes, same
-reductions, same random draws), so results equal what `mergekit-yaml` writes. The split is the
-speed-up: a SLERP trial is then `c0·a + c1·b` per tensor, written in cache-sized chunks straight
-into the resident model, and a TIES trial reuses the task vectors and their magnitude order.
+Every function follows mergekit's own arithmetic operation by operation (same dtypes, same
+reductions, same random draws), so results equal what `mergekit-yaml` writes; where mergekit has a
+function that can be called as it is (DARE's random mask, the rescaling, TIES's sign consensus), it
+is called. The split is the speed-up: a SLERP trial is then `c0·a + c1·b` per tensor, written in
+chunks straight into the resident model, and a TIES trial reuses the task vectors and their
+magnitude order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from functools import lru_cache
+from typing import Any, Optional, Sequence
 
 import torch
+from mergekit.sparsify import RescaleNorm, SparsificationMethod, bernoulli, rescaled_masked_tensor
 
 # mergekit's SLERP accumulates norms and the dot product over chunks of this many elements.
 MERGEKIT_SLERP_CHUNK = 1024 * 1024
-# Elements per chunk when writing a merged tensor: small enough that both scratch buffers stay in
-# L2 cache, so a trial reads each parent once and writes the result once.
+# Elements per chunk when writing a merged tensor on the CPU: small enough that both scratch
+# buffers stay in L2 cache, so a trial reads each parent once and writes the result once.
 APPLY_CHUNK = 1 << 16
+# On a GPU memory bandwidth dwarfs launch cost only for large chunks; this bounds the scratch
+# buffers (two of 64 MiB in float32) instead of letting them grow to the largest tensor.
+GPU_APPLY_CHUNK = 1 << 24
 SLERP_DOT_THRESHOLD = 0.9995
 SLERP_EPS = 1e-8
 
@@ -71,19 +78,31 @@ def stack_geometries(geometries: Sequence[SlerpGeometry]) -> SlerpGeometry:
     return SlerpGeometry(torch.cat([g.theta for g in geometries]), torch.cat([g.linear for g in geometries]))
 
 
-def slerp_coefficients(t: Sequence[float], geometry: SlerpGeometry) -> tuple[list[float], list[float]]:
+def slerp_coefficient_columns(t: Sequence[float], geometry: SlerpGeometry) -> tuple[torch.Tensor, torch.Tensor]:
     """(c0, c1) per tensor with slerp(t) = c0·v0 + c1·v1 on the unnormalised tensors, with
-    mergekit's formula and precision; `geometry` may be stacked, one row per tensor."""
+    mergekit's formula and precision, as two contiguous vectors in the compute dtype on the
+    geometry's device; `geometry` may be stacked, one row per tensor."""
     theta = geometry.theta
     t_column = torch.tensor(list(t), dtype=theta.dtype).reshape(-1, 1).to(theta.device)
     sin_theta = torch.sin(theta)
     coef_a = torch.where(geometry.linear, 1 - t_column, torch.sin((1 - t_column) * theta) / sin_theta)
     coef_b = torch.where(geometry.linear, t_column, torch.sin(t_column * theta) / sin_theta)
-    return coef_a.reshape(-1).tolist(), coef_b.reshape(-1).tolist()
+    return coef_a.reshape(-1).contiguous(), coef_b.reshape(-1).contiguous()
+
+
+def slerp_coefficients(t: Sequence[float], geometry: SlerpGeometry) -> tuple[list[float], list[float]]:
+    """`slerp_coefficient_columns` as Python lists."""
+    coef_a, coef_b = slerp_coefficient_columns(t, geometry)
+    return coef_a.tolist(), coef_b.tolist()
+
+
+def apply_chunk(device: torch.device) -> int:
+    """Elements per chunk when writing a merged tensor on this device."""
+    return APPLY_CHUNK if device.type == "cpu" else GPU_APPLY_CHUNK
 
 
 class ChunkScratch:
-    """Two reusable compute-dtype buffers of APPLY_CHUNK elements per (device, dtype)."""
+    """Two reusable compute-dtype buffers of `apply_chunk(device)` elements per (device, dtype)."""
 
     def __init__(self) -> None:
         self._buffers: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -91,7 +110,8 @@ class ChunkScratch:
     def get(self, device: torch.device, dtype: torch.dtype, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         key = (device, dtype)
         if key not in self._buffers or self._buffers[key][0].numel() < size:
-            self._buffers[key] = tuple(torch.empty(max(size, APPLY_CHUNK), dtype=dtype, device=device) for _ in range(2))
+            length = max(size, apply_chunk(device))
+            self._buffers[key] = tuple(torch.empty(length, dtype=dtype, device=device) for _ in range(2))
         first, second = self._buffers[key]
         return first[:size], second[:size]
 
@@ -103,8 +123,7 @@ def weighted_pair_into(
     flat_out, flat_a, flat_b = out.view(-1), a.reshape(-1), b.reshape(-1)
     dtype = compute_dtype(a.dtype)
     same_dtype = a.dtype == dtype and out.dtype == dtype
-    # On a GPU, memory bandwidth dwarfs launch cost only for whole tensors: no chunking there.
-    chunk = APPLY_CHUNK if out.device.type == "cpu" else max(1, flat_out.numel())
+    chunk = apply_chunk(out.device)  # element-wise: the chunking does not change a bit of the result
     for start in range(0, flat_out.numel(), chunk):
         stop = min(start + chunk, flat_out.numel())
         first, second = scratch.get(out.device, dtype, stop - start)
@@ -122,18 +141,28 @@ def weighted_pair_into(
 # ----- linear ------------------------------------------------------------------------------
 
 
-def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool = True) -> torch.Tensor:
-    """Weighted average of same-shaped tensors, as mergekit's `linear` method computes it."""
+def linear(
+    tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool = True, out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Weighted average of same-shaped tensors, as mergekit's `linear` method computes it; written
+    into `out` if given (accumulated there directly when it has the compute dtype)."""
     first = tensors[0].unsqueeze(0)
     dtype = compute_dtype(first.dtype)
     weight = torch.tensor([list(weights)], dtype=dtype, device=first.device)
     coefficient_shape = (1,) + (1,) * (first.ndim - 1)
-    result = torch.zeros_like(first, dtype=dtype)
+    if out is not None and out.dtype == dtype:
+        result = out.unsqueeze(0).zero_()
+    else:
+        result = torch.zeros_like(first, dtype=dtype)
     for tensor, coefficient in zip(tensors, weight.unbind(1)):
         result.addcmul_(tensor.unsqueeze(0), coefficient.reshape(coefficient_shape))
     if normalize:
         result.div_(weight.sum(dim=1).reshape(coefficient_shape))
-    return result.to(first.dtype)[0]
+    if out is None:
+        return result.to(first.dtype)[0]
+    if result.data_ptr() != out.data_ptr():
+        out.copy_(result[0])  # one rounding to out's dtype, as `.to` rounds
+    return out
 
 
 # ----- task arithmetic, TIES, DARE -----------------------------------------------------------
@@ -148,20 +177,15 @@ def magnitude_order(delta: torch.Tensor) -> torch.Tensor:
     return order.to(torch.int32) if order.numel() < 2**31 else order
 
 
-def _rescaled(tensor: torch.Tensor, mask: torch.Tensor, l1_rescale: bool, eps: float = 1e-7) -> torch.Tensor:
-    masked = tensor * mask
-    if not l1_rescale:
-        return masked
-    before, after = tensor.abs().sum(), masked.abs().sum()
-    if before < eps or after < eps:
-        return masked
-    return masked * (before / after)
+def _rescale_norm(rescale: bool) -> Optional[RescaleNorm]:
+    return RescaleNorm.l1 if rescale else None
 
 
 def sparsify_magnitude(
-    delta: torch.Tensor, density: float, l1_rescale: bool, order: Optional[torch.Tensor] = None
+    delta: torch.Tensor, density: float, rescale: bool, order: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
-    """Keep the `density` largest-magnitude elements (TIES), reusing a precomputed order if given."""
+    """mergekit's `sparsify.magnitude` (TIES: keep the `density` largest-magnitude elements),
+    reusing a precomputed `magnitude_order` if given."""
     if density >= 1:
         return delta
     if density <= 0 or delta.numel() == 0:
@@ -171,16 +195,12 @@ def sparsify_magnitude(
         order = magnitude_order(delta)
     mask = torch.zeros(delta.numel(), dtype=delta.dtype, device=delta.device)
     mask[order[:keep].long()] = 1
-    return _rescaled(delta, mask.reshape_as(delta), l1_rescale)
+    return rescaled_masked_tensor(delta, mask.reshape_as(delta), _rescale_norm(rescale))
 
 
-def sparsify_random(delta: torch.Tensor, density: float, l1_rescale: bool) -> torch.Tensor:
-    """DARE: keep each element with probability `density`, drawing from torch's global generator."""
-    if density >= 1:
-        return delta
-    work_dtype = delta.dtype if (delta.device.type != "cpu" or delta.dtype == torch.bfloat16) else torch.float32
-    mask = torch.bernoulli(torch.full_like(delta, fill_value=density, dtype=work_dtype))
-    return _rescaled(delta.to(work_dtype), mask, l1_rescale).to(delta.dtype)
+def sparsify_random(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
+    """DARE: mergekit's own `sparsify.bernoulli`, drawing from torch's global generator."""
+    return bernoulli(delta, density, _rescale_norm(rescale))
 
 
 def task_arithmetic(
@@ -189,35 +209,37 @@ def task_arithmetic(
     weights: Sequence[float],
     *,
     densities: Sequence[float],
-    sparsification: Optional[str],  # None | "magnitude" | "random"
-    consensus: bool,
+    sparsification: Optional[str],  # None | "magnitude" | "random" (mergekit's SparsificationMethod)
+    consensus: Optional[str],  # None | "sum" | "count" (mergekit's ConsensusMethod)
     normalize: bool,
     rescale: bool,
     lam: float = 1.0,
     int8_mask: bool = False,
     orders: Optional[Sequence[Optional[torch.Tensor]]] = None,
+    out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """mergekit's generalized task arithmetic (task_arithmetic, ties, dare_ties, dare_linear) given
-    the task vectors `deltas` = model − base, computed once per study."""
+    the task vectors `deltas` = model − base, computed once per study; written into `out` if given."""
     if not deltas:
-        return base
+        return base if out is None else out.copy_(base)
     stacked = base.new_empty((len(deltas), *base.shape))
     for index, delta in enumerate(deltas):
-        if sparsification == "magnitude":
+        if sparsification == SparsificationMethod.magnitude:
             order = orders[index] if orders is not None else None
             delta = sparsify_magnitude(delta, densities[index], rescale, order)
-        elif sparsification == "random":
+        elif sparsification == SparsificationMethod.random:
             delta = sparsify_random(delta, densities[index], rescale)
+        elif sparsification is not None:
+            raise ValueError(f"the fast path has no {sparsification} sparsification")
         stacked[index] = delta
     weight = torch.tensor(list(weights), dtype=stacked.dtype, device=stacked.device)
     while stacked.dim() > weight.dim():
         weight.unsqueeze_(-1)
     stacked.mul_(weight)
     if consensus:
-        mask_dtype = torch.int8 if int8_mask else base.dtype
-        sign = stacked.sign().to(mask_dtype)
-        majority = (stacked.sum(dim=0) >= 0).to(mask_dtype) * 2 - 1
-        mask = sign == majority
+        from mergekit.merge_methods.generalized_task_arithmetic import get_mask
+
+        mask = get_mask(stacked, method=consensus, mask_dtype=torch.int8 if int8_mask else base.dtype)
         mixed = (stacked * mask).sum(dim=0)
         divisor = (weight * mask).sum(dim=0)
         divisor[divisor == 0] = 1
@@ -229,14 +251,51 @@ def task_arithmetic(
         mixed /= divisor
     if lam != 1:
         mixed *= lam
-    return (base + mixed).to(base.dtype)
+    if out is None:
+        return (base + mixed).to(base.dtype)
+    return torch.add(base, mixed, out=out)  # mixed has base's dtype: the same single rounding
 
 
-# The engine's fast path: mergekit method name → how generalized task arithmetic is configured.
-TASK_ARITHMETIC_FAMILY: dict[str, dict] = {
-    "task_arithmetic": dict(sparsification=None, consensus=False),
-    "ties": dict(sparsification="magnitude", consensus=True),
-    "dare_ties": dict(sparsification="random", consensus=True),
-    "dare_linear": dict(sparsification="random", consensus=False),
-}
-FAST_METHODS = ("slerp", "linear", *TASK_ARITHMETIC_FAMILY)
+@lru_cache(maxsize=1)
+def fast_task_arithmetic_methods() -> dict[str, Any]:
+    """mergekit's generalized task arithmetic methods whose sparsification `task_arithmetic`
+    computes (none, magnitude, random), by name: read from mergekit's registry, not listed here."""
+    from mergekit import merge_methods
+    from mergekit.merge_methods.generalized_task_arithmetic import GeneralizedTaskArithmeticMerge
+
+    supported = (None, SparsificationMethod.magnitude, SparsificationMethod.random)
+    return {
+        method.spec.name: method
+        for method in merge_methods.registered_methods()
+        if isinstance(method, GeneralizedTaskArithmeticMerge) and method.sparsification_method in supported
+    }
+
+
+def merge_task_arithmetic(
+    method_name: str,
+    base: torch.Tensor,
+    deltas: Sequence[torch.Tensor],
+    parameters: dict[str, Any],
+    *,
+    orders: Optional[Sequence[torch.Tensor]] = None,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """`task_arithmetic` configured as mergekit's method `method_name`, with its parameters under
+    mergekit's names: `weight` and `density` as lists (one per delta), `normalize`, `rescale`,
+    `lambda`, `int8_mask`."""
+    method = fast_task_arithmetic_methods()[method_name]
+    return task_arithmetic(
+        base,
+        deltas,
+        parameters["weight"],
+        densities=parameters["density"],
+        sparsification=method.sparsification_method,
+        consensus=method.consensus_method,
+        normalize=parameters["normalize"],
+        rescale=parameters["rescale"],
+        lam=parameters["lambda"],
+        int8_mask=parameters["int8_mask"],
+        orders=orders,
+        out=out,
+    )
+

@@ -154,7 +154,8 @@ def check_parents(infos: Sequence[ParentInfo]) -> None:
         for tensor_name, shape in first.shapes.items():
             if other.shapes[tensor_name] != shape:
                 hint = ""
-                if "embed" in tensor_name or "lm_head" in tensor_name:
+                vocabulary_tensor = "embed" in tensor_name or "lm_head" in tensor_name
+                if vocabulary_tensor and other.shapes[tensor_name][:1] != shape[:1]:  # rows are tokens
                     hint = " (different vocabulary sizes: resize the embeddings to one tokenizer first)"
                 raise ParentError(
                     f"parents differ in shape at {tensor_name}: {first.name} {list(shape)} vs "

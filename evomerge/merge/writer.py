@@ -14,9 +14,9 @@ import torch
 
 from evomerge.errors import EvomergeError
 from evomerge.files import staged_folder
-from evomerge.merge.merger import DTYPES, Merger, mergekit_method, resolve_device
+from evomerge.merge.merger import DTYPES, Merger, resolve_device
 from evomerge.merge.parents import ParentInfo, check_parents, inspect_parent
-from evomerge.recipe import Recipe
+from evomerge.recipe import Recipe, mergekit_method
 
 TOKENIZER_FILES = (
     "tokenizer.json",

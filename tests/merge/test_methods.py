@@ -28,9 +28,7 @@ DTYPE_IDS = ["fp32", "bf16"]
 
 def coefficients(t: float, geometry) -> tuple[float, float]:
     """(c0, c1) for one tensor; slerp_coefficients takes a sequence of t (one per stacked row)."""
-    c0, c1 = slerp_coefficients([t], geometry)
-    if isinstance(c0, (list, tuple)):
-        (c0,), (c1,) = c0, c1
+    (c0,), (c1,) = slerp_coefficients([t], geometry)
     return c0, c1
 
 
@@ -155,8 +153,6 @@ def test_slerp_degenerate_tensors(dtype):
 
 def test_stacked_geometry_gives_each_tensors_own_coefficients():
     """A trial computes all tensors' coefficients at once from the stacked per-tensor geometry."""
-    if not hasattr(methods, "stack_geometries"):
-        pytest.skip("no stacked geometry in this version of methods")
     pairs = [pair((30, 20), torch.float32, seed, closeness=c) for seed, c in enumerate([None, 0.5, 1e-4])]
     geometries = [slerp_geometry(v0, v1) for v0, v1 in pairs]
     ts = [0.1, 0.5, 0.9]
@@ -167,6 +163,10 @@ def test_stacked_geometry_gives_each_tensors_own_coefficients():
         out = torch.empty_like(v0)
         weighted_pair_into(out, v0, v1, c0, c1, ChunkScratch())
         assert_bitwise(out, reference_slerp(t, v0, v1))
+    columns = methods.slerp_coefficient_columns(ts, methods.stack_geometries(geometries))
+    for column, listed in zip(columns, (c0s, c1s)):
+        assert column.dtype == torch.float32 and column.shape == (3,) and column.is_contiguous()
+        assert column.tolist() == listed
 
 
 def test_weighted_pair_into_writes_in_place_through_a_view():
@@ -185,6 +185,17 @@ def test_one_scratch_serves_many_tensors_and_dtypes():
     for seed, (shape, dtype) in enumerate([((70000,), torch.float32), ((10, 10), torch.bfloat16), ((5,), torch.float32)]):
         v0, v1 = pair(shape, dtype, seed, closeness=0.4)
         assert_bitwise(engine_slerp(0.42, v0, v1, scratch), reference_slerp(0.42, v0, v1), str(shape))
+
+
+def test_scratch_stays_one_chunk_however_large_the_tensor():
+    """The scratch buffers never grow past one chunk: a large tensor is written chunk by chunk."""
+    assert methods.apply_chunk(torch.device("cpu")) == APPLY_CHUNK
+    assert methods.apply_chunk(torch.device("cuda")) == methods.GPU_APPLY_CHUNK
+    scratch = ChunkScratch()
+    v0, v1 = pair((3 * APPLY_CHUNK + 5,), torch.bfloat16, 11, closeness=0.4)
+    assert_bitwise(engine_slerp(0.3, v0, v1, scratch), reference_slerp(0.3, v0, v1), "three chunks and a bit")
+    (first, second), = scratch._buffers.values()
+    assert first.numel() == second.numel() == APPLY_CHUNK
 
 
 # ----- linear -------------------------------------------------------------------------------
@@ -208,13 +219,36 @@ def test_linear_with_one_weight_returns_that_model():
     assert torch.equal(methods.linear(tensors, [0.0, 2.0], normalize=True), tensors[1])
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("normalize", [True, False])
+def test_linear_written_into_out_is_bitwise_the_returned_tensor(dtype, normalize):
+    """The engine writes straight into the resident model; `out` must not change a bit."""
+    generator = torch.Generator().manual_seed(21)
+    tensors = [torch.randn(40, 24, generator=generator).to(dtype) for _ in range(3)]
+    weights = [0.3, 1.2, -0.25]
+    out = torch.full((40, 24), 7.0, dtype=dtype)
+    assert methods.linear(tensors, weights, normalize=normalize, out=out) is out
+    assert_bitwise(out, methods.linear(tensors, weights, normalize=normalize))
+
+
 # ----- task arithmetic, TIES, DARE ---------------------------------------------------------
+
+
+FAST_TASK_ARITHMETIC = ("task_arithmetic", "ties", "dare_ties", "dare_linear")
+
+
+def test_fast_task_arithmetic_methods_are_read_from_mergekits_registry():
+    fast = methods.fast_task_arithmetic_methods()
+    assert sorted(fast) == sorted(FAST_TASK_ARITHMETIC)
+    assert fast["ties"].sparsification_method == "magnitude" and fast["ties"].consensus_method == "sum"
+    assert fast["dare_linear"].sparsification_method == "random" and fast["dare_linear"].consensus_method is None
+    assert fast["task_arithmetic"].sparsification_method is None
 
 
 def task_arithmetic_cases():
     rng = random.Random(1234)
     cases = []
-    for method in methods.TASK_ARITHMETIC_FAMILY:
+    for method in FAST_TASK_ARITHMETIC:
         for dtype, dtype_id in zip(DTYPES, DTYPE_IDS):
             for variant in range(3):
                 children = 2 if variant < 2 else 3
@@ -230,21 +264,8 @@ def task_arithmetic_cases():
     return cases
 
 
-def run_task_arithmetic(method, base, children, parameters, orders=None):
-    family = methods.TASK_ARITHMETIC_FAMILY[method]
-    return methods.task_arithmetic(
-        base,
-        [child - base for child in children],
-        parameters["weight"],
-        densities=parameters["density"],
-        sparsification=family["sparsification"],
-        consensus=family["consensus"],
-        normalize=parameters["normalize"],
-        rescale=parameters["rescale"],
-        lam=parameters["lambda"],
-        int8_mask=parameters["int8_mask"],
-        orders=orders,
-    )
+def run_task_arithmetic(method, base, children, parameters, orders=None, out=None):
+    return methods.merge_task_arithmetic(method, base, [child - base for child in children], parameters, orders=orders, out=out)
 
 
 @pytest.mark.parametrize("method, dtype, parameters", task_arithmetic_cases())
@@ -260,7 +281,11 @@ def test_task_arithmetic_family_equals_mergekit(method, dtype, parameters):
         torch.manual_seed(2024)
         got = run_task_arithmetic(method, base, children, parameters)
         assert_bitwise(got, expected, f"{method} {shape}")
-        if methods.TASK_ARITHMETIC_FAMILY[method]["sparsification"] == "magnitude":
+        torch.manual_seed(2024)
+        out = torch.full_like(base, 7.0)
+        assert run_task_arithmetic(method, base, children, parameters, out=out) is out
+        assert_bitwise(out, expected, f"{method} {shape} written into out")
+        if method == "ties":
             orders = [methods.magnitude_order(child - base) for child in children]
             assert_bitwise(
                 run_task_arithmetic(method, base, children, parameters, orders), expected, f"{method} {shape} cached order"
@@ -296,9 +321,9 @@ def test_magnitude_sparsification_equals_mergekit(dtype, density, rescale):
         assert_bitwise(methods.sparsify_magnitude(delta, density, rescale), expected, "no order")
         order = methods.magnitude_order(delta)
         assert_bitwise(methods.sparsify_magnitude(delta, density, rescale, order), expected, "cached order")
-    if 0 < density < 1:
-        kept = int((methods.sparsify_magnitude(delta.float() + 10, density, False) != 0).sum())
-        assert kept == max(1, int(density * delta.numel()))
+    kept_by_density = {0.0: 0, 1e-4: 1, 0.1: 400, 0.5: 2000, 0.999: 3996, 1.0: 4000}  # of 80 × 50
+    kept = int((methods.sparsify_magnitude(delta.float() + 10, density, False) != 0).sum())
+    assert kept == kept_by_density[density]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
@@ -317,10 +342,3 @@ def test_magnitude_order_is_by_decreasing_magnitude():
     order = methods.magnitude_order(delta)
     assert order.tolist() == [1, 2, 3, 0]
     assert order.dtype == torch.int32
-
-
-def test_fast_methods_are_known_to_mergekit():
-    from mergekit import merge_methods
-
-    for name in methods.FAST_METHODS:
-        assert merge_methods.get(name).spec.name == name

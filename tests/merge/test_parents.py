@@ -166,22 +166,26 @@ def test_different_architectures_are_refused(family):
     assert "LlamaForCausalLM" in message and "Qwen2ForCausalLM" in message
 
 
-def test_different_hidden_sizes_are_refused(tmp_path, llama):
-    make_checkpoint(tmp_path / "small", tiny_config("llama", hidden_size=32, intermediate_size=64))
-    with pytest.raises(ParentError) as caught:
-        check_parents([inspect_parent(llama["base"]), inspect_parent(tmp_path / "small")])
-    message = str(caught.value)
-    assert "differ in shape" in message
-    assert "64" in message and "32" in message
+VOCABULARY_HINT = " (different vocabulary sizes: resize the embeddings to one tokenizer first)"
 
 
-def test_different_vocabularies_are_refused_with_a_hint(tmp_path, llama):
-    make_checkpoint(tmp_path / "big-vocab", tiny_config("llama", vocab_size=256))
+@pytest.mark.parametrize(
+    "folder, config, other_shape, hint",
+    [
+        ("small", dict(hidden_size=32, intermediate_size=64), [128, 32], ""),
+        ("big-vocab", dict(vocab_size=256), [256, 64], VOCABULARY_HINT),
+    ],
+    ids=["hidden-size", "vocabulary"],
+)
+def test_different_shapes_are_refused_naming_the_tensor_and_both_shapes(tmp_path, llama, folder, config, other_shape, hint):
+    """The first differing tensor in file order is lm_head.weight; the vocabulary hint is given
+    only when the vocabulary (its rows) differs."""
+    make_checkpoint(tmp_path / folder, tiny_config("llama", **config))
     with pytest.raises(ParentError) as caught:
-        check_parents([inspect_parent(llama["base"]), inspect_parent(tmp_path / "big-vocab")])
-    message = str(caught.value)
-    assert "vocabulary" in message
-    assert "embed_tokens" in message or "lm_head" in message
+        check_parents([inspect_parent(llama["base"]), inspect_parent(tmp_path / folder)])
+    assert str(caught.value) == (
+        f"parents differ in shape at lm_head.weight: {llama['base']} [128, 64] vs {tmp_path / folder} {other_shape}{hint}"
+    )
 
 
 def test_different_depths_are_refused(tmp_path, llama):
