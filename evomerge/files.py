@@ -7,7 +7,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Union
 
 from evomerge.errors import EvomergeError
 
@@ -47,3 +47,10 @@ def jsonl_objects(path: Path, error: type[EvomergeError], what: str = "a record"
         if not isinstance(data, dict):
             raise error(f"{path}:{number}: {what} must be a JSON object")
         yield number, data
+
+
+def write_jsonl(path: Union[str, Path], records: Iterable[dict], *, ensure_ascii: bool = False) -> Path:
+    """One JSON object per line, UTF-8 (non-ASCII text as it is unless `ensure_ascii`)."""
+    path = Path(path)
+    path.write_text("".join(json.dumps(record, ensure_ascii=ensure_ascii) + "\n" for record in records), encoding="utf-8")
+    return path

@@ -1,9 +1,21 @@
-"""Shared by the perf scripts: model shapes, synthetic benchmark items, tiny-model builders."""
+"""Shared by the perf scripts: the offline environment, model shapes, synthetic benchmark items,
+tiny-model builders, and one timing helper. Import it before anything that loads transformers."""
 
 from __future__ import annotations
 
+import os
+
+# Offline and quiet: set before transformers, datasets or lm-eval are first imported.
+for _name, _value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
+    os.environ.setdefault(_name, _value)
+
 import random
+import statistics
+import time
 from pathlib import Path
+from typing import Callable, TypeVar
+
+import torch
 
 from evomerge.evaluate.benchmark import Item
 from evomerge.evaluate.protocol import build_prompt
@@ -36,6 +48,23 @@ def synthetic_items(count: int, seed: int = 0) -> list[Item]:
 def make_model(folder: Path, shape: str, items: list[Item], seed: int = 0, from_state=None, noise: float = 0.0):
     """A model folder of the given shape with a byte-level BPE trained on the items' prompts."""
     config = tiny_config("llama", tie_word_embeddings=False, **SHAPES[shape])
-    state = make_checkpoint(folder, config, seed=seed, from_state=from_state, noise=noise)
+    state = make_checkpoint(folder, config, seed=seed, from_state=from_state, noise=noise, tokenizer=False)
     save_bpe_tokenizer(folder, [build_prompt(item) + " A B C D" for item in items] * 3, SHAPES[shape]["vocab_size"])
     return state
+
+
+Result = TypeVar("Result")
+
+
+def median_time(fn: Callable[[], Result], repeats: int, device: torch.device) -> tuple[float, Result]:
+    """The median wall time of `repeats` calls of `fn` (the device synchronised before and after
+    each, so queued GPU work is counted where it belongs) and the last call's result."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        result = fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result

@@ -4,7 +4,8 @@ A ~20M-parameter Llama-shaped model (random init) with a byte-level BPE tokenize
 multiple-choice items in `loglik` mode (a) with evomerge's Scorer (items tokenised once, batched,
 logits only where an option is read) and (b) through lm-eval's `simple_evaluate` on the same items
 exported as an lm-eval task, with the model passed in memory (no reload). Both must give the same
-accuracy. Also reports items/second for the paper protocol (greedy decoding).
+accuracy, item for item: the script exits with status 1 when they do not. Also reports items/second
+for the paper protocol (greedy decoding).
 
     python perf/score_speed.py [--items 200] [--device cpu|cuda] [--repeats 3]
 """
@@ -13,35 +14,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TQDM_DISABLE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from _common import SHAPES, make_model, median_time, synthetic_items  # first: it sets the offline environment
 
 import torch
-from _common import SHAPES, make_model, synthetic_items
 
 from evomerge.evaluate.benchmark import make_benchmark
 from evomerge.evaluate.harness import HarnessScorer, export_lm_eval_task
 from evomerge.evaluate.scorer import Scorer
 from evomerge.merge.merger import resolve_device
 
-def median_time(fn, repeats: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
 
-
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=200)
     parser.add_argument("--device", default="cpu")
@@ -65,15 +53,15 @@ def main() -> None:
         start = time.perf_counter()
         builtin = Scorer(benchmark, tokenizer, protocol="loglik", batch_size=args.batch_size, chat=False)
         tokenise_s = time.perf_counter() - start
-        builtin_s, builtin_result = median_time(lambda: builtin.score(model), args.repeats)
+        builtin_s, builtin_result = median_time(lambda: builtin.score(model), args.repeats, device)
 
         task_dir = Path(tmp) / "tasks"
         task = export_lm_eval_task(benchmark, task_dir)
         harness = HarnessScorer(task, tokenizer, task_dir, batch_size=args.batch_size)
-        lm_eval_s, lm_eval_result = median_time(lambda: harness.score(model), args.repeats)
+        lm_eval_s, lm_eval_result = median_time(lambda: harness.score(model), args.repeats, device)
 
         paper = Scorer(benchmark, tokenizer, protocol="paper", batch_size=args.batch_size, chat=False)
-        paper_s, _ = median_time(lambda: paper.score(model), args.repeats)
+        paper_s, _ = median_time(lambda: paper.score(model), args.repeats, device)
 
     same = builtin_result.accuracy == lm_eval_result.accuracy
     same_items = builtin_result.correct == lm_eval_result.correct
@@ -97,8 +85,9 @@ def main() -> None:
             }
         )
     )
+    return 0 if same and same_items else 1
 
 
 if __name__ == "__main__":
     torch.set_grad_enabled(False)
-    main()
+    sys.exit(main())

@@ -15,20 +15,15 @@ Both give the same accuracy. The last line is one JSON object with the medians a
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import os
-import statistics
+import shutil
 import tempfile
-import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TQDM_DISABLE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from _common import SHAPES, make_model, median_time, synthetic_items  # first: it sets the offline environment
 
 import torch
-from _common import SHAPES, make_model, synthetic_items
 
 from evomerge.evaluate.benchmark import make_benchmark
 from evomerge.evaluate.harness import export_lm_eval_task, find_task
@@ -67,26 +62,19 @@ def main() -> None:
         merger = Merger([instruct, child], device=device, dtype=torch.float32)
         scorer = Scorer(benchmark, tokenizer, protocol="loglik", chat=False)
         merger.apply(recipe)  # the first trial also computes the angles once per study
-        in_memory, memory_result = [], None
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            model = merger.apply(recipe)
-            memory_result = scorer.score(model)
-            in_memory.append(time.perf_counter() - start)
+        evomerge_s, memory_result = median_time(lambda: scorer.score(merger.apply(recipe)), args.repeats, device)
 
         # (b) on disk, as mergekit-evolve's per-trial helpers do: run_merge to a temporary folder,
         # lm-eval loads it (HFLM), scores it, and the folder is deleted
-        import shutil
-
         from lm_eval import simple_evaluate
 
         task_dir = Path(tmp) / "tasks"
         task = export_lm_eval_task(benchmark, task_dir)
         task_manager = find_task(task, task_dir)  # built once per search, as mergekit-evolve does
-        on_disk, disk_accuracy = [], None
-        for repeat in range(args.repeats):
-            start = time.perf_counter()
-            out = Path(tmp) / f"merged-{repeat}"
+        repeats = itertools.count()
+
+        def on_disk_trial() -> float:
+            out = Path(tmp) / f"merged-{next(repeats)}"
             run_merge(recipe.to_mergekit(), str(out), options=MergeOptions(device=str(device), quiet=True))
             # The call mergekit.evo.helpers.evaluate_model makes (importing it needs vllm).
             result = simple_evaluate(
@@ -99,10 +87,10 @@ def main() -> None:
                 batch_size=16,
             )
             shutil.rmtree(out)
-            disk_accuracy = result["results"][task]["acc,none"]
-            on_disk.append(time.perf_counter() - start)
+            return result["results"][task]["acc,none"]
 
-    evomerge_s, disk_s = statistics.median(in_memory), statistics.median(on_disk)
+        disk_s, disk_accuracy = median_time(on_disk_trial, args.repeats, device)
+
     print(f"parents: 2 x {sum(t.numel() for t in state.values()) / 1e6:.1f}M parameters on {device}; {len(benchmark)} items (loglik)")
     print(f"evomerge in-memory trial   median {evomerge_s:.3f} s  accuracy {memory_result.accuracy:.3f}")
     print(f"mergekit-evolve on-disk loop   median {disk_s:.3f} s  accuracy {disk_accuracy:.3f}")

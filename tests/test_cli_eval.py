@@ -5,16 +5,17 @@ error line for every bad input."""
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from evomerge.cli import app
-from evomerge.toy.tiny import CHAT_TEMPLATE, make_checkpoint, tiny_config
 from cli_checks import assert_clean_error
+from evomerge.cli import app
+from evomerge.files import write_jsonl
+from evomerge.toy.tiny import CHAT_TEMPLATE, make_checkpoint, tiny_config
+from says_a import make_it_say_a
 
 runner = CliRunner()
 
@@ -34,7 +35,10 @@ def items(n: int = 30) -> list[dict]:
 
 
 def write(path: Path, records, raw=()) -> Path:
-    path.write_text("\n".join([json.dumps(r) for r in records] + list(raw)) + "\n")
+    """Records as JSON lines, then `raw` lines as they are."""
+    write_jsonl(path, records)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("".join(line + "\n" for line in raw))
     return path
 
 
@@ -108,19 +112,8 @@ def says_a_model(setup):
     lm_head reads the current token's embedding: every token → "A", and "A" → ".")."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(setup["model"]))
     tokenizer = AutoTokenizer.from_pretrained(str(setup["model"]))
-    letter_a, period = tokenizer.convert_tokens_to_ids("A"), tokenizer.convert_tokens_to_ids(".")
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        embed, head = model.model.embed_tokens.weight, model.lm_head.weight
-        embed.zero_()
-        embed[:, 0] = 1.0
-        embed[letter_a, 0], embed[letter_a, 1] = 0.0, 1.0
-        head.zero_()
-        head[letter_a, 0] = head[period, 1] = 10.0
+    model = make_it_say_a(AutoModelForCausalLM.from_pretrained(str(setup["model"])), tokenizer)
     out = setup["root"] / "says-a"
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
@@ -321,8 +314,6 @@ def test_benchmark_export_bad_file(setup, tmp_path):
 
 
 def test_benchmark_list_shows_bio_materials():
-    if not Path(str(resources.files("evomerge") / "data" / "benchmarks" / "bio_materials.jsonl")).is_file():
-        pytest.skip("bio_materials.jsonl is not shipped yet")
     from evomerge.evaluate.benchmark import load_benchmark
 
     result = run("benchmark", "list")
@@ -335,8 +326,6 @@ def test_benchmark_list_shows_bio_materials():
 
 
 def test_eval_shipped_benchmark_by_name(setup):
-    if not Path(str(resources.files("evomerge") / "data" / "benchmarks" / "bio_materials.jsonl")).is_file():
-        pytest.skip("bio_materials.jsonl is not shipped yet")
     from evomerge.evaluate.benchmark import load_benchmark
 
     data = summary(run("eval", "--model", setup["model"], "--benchmark", "bio_materials", "--protocol", "loglik", "--fraction", "0.1", "--device", "cpu", "--json"))
@@ -345,8 +334,6 @@ def test_eval_shipped_benchmark_by_name(setup):
 
 
 def test_shipped_benchmark_exported_scores_the_same_through_lm_eval(setup, tmp_path):
-    if not Path(str(resources.files("evomerge") / "data" / "benchmarks" / "bio_materials.jsonl")).is_file():
-        pytest.skip("bio_materials.jsonl is not shipped yet")
     exported = run("benchmark", "export", "bio_materials", tmp_path / "tasks")
     assert exported.exit_code == 0, exported.output
     common = ("--model", setup["model"], "--fraction", "0.2", "--device", "cpu", "--json")

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from cli_checks import assert_clean_error
 from evomerge.cli import app
+from evomerge.files import write_jsonl
 from evomerge.merge.parents import inspect_parent, load_parent
 from evomerge.toy.tiny import CHAT_TEMPLATE, make_checkpoint, tiny_config
 
@@ -22,11 +23,6 @@ FACTS = ["Spider silk is tougher than steel.", "Nacre is made of aragonite table
 
 def run(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def write_jsonl(path: Path, records) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")

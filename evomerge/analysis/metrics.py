@@ -183,7 +183,7 @@ def _cosine(sums: np.ndarray) -> float:
 
 # ----- the map's table -----------------------------------------------------------------------
 
-MERGE_KINDS = ("parent", "sweep", "paper", "search")
+MERGE_KINDS = ("parent", "sweep", "paper", "search")  # what a row of the map is
 
 
 @dataclass
@@ -222,6 +222,8 @@ class MapRow:
     def from_metrics(
         cls, metrics: MergeMetrics, *, label: str, params: float, merge: str, name: str, t: Optional[float], items: str, kinship: float
     ) -> "MapRow":
+        if merge not in MERGE_KINDS:
+            raise ValueError(f"unknown kind of map row {merge!r}; expected one of {', '.join(MERGE_KINDS)}")
         gain = metrics.gain
         return cls(
             label=label,
@@ -247,3 +249,13 @@ class MapRow:
             significant="above" if gain.above_zero else "below" if gain.below_zero else "",
             kinship=kinship,
         )
+
+
+def is_inner_sweep(row: MapRow) -> bool:
+    """A sweep point strictly between the parents (the sweep's ends, t = 0 and 1, are the parents)."""
+    return row.merge == "sweep" and 0 < row.t < 1
+
+
+def is_merge(row: MapRow) -> bool:
+    """A merged model: the paper's schedule, a searched recipe, or a sweep point between the parents."""
+    return row.merge in ("paper", "search") or is_inner_sweep(row)

@@ -12,7 +12,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from evomerge.analysis.metrics import Kinship, MapRow
+from evomerge.analysis.metrics import Kinship, MapRow, is_merge
 
 DPI = 110
 KIND_MARKERS = {"sweep": "o", "paper": "s", "search": "*"}
@@ -36,7 +36,7 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
-def _labels(rows: Sequence[MapRow]) -> list[str]:
+def labels_of(rows: Sequence[MapRow]) -> list[str]:
     """Scales in the order the pairs were given."""
     return list(dict.fromkeys(row.label for row in rows))
 
@@ -65,7 +65,7 @@ def accuracy_vs_t(rows: Sequence[MapRow], path: Path) -> Path:
     """One panel per scale: the sweep's accuracy against t with its 95% band, each parent as a
     line with its band, and the paper's schedule and the searched recipe as reference lines."""
     plt = _pyplot()
-    labels = _labels(rows)
+    labels = labels_of(rows)
     figure, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 3.8), sharey=True, squeeze=False)
     for axis, label in zip(axes[0], labels):
         mine = [row for row in rows if row.label == label]
@@ -94,7 +94,7 @@ def gain_heatmap(rows: Sequence[MapRow], path: Path) -> Path:
     plt = _pyplot()
     from matplotlib.colors import TwoSlopeNorm
 
-    labels = _labels(rows)
+    labels = labels_of(rows)
     ts = sorted({row.t for row in rows if row.merge == "sweep"})
     grid = np.full((len(labels), len(ts)), np.nan)
     marks = [["" for _ in ts] for _ in labels]
@@ -123,26 +123,9 @@ def merged_vs_expected(rows: Sequence[MapRow], path: Path) -> Path:
     """Merged accuracy against the parents' mean E, with the diagonal (the paper's Fig. 7): above
     the line is synergy."""
     plt = _pyplot()
-    labels = _labels(rows)
-    colors = _colors(labels)
     figure, axis = plt.subplots(figsize=(5.5, 5))
-    merges = _merges(rows)
-    for label in labels:
-        for kind, marker in KIND_MARKERS.items():
-            chosen = [row for row in merges if row.label == label and row.merge == kind]
-            if not chosen:
-                continue
-            axis.errorbar(
-                [row.expected for row in chosen],
-                [row.accuracy for row in chosen],
-                yerr=_error_bars(chosen, "accuracy"),
-                fmt=marker,
-                color=colors[label],
-                alpha=0.75,
-                markersize=9 if kind == "search" else 5,
-                elinewidth=0.7,
-                label=f"{label}: {KIND_NAMES[kind]}",
-            )
+    merges = [row for row in rows if is_merge(row)]
+    _merge_points(axis, rows, merges, x=lambda row: row.expected, field="accuracy")
     values = [v for row in merges for v in (row.expected, row.accuracy_low, row.accuracy_high)]
     low, high = (min(values), max(values)) if values else (0.0, 1.0)
     pad = 0.03 * max(high - low, 0.1)
@@ -157,21 +140,32 @@ def merged_vs_expected(rows: Sequence[MapRow], path: Path) -> Path:
 def gain_vs_diversity(rows: Sequence[MapRow], path: Path) -> Path:
     """Gain over the best parent against the parents' diversity |P1 − P2| (the paper's Fig. 10)."""
     plt = _pyplot()
-    labels = _labels(rows)
-    colors = _colors(labels)
     figure, axis = plt.subplots(figsize=(5.5, 4.5))
-    merges = _merges(rows)
+    merges = [row for row in rows if is_merge(row)]
     # Every merge of a pair shares its diversity: nudge the kinds apart so their bars do not overlap.
     spread = max((row.diversity for row in merges), default=0.0) - min((row.diversity for row in merges), default=0.0)
-    nudge = 0.01 * max(spread, 0.1)
+    _merge_points(axis, rows, merges, x=lambda row: row.diversity, field="gain", nudge=0.01 * max(spread, 0.1))
+    axis.axhline(0, color="grey", linestyle="--")
+    axis.set_xlabel("parent diversity |P1 − P2|")
+    axis.set_ylabel("gain over the best parent (95% interval)")
+    axis.set_title("gain against parent diversity", fontsize=10)
+    axis.legend(fontsize=7)
+    return _save(figure, path)
+
+
+def _merge_points(axis, rows: Sequence[MapRow], merges: Sequence[MapRow], *, x, field: str, nudge: float = 0.0) -> None:
+    """The merges as points at (x(row), row.<field>) with the field's 95% interval as error bars:
+    a colour per scale, a marker per kind, the kinds `nudge` apart along x."""
+    labels = labels_of(rows)
+    colors = _colors(labels)
     for label in labels:
         for offset, (kind, marker) in enumerate(KIND_MARKERS.items()):
             chosen = [row for row in merges if row.label == label and row.merge == kind]
             if chosen:
                 axis.errorbar(
-                    [row.diversity + offset * nudge for row in chosen],
-                    [row.gain for row in chosen],
-                    yerr=_error_bars(chosen, "gain"),
+                    [x(row) + offset * nudge for row in chosen],
+                    [getattr(row, field) for row in chosen],
+                    yerr=_error_bars(chosen, field),
                     fmt=marker,
                     color=colors[label],
                     alpha=0.75,
@@ -179,12 +173,6 @@ def gain_vs_diversity(rows: Sequence[MapRow], path: Path) -> Path:
                     elinewidth=0.7,
                     label=f"{label}: {KIND_NAMES[kind]}",
                 )
-    axis.axhline(0, color="grey", linestyle="--")
-    axis.set_xlabel("parent diversity |P1 − P2|")
-    axis.set_ylabel("gain over the best parent (95% interval)")
-    axis.set_title("gain against parent diversity", fontsize=10)
-    axis.legend(fontsize=7)
-    return _save(figure, path)
 
 
 def kinship_profile(kinships: Mapping[str, Optional[Kinship]], path: Path) -> Path:
@@ -211,11 +199,6 @@ def kinship_profile(kinships: Mapping[str, Optional[Kinship]], path: Path) -> Pa
     return _save(figure, path)
 
 
-def _merges(rows: Sequence[MapRow]) -> list[MapRow]:
-    """Rows that are merges: not the parents, nor the sweep's ends (t = 0 and 1 are the parents)."""
-    return [row for row in rows if row.merge != "parent" and not (row.merge == "sweep" and row.t in (0.0, 1.0))]
-
-
 def _error_bars(rows: Sequence[MapRow], field: str) -> np.ndarray:
     estimate = np.array([getattr(row, field) for row in rows])
     low = np.array([getattr(row, f"{field}_low") for row in rows])
@@ -223,22 +206,18 @@ def _error_bars(rows: Sequence[MapRow], field: str) -> np.ndarray:
     return np.vstack([np.clip(estimate - low, 0, None), np.clip(high - estimate, 0, None)])
 
 
-FIGURES = {
-    "accuracy-vs-t.png": "accuracy against t per scale",
-    "gain-heatmap.png": "gain over the best parent, scale × t",
-    "merged-vs-expected.png": "merged against expected",
-    "gain-vs-diversity.png": "gain against diversity",
-    "kinship.png": "kinship over layers",
-}
+# Every figure of the map: file name, caption, and how it is drawn from (rows, kinships, path).
+_FIGURES = (
+    ("accuracy-vs-t.png", "accuracy against t per scale", lambda rows, kinships, path: accuracy_vs_t(rows, path)),
+    ("gain-heatmap.png", "gain over the best parent, scale × t", lambda rows, kinships, path: gain_heatmap(rows, path)),
+    ("merged-vs-expected.png", "merged against expected", lambda rows, kinships, path: merged_vs_expected(rows, path)),
+    ("gain-vs-diversity.png", "gain against diversity", lambda rows, kinships, path: gain_vs_diversity(rows, path)),
+    ("kinship.png", "kinship over layers", lambda rows, kinships, path: kinship_profile(kinships, path)),
+)
+FIGURES = {name: caption for name, caption, _ in _FIGURES}
 
 
 def draw_all(rows: Sequence[MapRow], kinships: Mapping[str, Optional[Kinship]], folder: Path) -> list[Path]:
     """Every figure of the map into `folder`, named as in FIGURES."""
     folder.mkdir(parents=True, exist_ok=True)
-    return [
-        accuracy_vs_t(rows, folder / "accuracy-vs-t.png"),
-        gain_heatmap(rows, folder / "gain-heatmap.png"),
-        merged_vs_expected(rows, folder / "merged-vs-expected.png"),
-        gain_vs_diversity(rows, folder / "gain-vs-diversity.png"),
-        kinship_profile(kinships, folder / "kinship.png"),
-    ]
+    return [draw(rows, kinships, folder / name) for name, _, draw in _FIGURES]

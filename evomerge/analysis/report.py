@@ -12,8 +12,8 @@ from dataclasses import astuple
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
-from evomerge.analysis.metrics import Kinship, MapRow
-from evomerge.analysis.plots import FIGURES, format_params
+from evomerge.analysis.metrics import Kinship, MapRow, is_inner_sweep
+from evomerge.analysis.plots import FIGURES, format_params, labels_of
 
 
 def _cell(value) -> object:
@@ -67,6 +67,13 @@ def format_interval(estimate: float, low: float, high: float, signed: bool = Tru
     return f"{estimate:{spec}} [{low:{spec}}, {high:{spec}}]"
 
 
+def gain_text(row: Optional[MapRow]) -> str:
+    """The gain with its interval, starred when the interval lies above zero; "–" for no row."""
+    if row is None:
+        return "–"
+    return format_interval(row.gain, row.gain_low, row.gain_high) + (" *" if row.significant == "above" else "")
+
+
 def _status(row: MapRow) -> str:
     if row.significant == "above":
         return "interval above zero"
@@ -89,7 +96,7 @@ def t_ranges(chosen: Sequence[float], grid: Sequence[float]) -> str:
 
 def inner_sweep(rows: Sequence[MapRow], label: str) -> list[MapRow]:
     """The sweep's merges, by t: the points strictly between the parents (t = 0 and 1 are the parents)."""
-    return sorted((row for row in rows if row.label == label and row.merge == "sweep" and 0 < row.t < 1), key=lambda row: row.t)
+    return sorted((row for row in rows if row.label == label and is_inner_sweep(row)), key=lambda row: row.t)
 
 
 def best_sweep_row(rows: Sequence[MapRow], label: str) -> Optional[MapRow]:
@@ -145,19 +152,12 @@ def summary_rows(rows: Sequence[MapRow]) -> list[dict[str, str]]:
     """Per scale: the parents, the best sweep point, the paper's schedule and the searched recipe
     (the table the CLI prints and the report shows)."""
     table = []
-    for label in dict.fromkeys(row.label for row in rows):
+    for label in labels_of(rows):
         mine = [row for row in rows if row.label == label]
         parents = [row for row in mine if row.merge == "parent"]
         best = best_sweep_row(rows, label)
         paper = next((row for row in mine if row.merge == "paper"), None)
         search = next((row for row in mine if row.merge == "search"), None)
-
-        def gain(row: Optional[MapRow]) -> str:
-            if row is None:
-                return "–"
-            mark = " *" if row.significant == "above" else ""
-            return format_interval(row.gain, row.gain_low, row.gain_high) + mark
-
         table.append(
             {
                 "scale": label,
@@ -165,9 +165,9 @@ def summary_rows(rows: Sequence[MapRow]) -> list[dict[str, str]]:
                 "P1": f"{parents[0].accuracy:.3f}" if parents else "–",
                 "P2": f"{parents[1].accuracy:.3f}" if len(parents) > 1 else "–",
                 "best t": f"{best.t:g}" if best else "–",
-                "gain at best t": gain(best),
-                "paper schedule gain": gain(paper),
-                "searched gain (held-out)": gain(search),
+                "gain at best t": gain_text(best),
+                "paper schedule gain": gain_text(paper),
+                "searched gain (held-out)": gain_text(search),
                 "kinship": "–" if math.isnan(mine[0].kinship) else f"{mine[0].kinship:.3f}",
             }
         )
@@ -178,7 +178,7 @@ def highlights(rows: Sequence[MapRow]) -> list[dict[str, str]]:
     """Per scale, one line each for the best sweep point, the paper's schedule and the searched
     recipe: narrow enough for a terminal (the report has the wide table)."""
     lines = []
-    for label in dict.fromkeys(row.label for row in rows):
+    for label in labels_of(rows):
         mine = [row for row in rows if row.label == label]
         parents = [row for row in mine if row.merge == "parent"]
         best = best_sweep_row(rows, label)
@@ -191,7 +191,7 @@ def highlights(rows: Sequence[MapRow]) -> list[dict[str, str]]:
                     "P1 / P2": "/".join(f"{p.accuracy:.3f}" for p in parents) if index == 0 else "",
                     "merge": what,
                     "accuracy": f"{row.accuracy:.3f}",
-                    "gain [95% CI]": format_interval(row.gain, row.gain_low, row.gain_high) + (" *" if row.significant == "above" else ""),
+                    "gain [95% CI]": gain_text(row),
                 }
             )
     return lines
@@ -222,7 +222,7 @@ def write_report(
     out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{_STYLE}</style></head><body>"]
     out.append(f"<h1>{esc(title)}</h1>")
     out.append("<h2>Where merging beats both parents</h2>")
-    for label in dict.fromkeys(row.label for row in rows):
+    for label in labels_of(rows):
         out.append(f"<p class='scale'>{esc(verdict(rows, label))}</p>")
     table = summary_rows(rows)
     if table:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -56,16 +56,13 @@ class Benchmark:
     items: list[Item]  # in the benchmark's fixed order
     source: str = ""
     seed: int = ORDER_SEED
-    _ids: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def count(self, fraction: float) -> int:
         """How many items "fraction f" means: ⌈f·n⌉, at least one."""
-        if not 0 < fraction <= 1:
-            raise BenchmarkError(f"fraction must be in (0, 1], got {fraction}")
-        return max(1, math.ceil(fraction * len(self.items)))
+        return fraction_count(fraction, len(self.items))
 
     def first(self, fraction: float) -> list[Item]:
         return self.items[: self.count(fraction)]
@@ -79,14 +76,22 @@ class Benchmark:
         is the same on every run and does not depend on the order; `split: holdout` forces it."""
         if not 0 <= fraction < 1:
             raise BenchmarkError(f"--holdout must be in [0, 1), got {fraction}")
-        held = [item for item in self.items if item.split in HOLDOUT_SPLITS or _unit_hash("holdout", item.id) < fraction]
-        kept = [item for item in self.items if item not in held]
+        held, kept = [], []
+        for item in self.items:
+            (held if item.split in HOLDOUT_SPLITS or _unit_hash("holdout", item.id) < fraction else kept).append(item)
         if not kept:
             raise BenchmarkError(f"{self.name}: the held-out split leaves no items to search on")
         return (
             Benchmark(self.name, kept, self.source, self.seed),
             Benchmark(f"{self.name}-holdout", held, self.source, self.seed),
         )
+
+
+def fraction_count(fraction: float, n: int) -> int:
+    """How many of n items "fraction f" means: the first ⌈f·n⌉, at least one."""
+    if not 0 < fraction <= 1:
+        raise BenchmarkError(f"fraction must be in (0, 1], got {fraction}")
+    return max(1, math.ceil(fraction * n))
 
 
 def _unit_hash(salt: str, item_id: str) -> float:

@@ -10,8 +10,6 @@ accuracy equals the builtin `loglik` protocol's (same prompt, same options, same
 from __future__ import annotations
 
 import functools
-import json
-import math
 import re
 from pathlib import Path
 from typing import Optional, Union
@@ -20,8 +18,9 @@ import yaml
 
 from evomerge.errors import EvomergeError
 from evomerge.evaluate import protocol
-from evomerge.evaluate.benchmark import Benchmark, Item
+from evomerge.evaluate.benchmark import Benchmark, Item, fraction_count
 from evomerge.evaluate.scorer import ScoreResult, make_result
+from evomerge.files import write_jsonl
 
 PREFIX = "lm-eval:"
 
@@ -46,9 +45,7 @@ def export_lm_eval_task(benchmark: Benchmark, out_dir: Union[str, Path], chat_to
     out.mkdir(parents=True, exist_ok=True)
     name = task_name_for(benchmark)
     data_path = (out / f"{name}.jsonl").resolve()
-    with open(data_path, "w", encoding="utf-8") as handle:
-        for item in benchmark.items:
-            handle.write(json.dumps(_task_document(item, chat_tokenizer)) + "\n")
+    write_jsonl(data_path, [_task_document(item, chat_tokenizer) for item in benchmark.items], ensure_ascii=True)
     config = {
         "task": name,
         "dataset_path": "json",
@@ -85,7 +82,7 @@ def _task_manager(tasks_dir: Optional[str], include_defaults: bool):
 def find_task(task: str, tasks_dir: Optional[Union[str, Path]] = None):
     """The TaskManager that knows `task` (lm-eval's built-in index only if `tasks_dir` lacks it);
     a clear EvomergeError for an unknown task or folder. Cached: indexing takes seconds."""
-    task = task[len(PREFIX) :] if is_lm_eval_spec(task) else task
+    task = task.removeprefix(PREFIX)
     if tasks_dir is not None:
         if not Path(tasks_dir).is_dir():
             raise EvomergeError(f"--tasks-dir {tasks_dir} is not a folder")
@@ -102,7 +99,7 @@ class HarnessScorer:
     """Scores a model through lm-eval's `simple_evaluate` on one task."""
 
     def __init__(self, task: str, tokenizer, tasks_dir: Optional[Union[str, Path]] = None, batch_size: int = 16):
-        self.task = task[len(PREFIX) :] if is_lm_eval_spec(task) else task
+        self.task = task.removeprefix(PREFIX)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.task_manager = find_task(self.task, tasks_dir)
@@ -134,10 +131,8 @@ class HarnessScorer:
 
         from lm_eval import simple_evaluate
 
-        if not 0 < fraction <= 1:
-            raise EvomergeError(f"fraction must be in (0, 1], got {fraction}")
         first = previous.n if previous is not None else 0
-        count = max(1, math.ceil(fraction * self._document_count()))
+        count = fraction_count(fraction, self._document_count())
         if first >= count:
             return previous
         start = time.perf_counter()

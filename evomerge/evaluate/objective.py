@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -53,7 +55,14 @@ def make_objective(
         folder = tempfile.mkdtemp(prefix="evomerge-lm-eval-")
         # The same prompts as the builtin scorer: with the chat template when it would use one.
         use_chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
-        task = export_lm_eval_task(search, folder, tokenizer if use_chat else None)
-        return Objective(HarnessScorer(task, tokenizer, folder, batch_size), search, held, "lm-eval", "loglik")
+        try:
+            task = export_lm_eval_task(search, folder, tokenizer if use_chat else None)
+            scorer = HarnessScorer(task, tokenizer, folder, batch_size)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        # The exported task lives as long as the scorer that reads it (removed at exit at the latest).
+        weakref.finalize(scorer, shutil.rmtree, folder, ignore_errors=True)
+        return Objective(scorer, search, held, "lm-eval", "loglik")
     scorer = Scorer(search, tokenizer, protocol=protocol, batch_size=batch_size, chat=chat)
     return Objective(scorer, search, held, "builtin", protocol)

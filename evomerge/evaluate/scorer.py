@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
 from evomerge.errors import EvomergeError
-from evomerge.evaluate import protocol
+from evomerge.evaluate import protocol as prompts
 from evomerge.evaluate.benchmark import Benchmark, Item
 
 DECODE_SLACK = 3  # tokens beyond the longest option: a leading space, "Answer:", a delimiter
@@ -41,17 +41,12 @@ class ScoreResult:
 
     def extended(self, more: "ScoreResult") -> "ScoreResult":
         """This result followed by `more` (the next items of the same order)."""
-        correct = self.correct + more.correct
-        categories = self.categories + more.categories
-        return ScoreResult(
-            accuracy=sum(correct) / len(correct),
-            n=len(correct),
-            per_category=per_category_accuracy(categories, correct),
-            correct=correct,
-            item_ids=self.item_ids + more.item_ids,
-            predictions=self.predictions + more.predictions,
-            seconds=self.seconds + more.seconds,
-            categories=categories,
+        return make_result(
+            self.item_ids + more.item_ids,
+            self.categories + more.categories,
+            self.correct + more.correct,
+            self.predictions + more.predictions,
+            self.seconds + more.seconds,
         )
 
 
@@ -86,8 +81,8 @@ class Scorer:
         chat: Optional[bool] = None,
         max_new_tokens: Optional[int] = None,
     ):
-        if protocol not in ("paper", "loglik"):
-            raise EvomergeError(f"unknown protocol {protocol!r}; expected paper or loglik")
+        if protocol not in prompts.PROTOCOLS:
+            raise EvomergeError(f"unknown protocol {protocol!r}; expected {' or '.join(prompts.PROTOCOLS)}")
         if protocol == "loglik" and any(item.type == "exact" for item in benchmark.items):
             raise EvomergeError(f"{benchmark.name}: loglik scoring needs mc/tf items; exact items need --protocol paper")
         self.benchmark = benchmark
@@ -129,7 +124,7 @@ class Scorer:
             predictions = self._generate(model, indices, device)
         else:
             predictions = self._loglik(model, indices, device)
-        correct = [protocol.is_correct(item, pred) for item, pred in zip(items, predictions)]
+        correct = [prompts.is_correct(item, pred) for item, pred in zip(items, predictions)]
         result = make_result(
             [item.id for item in items], [item.category for item in items], correct, predictions, time.perf_counter() - start
         )
@@ -138,10 +133,10 @@ class Scorer:
     # ----- tokenisation (once) ------------------------------------------------------------
 
     def _encode(self, item: Item) -> _Encoded:
-        prompt_text = protocol.build_prompt(item, self.tokenizer, self.chat)
+        prompt_text = prompts.build_prompt(item, self.tokenizer, self.chat)
         if self.protocol == "paper":
             return _Encoded(self._tokens(prompt_text))
-        context, options = lm_eval_split(self.tokenizer, prompt_text, protocol.continuations(item))
+        context, options = lm_eval_split(self.tokenizer, prompt_text, prompts.continuations(item))
         return _Encoded(context, options)
 
     def _tokens(self, text: str) -> list[int]:
@@ -165,7 +160,7 @@ class Scorer:
             replies = self._decode_batch(model, batch, device)
             self._report(done, len(batches))
             for index, reply in zip(batch, replies):
-                predictions[index] = protocol.parse_reply(reply, self.benchmark.items[index])
+                predictions[index] = prompts.parse_reply(reply, self.benchmark.items[index])
         return [predictions[i] for i in indices]
 
     def _decode_batch(self, model, batch: list[int], device) -> list[str]:
@@ -187,7 +182,7 @@ class Scorer:
                     continue
                 generated[row].append(token)
                 reply = self.tokenizer.decode(generated[row], skip_special_tokens=True)
-                finished[row] = protocol.reply_is_complete(reply, items[row])
+                finished[row] = prompts.reply_is_complete(reply, items[row])
             if all(finished) or step == self.max_new_tokens - 1:
                 break  # nothing will read another forward pass
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(batch), 1))], dim=1)
@@ -205,49 +200,9 @@ class Scorer:
     # ----- loglik protocol ----------------------------------------------------------------
 
     def _loglik(self, model, indices: list[int], device) -> list[Optional[str]]:
-        # Requests: (item index, option index or None for "all single-token options", tokens, targets)
-        requests = []
-        for index in indices:
-            encoded = self._encoded[index]
-            if _differ_only_in_last_token(encoded.options):
-                # One forward over context + the options' shared prefix scores every option: they
-                # differ only in the next token (" A" vs " B": a shared space, then the letter).
-                prefix = encoded.options[0][:-1]
-                requests.append((index, None, encoded.prompt + prefix, [option[-1] for option in encoded.options]))
-            else:
-                for option_index, option in enumerate(encoded.options):
-                    requests.append((index, option_index, (encoded.prompt + option)[:-1], option))
-        scores: dict[int, list[float]] = {i: [0.0] * len(self._encoded[i].options) for i in indices}
-        batches = self._batches(list(range(len(requests))), lambda r: len(requests[r][2]))
-        for done, batch in enumerate(batches, start=1):
-            chosen = [requests[r] for r in batch]
-            # Right padding and no mask: a causal model never attends to the pads after a row's
-            # tokens, and attention keeps its fast causal kernel. Logits are computed only for the
-            # last `keep` positions, which hold every row's scored positions (lengths are sorted).
-            lengths = [len(tokens) for _, _, tokens, _ in chosen]
-            spans = [len(targets) if option is not None else 1 for _, option, _, targets in chosen]
-            width = max(lengths)
-            keep = width - min(length - span for length, span in zip(lengths, spans))
-            input_ids = torch.full((len(chosen), width), self.pad_id, dtype=torch.long)
-            for row, (_, _, tokens, _) in enumerate(chosen):
-                input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            logits = model(input_ids=input_ids.to(device), logits_to_keep=keep).logits
-            offset = width - keep  # logits[:, j] belongs to position offset + j
-            for row, (index, option, _, targets) in enumerate(chosen):
-                end = lengths[row] - offset
-                if option is None:  # options differ in one token: read them all at the last position
-                    last = torch.log_softmax(logits[row, end - 1].float(), dim=-1)
-                    scores[index] = [last[token].item() for token in targets]
-                else:
-                    logprobs = torch.log_softmax(logits[row, end - len(targets) : end].float(), dim=-1)
-                    scores[index][option] = sum(logprobs[i, t].item() for i, t in enumerate(targets))
-            self._report(done, len(batches))
-        predictions = []
-        for index in indices:
-            item_scores = scores[index]
-            best = max(range(len(item_scores)), key=lambda k: item_scores[k])  # first max, as argmax
-            predictions.append(self.benchmark.items[index].options[best])
-        return predictions
+        questions = [(self._encoded[i].prompt, self._encoded[i].options) for i in indices]
+        scores = option_logliks(model, questions, pad_id=self.pad_id, batch_size=self.batch_size, device=device, progress=self._report)
+        return [self.benchmark.items[index].options[first_max(item_scores)] for index, item_scores in zip(indices, scores)]
 
     # ----- batching -----------------------------------------------------------------------
 
@@ -256,9 +211,7 @@ class Scorer:
             self._progress(done, total)
 
     def _batches(self, indices: list[int], length) -> list[list[int]]:
-        """Similar lengths together (less padding), in a deterministic order."""
-        ordered = sorted(indices, key=lambda i: (length(i), i))
-        return [ordered[i : i + self.batch_size] for i in range(0, len(ordered), self.batch_size)]
+        return batches(indices, length, self.batch_size)
 
     def _left_pad(self, sequences: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in sequences)
@@ -268,6 +221,82 @@ class Scorer:
             input_ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
             attention_mask[row, width - len(tokens) :] = 1
         return input_ids.to(device), attention_mask.to(device)
+
+
+def batches(indices: list[int], length: Callable[[int], int], batch_size: int) -> list[list[int]]:
+    """Similar lengths together (less padding), in a deterministic order."""
+    ordered = sorted(indices, key=lambda i: (length(i), i))
+    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+def first_max(scores: Sequence[float]) -> int:
+    """The index of the highest score, the first on a tie (as argmax)."""
+    return max(range(len(scores)), key=lambda k: scores[k])
+
+
+def option_logliks(
+    model,
+    questions: Sequence[tuple[list[int], list[list[int]]]],
+    *,
+    pad_id: int,
+    batch_size: int,
+    device,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> list[list[float]]:
+    """For each (context tokens, option tokens) question, every option's log-likelihood after the
+    context (of its own tokens only), in batched forward passes; `progress(done, total)` after each.
+
+    When a question's options differ only in their last token (" A" vs " B": a shared space, then
+    the letter), one row over context + the shared prefix scores them all at its last position; the
+    shared prefix adds the same log-likelihood to every option, so it is left out (which option wins
+    does not change). Otherwise each option is a row of its own."""
+    # Requests: (question, option index or None for "every option at the last position", tokens, targets)
+    requests = []
+    for question, (context, options) in enumerate(questions):
+        if _differ_only_in_last_token(options):
+            requests.append((question, None, context + options[0][:-1], [option[-1] for option in options]))
+        else:
+            for option_index, option in enumerate(options):
+                requests.append((question, option_index, (context + option)[:-1], option))
+    scores = [[0.0] * len(options) for _, options in questions]
+    groups = batches(list(range(len(requests))), lambda r: len(requests[r][2]), batch_size)
+    for done, group in enumerate(groups, start=1):
+        chosen = [requests[r] for r in group]
+        # Right padding and no mask: a causal model never attends to the pads after a row's
+        # tokens, and attention keeps its fast causal kernel. Logits are computed only for the
+        # last `keep` positions, which hold every row's scored positions (lengths are sorted).
+        lengths = [len(tokens) for _, _, tokens, _ in chosen]
+        spans = [len(targets) if option is not None else 1 for _, option, _, targets in chosen]
+        width = max(lengths)
+        keep = width - min(length - span for length, span in zip(lengths, spans))
+        input_ids = torch.full((len(chosen), width), pad_id, dtype=torch.long)
+        for row, (_, _, tokens, _) in enumerate(chosen):
+            input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        logits = model(input_ids=input_ids.to(device), logits_to_keep=keep).logits
+        offset = width - keep  # logits[:, j] belongs to position offset + j
+        # Every scored (row, position) and every (place, target) read there, gathered at once: one
+        # device-to-host copy per batch instead of one per token.
+        rows, positions, places, targets_read = [], [], [], []
+        for row, (_, option, _, targets) in enumerate(chosen):
+            end = lengths[row] - offset
+            read_at = [end - 1] * len(targets) if option is None else range(end - len(targets), end)
+            for position, target in zip(read_at, targets):
+                if not rows or (rows[-1], positions[-1]) != (row, position):
+                    rows.append(row)
+                    positions.append(position)
+                places.append(len(rows) - 1)
+                targets_read.append(target)
+        logprobs = torch.log_softmax(logits[rows, positions].float(), dim=-1)
+        values = iter(logprobs[places, targets_read].tolist())
+        for question, option, _, targets in chosen:
+            read = [next(values) for _ in targets]
+            if option is None:
+                scores[question] = read
+            else:
+                scores[question][option] = sum(read)
+        if progress is not None:
+            progress(done, len(groups))
+    return scores
 
 
 def _differ_only_in_last_token(options: list[list[int]]) -> bool:

@@ -18,12 +18,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
+import torch
+
 from evomerge.errors import EvomergeError
 from evomerge.evaluate.benchmark import load_benchmark, parse_item
+from evomerge.evaluate.models import load_for_eval
 from evomerge.evaluate.protocol import ANSWER_CUE, build_prompt, question_text
-from evomerge.files import LINEAGE_FILE, staged_folder
+from evomerge.evaluate.scorer import Scorer, first_max, lm_eval_split, option_logliks
+from evomerge.files import staged_folder, write_jsonl
+from evomerge.merge.parents import inspect_parent
 from evomerge.toy.tiny import save_bpe_tokenizer, tiny_config
-from evomerge.toy.world import WorldSize, iter_texts, make_world, world_record, world_texts, write_jsonl
+from evomerge.toy.world import FACT_SENTENCES, PROPERTIES, WorldSize, iter_texts, make_world, world_record, world_texts
+from evomerge.train.data import file_hash
+from evomerge.train.trainers import TrainSettings, train
 
 DEFAULT_ROOT = Path("results") / "toy"
 VOCAB_SIZE = 2048
@@ -128,25 +135,22 @@ def build_world(root: Union[str, Path] = DEFAULT_ROOT, seed: int = WORLD_SEED, s
         write_jsonl(staging / "general_benchmark.jsonl", texts.general_benchmark)
         generic = [parse_item(item, "toy") for item in texts.sft_generic]
         domain = [parse_item(item, "toy") for item in texts.sft_domain]
-        # The tokenizer learns the prompts too, so the instruction is a few tokens, not dozens.
-        prompts = [question_text(parse_item(item, "toy")) + "\n" + ANSWER_CUE for item in texts.all_items()]
-        save_bpe_tokenizer(staging / "tokenizer", [*iter_texts(texts), *prompts], VOCAB_SIZE, TOY_CHAT_TEMPLATE, ROLE_TOKENS)
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(staging / "tokenizer"))
+        benchmarks = [parse_item(item, "toy") for item in texts.domain_benchmark + texts.general_benchmark]
+        # The tokenizer learns the scorer's plain prompts too, so the instruction is a few tokens, not
+        # dozens. These texts, in this order, make the tokenizer's bytes (and every parent's): the
+        # questions iter_texts yields are in the prompts again, and stay so.
+        prompts = [build_prompt(item) for item in generic + domain + benchmarks]
+        tokenizer = save_bpe_tokenizer(staging / "tokenizer", [*iter_texts(texts), *prompts], VOCAB_SIZE, TOY_CHAT_TEMPLATE, ROLE_TOKENS)
         write_jsonl(staging / "sft_generic.jsonl", [_sft_record(item) for item in generic])
         write_jsonl(staging / "sft.jsonl", [_sft_record(item) for item in generic + domain])
         write_jsonl(staging / "preferences.jsonl", [_preference(item, tokenizer) for item in generic + domain])
     return folder
 
 
-def _answer_word(item) -> str:
-    return item.answer  # a letter for mc, True/False for tf
-
-
 def _sft_record(item) -> dict:
-    """A question in the benchmark's own format, answered the way the scorer reads answers."""
-    return {"messages": [{"role": "user", "content": question_text(item)}, {"role": "assistant", "content": f"{ANSWER_CUE} {_answer_word(item)}"}]}
+    """A question in the benchmark's own format, answered the way the scorer reads answers (a
+    letter for mc, True/False for tf)."""
+    return {"messages": [{"role": "user", "content": question_text(item)}, {"role": "assistant", "content": f"{ANSWER_CUE} {item.answer}"}]}
 
 
 def _preference(item, tokenizer) -> dict:
@@ -186,11 +190,12 @@ def build_toy(
     for stage in _needed(wanted):
         folder = root / scale / stage.name
         settings = _train_settings(stage, shape, world, root / scale, folder, device)
-        if _is_built(folder, settings, shape):
+        fingerprint = _fingerprint(settings, shape)
+        if _is_built(folder, fingerprint):
             say(f"{scale}/{stage.name}: reused")
         else:
             say(f"{scale}/{stage.name}: training ({stage.strategy} on {stage.data}) …")
-            _train_stage(stage, shape, settings, root / scale, world, on_step)
+            _train_stage(stage, shape, settings, fingerprint, root / scale, world, on_step)
         build.parents[stage.name] = folder
     build.parents = {name: build.parents[name] for name in wanted}
     return build
@@ -206,13 +211,12 @@ def _needed(wanted: Sequence[str]) -> list[Stage]:
     return [stage for stage in STAGES if stage.name in needed]
 
 
-def _train_settings(stage: Stage, shape: Scale, world: Path, scale_dir: Path, folder: Path, device: str):
-    from evomerge.train.trainers import TrainSettings
-
-    parent = scale_dir / ("init" if stage.parent == "init" else stage.parent)
+def _train_settings(stage: Stage, shape: Scale, world: Path, scale_dir: Path, folder: Path, device: str) -> TrainSettings:
+    parent = scale_dir / stage.parent  # "init": the random init, written just before training
     common = dict(
         model=str(parent), data=str(world / stage.data), out=str(folder), device=device, seed=0,
         batch_size=shape.batch_size, overwrite=True, warmup_ratio=0.05, gradient_checkpointing=False,
+        label=stage.name,  # the paper's names for the parents ("instruct-CPT-SFT"), whatever the folders are called
     )  # fmt: skip
     if stage.strategy == "cpt":
         epochs = shape.pretrain_epochs if stage.parent == "init" else shape.cpt_epochs
@@ -226,13 +230,17 @@ def _train_settings(stage: Stage, shape: Scale, world: Path, scale_dir: Path, fo
     return TrainSettings(strategy=stage.strategy, epochs=1, lr=lr, lr_scheduler="constant", max_length=192, **common)
 
 
-def _fingerprint(settings, shape: Scale) -> str:
+# Settings that say how or under what name a parent is built, not what it is: left out of its
+# fingerprint (a parent built on a GPU is reused on a CPU). A new TrainSettings field changes every
+# fingerprint, and so retrains every built parent, unless it is named here.
+_NOT_FINGERPRINTED = ("overwrite", "device", "label")
+
+
+def _fingerprint(settings: TrainSettings, shape: Scale) -> str:
     """What a parent depends on: the scale, its settings, the bytes of its data, its parent's stamp."""
-    data = asdict(settings)
-    for where in ("overwrite", "device"):  # how, not what: a parent built on a GPU is reused on a CPU
-        data.pop(where, None)
+    data = {key: value for key, value in asdict(settings).items() if key not in _NOT_FINGERPRINTED}
     data["shape"] = asdict(shape)
-    data["data_sha256"] = hashlib.sha256(Path(settings.data).read_bytes()).hexdigest()
+    data["data_sha256"] = file_hash(settings.data)
     parent_stamp = Path(settings.model) / STAMP
     data["parent"] = parent_stamp.read_text() if parent_stamp.is_file() else settings.model
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
@@ -241,30 +249,22 @@ def _fingerprint(settings, shape: Scale) -> str:
 STAMP = "toy_build.sha256"
 
 
-def _is_built(folder: Path, settings, shape: Scale) -> bool:
+def _is_built(folder: Path, fingerprint: str) -> bool:
     stamp = folder / STAMP
-    return stamp.is_file() and (folder / "config.json").is_file() and stamp.read_text() == _fingerprint(settings, shape)
+    return stamp.is_file() and (folder / "config.json").is_file() and stamp.read_text() == fingerprint
 
 
-def _train_stage(stage: Stage, shape: Scale, settings, scale_dir: Path, world: Path, on_step) -> None:
-    from evomerge.train.trainers import train
-
+def _train_stage(stage: Stage, shape: Scale, settings: TrainSettings, fingerprint: str, scale_dir: Path, world: Path, on_step) -> None:
     if stage.parent == "init":
         _write_init(scale_dir / "init", shape, world / "tokenizer")
     train(settings, on_log=(lambda step, total, loss: on_step(stage.name, step, total, loss)) if on_step else None)
-    out = Path(settings.out)
-    # The paper's names for the parents ("instruct-CPT-SFT"), whatever the folders are called.
-    lineage = json.loads((out / LINEAGE_FILE).read_text())
-    lineage.update(label=stage.name, parent_label=stage.parent)
-    (out / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2))
-    (out / STAMP).write_text(_fingerprint(settings, shape))
+    (Path(settings.out) / STAMP).write_text(fingerprint)
     if stage.parent == "init":
         shutil.rmtree(scale_dir / "init", ignore_errors=True)
 
 
 def _write_init(folder: Path, shape: Scale, tokenizer_dir: Path) -> None:
     """A randomly initialised Llama-shaped model with the world's tokenizer."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
@@ -280,42 +280,30 @@ def _write_init(folder: Path, shape: Scale, tokenizer_dir: Path) -> None:
         tokenizer.save_pretrained(str(staging))
 
 
-def count_parameters(folder: Union[str, Path]) -> int:
-    """Parameters of a model folder, from the safetensors headers (no weights read)."""
-    from math import prod
-
-    from safetensors import safe_open
-
-    total = 0
-    for file in sorted(Path(folder).glob("*.safetensors")):
-        with safe_open(str(file), "pt") as handle:
-            total += sum(prod(handle.get_slice(name).get_shape()) for name in handle.keys())
-    return total
-
-
-def fact_recall(model, tokenizer, world_dir: Path) -> float:
+class FactProbe:
     """Whether a model holds the domain's facts, asked as the CPT corpus states them: for each
     property of each benchmark material, does "Zapouvene is produced by the" continue with the
-    right organism (the highest log-likelihood among the property's values)? Chance is 1/values."""
-    import torch
+    right organism (the highest log-likelihood among the property's values)? Chance is 1/values.
+    The questions are tokenised once; `score(model)` is batched forward passes."""
 
-    from evomerge.toy.world import FACT_SENTENCES, PROPERTIES
-
-    world = json.loads((world_dir / "world.json").read_text(encoding="utf-8"))
-    device = next(model.parameters()).device
-    right = total = 0
-    with torch.inference_mode():
+    def __init__(self, world_dir: Path, tokenizer, batch_size: int = 32):
+        world = json.loads((Path(world_dir) / "world.json").read_text(encoding="utf-8"))
+        self.batch_size = batch_size
+        self.pad_id = tokenizer.pad_token_id
+        self.questions: list[tuple[list[int], list[list[int]]]] = []  # (context, options) tokens
+        self.answers: list[int] = []  # the index of the right value
         for material in (m for m in world["materials"] if not m["in_sft"]):
             for prop, values in PROPERTIES.items():
-                context = tokenizer.encode(FACT_SENTENCES[prop][0].split("{v}")[0].rstrip().format(M=material["name"]))
-                options = [tokenizer.encode(" " + value) for value in values]
-                width = max(len(context) + len(o) for o in options)
-                rows = torch.tensor([context + o + [tokenizer.pad_token_id] * (width - len(context) - len(o)) for o in options], device=device)
-                logprobs = torch.log_softmax(model(input_ids=rows).logits.float(), dim=-1)
-                scores = [sum(logprobs[k, len(context) - 1 + i, t].item() for i, t in enumerate(o)) for k, o in enumerate(options)]
-                right += values[max(range(len(values)), key=scores.__getitem__)] == material[prop]
-                total += 1
-    return right / total
+                context = FACT_SENTENCES[prop][0].split("{v}")[0].rstrip().format(M=material["name"])
+                self.questions.append(lm_eval_split(tokenizer, context, [" " + value for value in values]))
+                self.answers.append(values.index(material[prop]))
+
+    @torch.inference_mode()
+    def score(self, model) -> float:
+        """The share of facts whose right value the model likes best."""
+        device = next(model.parameters()).device
+        scores = option_logliks(model, self.questions, pad_id=self.pad_id, batch_size=self.batch_size, device=device)
+        return sum(first_max(option_scores) == answer for option_scores, answer in zip(scores, self.answers)) / len(self.answers)
 
 
 def score_parents(build: ToyBuild, device: str = "auto", protocol: str = "paper", progress: Optional[Say] = None) -> dict[str, dict]:
@@ -323,22 +311,20 @@ def score_parents(build: ToyBuild, device: str = "auto", protocol: str = "paper"
     domain's facts in the corpus's own words (written to accuracy.json)."""
     from transformers import AutoTokenizer
 
-    from evomerge.evaluate.models import load_for_eval
-    from evomerge.evaluate.scorer import Scorer
-
     tokenizer = AutoTokenizer.from_pretrained(str(build.world / "tokenizer"))
     scorers = {
         "domain": Scorer(load_benchmark(build.domain_benchmark), tokenizer, protocol=protocol, batch_size=32),
         "general": Scorer(load_benchmark(build.general_benchmark), tokenizer, protocol=protocol, batch_size=32),
     }
+    facts = FactProbe(build.world, tokenizer)
     report = {}
     for name, folder in build.parents.items():
-        model, _ = load_for_eval(folder, device)
+        model, _ = load_for_eval(folder, device)  # every parent has the world's tokenizer
         results = {kind: scorer.score(model) for kind, scorer in scorers.items()}
         report[name] = {
-            "parameters": count_parameters(folder),
+            "parameters": inspect_parent(folder).parameter_count,
             **{kind: result.accuracy for kind, result in results.items()},
-            "facts": fact_recall(model, tokenizer, build.world),
+            "facts": facts.score(model),
             "answered": {kind: sum(p is not None for p in result.predictions) / result.n for kind, result in results.items()},
             "domain_per_category": results["domain"].per_category,
         }

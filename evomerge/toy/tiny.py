@@ -7,11 +7,15 @@ fine-tuned children differ from their base, each with a character-level tokenize
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import torch
 
-ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma")
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
+_CONFIG_CLASSES = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config", "gemma": "GemmaConfig"}
+ARCHITECTURES = tuple(_CONFIG_CLASSES)  # what `tiny_config` makes
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|> {{ message['content'] }} {% endfor %}"
@@ -30,12 +34,11 @@ def tiny_config(
     num_kv_heads: int = 2,
     tie_word_embeddings: Optional[bool] = None,
 ):
-    """A transformers config of a small decoder of the given architecture."""
-    from transformers import GemmaConfig, LlamaConfig, MistralConfig, Qwen2Config
+    """A transformers config of a small decoder of the given architecture (one of ARCHITECTURES)."""
+    import transformers
 
-    classes = {"llama": LlamaConfig, "mistral": MistralConfig, "qwen2": Qwen2Config, "gemma": GemmaConfig}
-    if arch not in classes:
-        raise ValueError(f"unknown tiny architecture {arch!r}; choose from {', '.join(classes)}")
+    if arch not in _CONFIG_CLASSES:
+        raise ValueError(f"unknown tiny architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
     kwargs = dict(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -51,7 +54,7 @@ def tiny_config(
     )
     if tie_word_embeddings is not None:
         kwargs["tie_word_embeddings"] = tie_word_embeddings
-    return classes[arch](**kwargs)
+    return getattr(transformers, _CONFIG_CLASSES[arch])(**kwargs)
 
 
 def save_char_tokenizer(out: Union[str, Path], vocab_size: int, chat_template: Optional[str] = None) -> None:
@@ -83,10 +86,10 @@ def save_bpe_tokenizer(
     vocab_size: int,
     chat_template: Optional[str] = None,
     extra_special_tokens: Sequence[str] = (),
-) -> int:
-    """A byte-level BPE trained on `texts` (deterministic; like a real LLM's, " A" is one token).
-    `extra_special_tokens` (a chat template's role markers) stay single tokens.
-    Returns the number of entries, at most `vocab_size`."""
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on `texts` (deterministic; like a real LLM's, " A" is one token),
+    saved to `out` and returned. `extra_special_tokens` (a chat template's role markers) stay
+    single tokens. It has at most `vocab_size` entries."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -106,7 +109,7 @@ def save_bpe_tokenizer(
     if chat_template:
         tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(str(out))
-    return backend.get_vocab_size()
+    return tokenizer
 
 
 def make_checkpoint(
@@ -119,9 +122,11 @@ def make_checkpoint(
     noise: float = 0.0,
     max_shard_size: Optional[str] = None,
     chat_template: Optional[str] = None,
+    tokenizer: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Write a model folder (config, safetensors, tokenizer). With `from_state`, the weights are
-    that state plus Gaussian noise of relative size `noise` (a "fine-tuned child")."""
+    """Write a model folder (config, safetensors and, with `tokenizer`, a character tokenizer) and
+    return its state dict (the written model's own tensors, not copies). With `from_state`, the
+    weights are that state plus Gaussian noise of relative size `noise` (a "fine-tuned child")."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -137,8 +142,9 @@ def make_checkpoint(
     model = model.to(dtype)
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(str(out), **kwargs)
-    save_char_tokenizer(out, config.vocab_size, chat_template)
-    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    if tokenizer:
+        save_char_tokenizer(out, config.vocab_size, chat_template)
+    return model.state_dict()
 
 
 def make_family(

@@ -18,11 +18,9 @@ Everything is drawn from one `random.Random(seed)`, so the same seed gives the s
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional
 
 # ----- the domain: fictional biological materials --------------------------------------------
 
@@ -218,6 +216,9 @@ def domain_corpus(world: World, rng: random.Random, rounds: int) -> list[str]:
             rng.shuffle(facts)
             sentences = [rng.choice(FACT_SENTENCES[prop]).format(M=material.name, v=value) for prop, value in facts]
             documents.append(" ".join(sentences))
+        # Shuffles everything written so far, once per round (not just this round's documents):
+        # it looks misplaced, but the seeded bytes of every toy world depend on it. Moving it
+        # changes the world, its tokenizer and every parent trained on it.
         rng.shuffle(documents)
     return documents
 
@@ -237,7 +238,7 @@ def _item(rng: random.Random, item_id: str, kind: str, template: str, values: tu
             "answer": "True" if truth else "False", "category": category}  # fmt: skip
 
 
-def domain_items(world: World, rng: random.Random, materials: list[Material], per_material: Optional[int]) -> list[dict]:
+def domain_items(rng: random.Random, materials: list[Material], per_material: Optional[int]) -> list[dict]:
     """Questions about `materials`: every property, or `per_material` of them (rotating, so each
     property is asked about equally often)."""
     items = []
@@ -253,13 +254,13 @@ def domain_items(world: World, rng: random.Random, materials: list[Material], pe
 
 def generic_items(world: World, rng: random.Random, in_sft: bool) -> list[dict]:
     items = []
+    values = {relation: tuple(sorted(set(facts.values()))) for relation, facts in GENERIC_FACTS.items()}
     for relation, x, v in world.generic:
         if ((relation, x) in world.generic_in_sft) != in_sft:
             continue
         kind, template = GENERIC_QUESTIONS[relation]
-        values = tuple(sorted(set(GENERIC_FACTS[relation].values())))
         item_id = f"{relation}-{x.replace(' ', '_')}"
-        items.append(_item(rng, item_id, kind, template, values, v, relation, x=x, X=x.capitalize()))
+        items.append(_item(rng, item_id, kind, template, values[relation], v, relation, x=x, X=x.capitalize()))
     return items
 
 
@@ -285,16 +286,10 @@ def world_texts(world: World, size: WorldSize = WorldSize()) -> WorldTexts:
         generic_corpus=generic_corpus(world, rng, size.generic_rounds),
         domain_corpus=domain_corpus(world, rng, size.paraphrase_rounds),
         sft_generic=generic_items(world, rng, in_sft=True),
-        sft_domain=domain_items(world, rng, [m for m in world.materials if m.in_sft], None),
-        domain_benchmark=domain_items(world, rng, held_back, size.questions_per_material),
+        sft_domain=domain_items(rng, [m for m in world.materials if m.in_sft], None),
+        domain_benchmark=domain_items(rng, held_back, size.questions_per_material),
         general_benchmark=generic_items(world, rng, in_sft=False),
     )
-
-
-def write_jsonl(path: Union[str, Path], records: list[dict]) -> Path:
-    path = Path(path)
-    path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), encoding="utf-8")
-    return path
 
 
 def world_record(world: World) -> dict:

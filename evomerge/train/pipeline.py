@@ -24,9 +24,10 @@ import yaml
 
 from evomerge.errors import EvomergeError
 from evomerge.train.data import load_records
-from evomerge.train.trainers import TrainResult, TrainSettings, check_model_folder, lineage_label, train
+from evomerge.train.trainers import TrainResult, TrainSettings, check_model_folder, default_label, train
 
-STAGE_KEYS = {f.name for f in fields(TrainSettings)} - {"model", "out", "overwrite"} | {"name", "from"}
+# A stage's label (and so its folder) is its parent's label + its strategy: not a key of its own.
+STAGE_KEYS = {f.name for f in fields(TrainSettings)} - {"model", "out", "overwrite", "label"} | {"name", "from"}
 
 
 class PipelineError(EvomergeError):
@@ -72,11 +73,9 @@ def load_pipeline(
         stage["data"] = str(_resolve(folder, stage["data"]))
         load_records(stage["data"], stage["strategy"])  # every data file is checked up front
         stages.append(stage)
-    for index, stage in enumerate(stages[:-1]):
-        parent_of_next = [s for s in stages[index + 1 :] if s.get("from", None) == stage["name"]] + (
-            [stages[index + 1]] if "from" not in stages[index + 1] else []
-        )
-        if stage.get("lora") and not stage.get("merge_lora") and parent_of_next:
+    trained_from = set(_parents(stages))
+    for stage in stages:
+        if stage.get("lora") and not stage.get("merge_lora") and stage["name"] in trained_from:
             raise PipelineError(
                 f"{path}: stage {stage['name']!r} writes a LoRA adapter, which a later stage cannot train from; add merge_lora: true"
             )
@@ -94,21 +93,26 @@ def run_pipeline(
     on_log: Optional[Callable[[int, int, float], None]] = None,
 ) -> list[TrainResult]:
     model, out_root, stages = load_pipeline(path, model, out)
-    outputs: dict[str, Path] = {}
-    previous = model
+    outputs: dict[Optional[str], Path] = {None: model}
     results = []
-    for index, stage in enumerate(stages):
-        parent = outputs[stage["from"]] if "from" in stage else previous
-        label = f"{lineage_label(parent)}-{stage['strategy'].upper()}"
+    for index, (stage, parent_name) in enumerate(zip(stages, _parents(stages))):
+        parent = outputs[parent_name]
+        label = default_label(parent, stage["strategy"])
         options = {k: v for k, v in stage.items() if k not in ("name", "from")}
         options.setdefault("device", device)
-        settings = TrainSettings(model=str(parent), out=str(out_root / label), overwrite=overwrite, **options)
+        settings = TrainSettings(model=str(parent), out=str(out_root / label), overwrite=overwrite, label=label, **options)
         if on_stage is not None:
             on_stage(index, len(stages), {**stage, "label": label})
         result = train(settings, on_log=on_log)
-        outputs[stage["name"]] = previous = result.out
+        outputs[stage["name"]] = result.out
         results.append(result)
     return results
+
+
+def _parents(stages: list[dict]) -> list[Optional[str]]:
+    """The name of the stage each stage trains on: the one named in `from`, else the one before
+    (None: the starting model)."""
+    return [stage.get("from", stages[index - 1]["name"] if index else None) for index, stage in enumerate(stages)]
 
 
 _NUMBERS = {f.name: f.type for f in fields(TrainSettings) if f.type in ("float", "int", "Optional[float]")}

@@ -50,10 +50,16 @@ class TrainSettings:
     # Recompute activations in the backward pass (TRL's default): saves memory on large models,
     # costs time; tiny models on a CPU train faster without it.
     gradient_checkpointing: bool = True
+    label: Optional[str] = None  # the lineage's label; default: the parent's label + "-" + STRATEGY
 
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.strategy]
+
+    @property
+    def beta_value(self) -> Optional[float]:
+        """β of DPO / ORPO (DEFAULT_BETA unless given); None for the other strategies."""
+        return self.beta if self.beta is not None else DEFAULT_BETA.get(self.strategy)
 
     def validate(self) -> None:
         """Numbers and names that TRL, transformers or peft would only reject mid-run."""
@@ -102,6 +108,11 @@ def lineage_label(model_dir: Path) -> str:
     if lineage.is_file():
         return json.loads(lineage.read_text())["label"]
     return model_dir.name
+
+
+def default_label(parent_dir: Path, strategy: str) -> str:
+    """What training `parent_dir` with `strategy` is called: "Instruct-CPT" → "Instruct-CPT-SFT"."""
+    return f"{lineage_label(parent_dir)}-{strategy.upper()}"
 
 
 def check(settings: TrainSettings) -> list[dict]:
@@ -185,6 +196,7 @@ def _lora_config(settings: TrainSettings, model):
 
 
 def _make_trainer(settings: TrainSettings, model, tokenizer, dataset, peft_config, output_dir: Path):
+    cuda = _use_cuda(settings.device)
     common = dict(
         output_dir=str(output_dir),
         num_train_epochs=settings.epochs,
@@ -202,8 +214,8 @@ def _make_trainer(settings: TrainSettings, model, tokenizer, dataset, peft_confi
         gradient_checkpointing=settings.gradient_checkpointing,
         # TRL turns on bf16 autocast by default; on a CPU without bf16 units that runs the matmuls
         # through a slow emulation (about 10x slower than float32 on this project's CI machine).
-        bf16=_use_cuda(settings.device) and torch.cuda.is_bf16_supported(),
-        use_cpu=not _use_cuda(settings.device),
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
     )
     if settings.strategy in ("cpt", "sft"):
         from trl import SFTConfig, SFTTrainer
@@ -219,15 +231,14 @@ def _make_trainer(settings: TrainSettings, model, tokenizer, dataset, peft_confi
             **common,
         )
         return SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
-    beta = settings.beta if settings.beta is not None else DEFAULT_BETA[settings.strategy]
     if settings.strategy == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        config = DPOConfig(beta=beta, max_length=settings.max_length, **common)
+        config = DPOConfig(beta=settings.beta_value, max_length=settings.max_length, **common)
         return DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
-    config = ORPOConfig(beta=beta, max_length=settings.max_length, **common)
+    config = ORPOConfig(beta=settings.beta_value, max_length=settings.max_length, **common)
     return ORPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
 
 
@@ -251,13 +262,12 @@ def _point_adapter_at(folder: Path, base: Path) -> None:
 
 
 def _lineage(settings: TrainSettings, model_dir: Path, losses: list[float]) -> dict:
-    label = f"{lineage_label(model_dir)}-{settings.strategy.upper()}"
-    hyper = {k: v for k, v in asdict(settings).items() if k not in ("model", "data", "out", "overwrite")}
+    hyper = {k: v for k, v in asdict(settings).items() if k not in ("model", "data", "out", "overwrite", "label")}
     hyper["lr"] = settings.learning_rate
     if settings.strategy in DEFAULT_BETA:
-        hyper["beta"] = settings.beta if settings.beta is not None else DEFAULT_BETA[settings.strategy]
+        hyper["beta"] = settings.beta_value
     return {
-        "label": label,
+        "label": settings.label or default_label(model_dir, settings.strategy),
         "parent_model": str(model_dir),
         "parent_label": lineage_label(model_dir),
         "strategy": settings.strategy,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from evomerge.analysis import metrics
-from evomerge.analysis.metrics import Bootstrap, MapRow, accuracy_interval, kinship, merge_metrics
+from evomerge.analysis.metrics import Bootstrap, MapRow, accuracy_interval, is_inner_sweep, is_merge, kinship, merge_metrics
 from evomerge.merge.parents import layer_index
 
 
@@ -150,9 +150,29 @@ def test_a_parent_equal_to_the_ancestor_has_no_kinship():
     assert math.isnan(result.overall) and all(math.isnan(c) for c in result.per_layer)
 
 
+def map_row(merged: int, parent_1: int, parent_2: int, merge: str = "sweep", t=0.5) -> MapRow:
+    result = merge_metrics(vector(merged, 10), vector(parent_1, 10), vector(parent_2, 10), Bootstrap(10, 200, seed=0))
+    return MapRow.from_metrics(result, label="xs", params=1e6, merge=merge, name=f"t={t}", t=t, items="all", kinship=0.4)
+
+
 def test_map_row_carries_every_number_of_a_merge():
-    result = merge_metrics(vector(8, 10), vector(6, 10), vector(7, 10), Bootstrap(10, 200, seed=0))
-    row = MapRow.from_metrics(result, label="xs", params=1e6, merge="sweep", name="t=0.5", t=0.5, items="all", kinship=0.4)
+    row = map_row(8, 6, 7)
     assert row.gain == pytest.approx(0.1) and row.parent_2 == pytest.approx(0.7)
-    assert row.significant in ("above", "below", "")
+    # The gain's interval [0, 0.3] touches zero: not above it, not below.
+    assert (row.gain_low, row.gain_high) == pytest.approx((0.0, 0.3))
+    assert row.significant == ""
     assert MapRow.columns()[:3] == ["label", "params", "merge"]
+
+
+def test_map_row_says_where_the_gain_interval_lies():
+    assert map_row(10, 2, 3).significant == "above"
+    assert map_row(0, 8, 9).significant == "below"
+    with pytest.raises(ValueError, match="unknown kind"):
+        map_row(8, 6, 7, merge="blend")
+
+
+def test_merges_are_the_paper_search_and_inner_sweep_rows():
+    rows = {(kind, t): map_row(8, 6, 7, merge=kind, t=t) for kind, t in
+            [("parent", 0.0), ("sweep", 0.0), ("sweep", 0.3), ("sweep", 1.0), ("paper", None), ("search", None)]}  # fmt: skip
+    assert [key for key, row in rows.items() if is_merge(row)] == [("sweep", 0.3), ("paper", None), ("search", None)]
+    assert [key for key, row in rows.items() if is_inner_sweep(row)] == [("sweep", 0.3)]

@@ -7,13 +7,15 @@ tokenizer built here with `tokenizers` (" A" is one token).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from evomerge.files import write_jsonl
 from evomerge.toy.tiny import CHAT_TEMPLATE, make_checkpoint, tiny_config
+from says_a import make_it_say_a
+
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
@@ -60,9 +62,11 @@ def synthetic_items(n: int = 40) -> list[dict]:
     return items
 
 
-def write_jsonl(path: Path, records, raw_lines=()) -> Path:
-    lines = [json.dumps(record) for record in records] + list(raw_lines)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+def write_benchmark(path: Path, records, raw_lines=()) -> Path:
+    """Records as JSON lines, then `raw_lines` as they are (broken lines for the error tests)."""
+    write_jsonl(path, records)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("".join(line + "\n" for line in raw_lines))
     return path
 
 
@@ -163,39 +167,12 @@ def word_tokenizer():
 
 @pytest.fixture
 def answer_model(model_dir, char_tokenizer):
-    return _answer_then_period_model(model_dir, char_tokenizer)
-
-
-def _answer_then_period_model(model_dir, tokenizer):
-    """A real tiny llama edited so that greedy decoding always says "A" then "." (then "A" again).
-
-    Attention and MLP outputs are zeroed, so the last hidden state is the normalised embedding of
-    the current token; the lm_head then maps ":" → "A" and "A" → "." with orthogonal directions.
-    """
+    """A real tiny llama edited so that greedy decoding always says "A" then "." (says_a.py)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
     model.requires_grad_(False)
-    colon, letter_a, period = (tokenizer.convert_tokens_to_ids(t) for t in (":", "A", "."))
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        embed = model.model.embed_tokens.weight
-        embed[colon] = 0
-        embed[colon, 0] = 1.0
-        embed[letter_a] = 0
-        embed[letter_a, 1] = 1.0
-        head = model.lm_head.weight
-        assert head.data_ptr() != embed.data_ptr(), "the tiny llama must not tie its embeddings"
-        head.zero_()
-        head[letter_a, 0] = 10.0
-        head[period, 1] = 10.0
-        for row in range(embed.shape[0]):  # every other token also leads to "A"
-            if row not in (colon, letter_a):
-                embed[row] = 0
-                embed[row, 0] = 1.0
-    return model
+    return make_it_say_a(model, char_tokenizer)
 
 
 class ForwardCounter:
@@ -227,7 +204,7 @@ def make_items():
 @pytest.fixture(scope="session")
 def jsonl():
     """`jsonl(path, records, raw_lines=())` writes a benchmark file and returns its path."""
-    return write_jsonl
+    return write_benchmark
 
 
 @pytest.fixture(scope="session")

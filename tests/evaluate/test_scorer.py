@@ -330,9 +330,32 @@ def test_loglik_progress_reaches_the_total(bench, model, char_tokenizer):
 
 
 def test_exact_items_score_in_paper_mode(model, char_tokenizer):
-    items = [Item("e1", "Mineral of nacre?", "exact", "aragonite", category="specific"), Item("t1", "Silk is a protein.", "tf", "True")]
-    result = Scorer(make_benchmark("mixed", items), char_tokenizer, "paper", chat=False).score(model)
-    assert result.n == 2 and len(result.correct) == 2
+    items = [
+        Item("e1", "Mineral of nacre?", "exact", "aragonite", category="specific"),
+        Item("e2", "Mineral of bone?", "exact", "hydroxyapatite", aliases=("calcium phosphate",), category="specific"),
+        Item("e3", "Protein of silk?", "exact", "fibroin", category="general"),
+        Item("t1", "Silk is a protein.", "tf", "True", category="general"),
+    ]
+    scorer = Scorer(make_benchmark("mixed", items), char_tokenizer, "paper", chat=False)
+    ordered = scorer.benchmark.items
+    # The real model's replies, whatever they are, are read as the protocol reads them.
+    result = scorer.score(model)
+    replies = replies_by_item(scorer, model)
+    assert result.n == 4 and result.item_ids == [item.id for item in ordered]
+    assert result.predictions == [protocol.parse_reply(reply, item) for reply, item in zip(replies, ordered)]
+    assert result.correct == [protocol.is_correct(item, p) for item, p in zip(ordered, result.predictions)]
+    # Scripted replies: the first line, normalised, is the answer; an alias counts; anything else is wrong.
+    scripted = {"e1": " The Aragonite.\nIt forms tablets.", "e2": " Calcium-phosphate\n", "e3": " keratin\n", "t1": " False."}
+    scorer._decode_batch = lambda _model, batch, _device: [scripted[ordered[i].id] for i in batch]
+    result = scorer.score(model)
+    by_id = dict(zip(result.item_ids, zip(result.predictions, result.correct)))
+    assert by_id == {
+        "e1": ("aragonite", True),
+        "e2": ("calcium phosphate", True),
+        "e3": ("keratin", False),
+        "t1": ("False", False),
+    }
+    assert result.accuracy == 0.5 and result.per_category == {"general": 0.0, "specific": 1.0}
 
 
 def test_scorer_rejects_exact_items_in_loglik_mode(char_tokenizer):

@@ -1,7 +1,7 @@
 """Building the toy parents with evomerge's own trainers: every stage, lineage, reuse, scoring.
 
 A test-sized scale (a 2-layer model, a 30-material world, one or two epochs) keeps this to
-seconds; the real xs scale is trained by the demo test (tests/test_cli_demo.py).
+seconds; the real xs scale is trained by the CLI's toy test (tests/test_cli_toy.py).
 """
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from evomerge.errors import EvomergeError
 from evomerge.merge.parents import check_parents, inspect_parent
-from evomerge.toy.build import PARENTS, STAMP, Scale, build_toy, count_parameters, score_parents
-from evomerge.toy.world import WorldSize
+from evomerge.toy.build import PARENTS, STAMP, FactProbe, Scale, build_toy, score_parents
+from evomerge.toy.world import FACT_SENTENCES, PROPERTIES, WorldSize
 
 TEST_SHAPE = Scale(32, 2, 2, 1, 64, lr=3e-3, pretrain_epochs=2, cpt_epochs=1, sft_epochs=1, instruct_epochs=1)
 TEST_WORLD = WorldSize(materials=30, paraphrase_rounds=2, generic_rounds=2)
@@ -49,7 +50,7 @@ def test_every_parent_is_built_with_the_papers_lineage(toy):
 def test_parents_can_be_merged_with_each_other(toy):
     build, _, _ = toy
     check_parents([inspect_parent(folder) for folder in build.parents.values()])  # raises if not
-    assert count_parameters(build.parents["base"]) > 0
+    assert inspect_parent(build.parents["base"]).parameter_count > 0
 
 
 def test_a_second_build_reuses_every_parent(toy):
@@ -80,9 +81,35 @@ def test_parents_are_scored_on_both_benchmarks(toy):
     assert set(report) == set(PARENTS)
     for row in report.values():
         assert 0 <= row["domain"] <= 1 and 0 <= row["general"] <= 1
-        assert row["parameters"] == count_parameters(build.parents["base"])
+        assert 0 <= row["facts"] <= 1
+        assert row["parameters"] == inspect_parent(build.parents["base"]).parameter_count
     saved = json.loads((build.root / "test" / "accuracy.json").read_text())
     assert saved["instruct"]["domain"] == report["instruct"]["domain"]
+
+
+def test_fact_recall_matches_a_direct_computation(toy):
+    """One full forward per value, its tokens' log-probabilities summed: the likeliest value must be
+    the material's own, as often as FactProbe says."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    build, _, _ = toy
+    tokenizer = AutoTokenizer.from_pretrained(str(build.world / "tokenizer"))
+    model = AutoModelForCausalLM.from_pretrained(str(build.parents["base-CPT"])).eval()
+    world = json.loads((build.world / "world.json").read_text(encoding="utf-8"))
+    right = total = 0
+    for material in (m for m in world["materials"] if not m["in_sft"]):
+        for prop, values in PROPERTIES.items():
+            context = tokenizer.encode(FACT_SENTENCES[prop][0].split("{v}")[0].rstrip().format(M=material["name"]))
+            scores = []
+            for value in values:
+                option = tokenizer.encode(" " + value)
+                with torch.no_grad():
+                    logprobs = torch.log_softmax(model(torch.tensor([context + option])).logits[0].float(), dim=-1)
+                scores.append(sum(logprobs[len(context) - 1 + i, token].item() for i, token in enumerate(option)))
+            right += values[scores.index(max(scores))] == material[prop]
+            total += 1
+    assert total == 22 * len(PROPERTIES)  # 30 materials, 8 of them in SFT
+    assert FactProbe(build.world, tokenizer).score(model) == right / total
 
 
 def test_unknown_scale_or_parent_is_refused(tmp_path):

@@ -6,11 +6,11 @@ The data repeats a few records so that a few epochs at lr 1e-3 lower the loss re
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
+from evomerge.files import write_jsonl
 from evomerge.toy.tiny import CHAT_TEMPLATE, make_checkpoint, tiny_config
 
 TRAIN_FACTS = [
@@ -35,11 +35,6 @@ def tiny_llama_config():
     )
 
 
-def _write(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="session")
 def train_base(tmp_path_factory) -> Path:
     """A tiny Llama base model with a chat template, in a folder named "Instruct"."""
@@ -58,8 +53,8 @@ def train_data(tmp_path_factory) -> dict[str, Path]:
         for q, a in zip(TRAIN_QUESTIONS, TRAIN_FACTS)
     ]
     return {
-        "cpt": _write(root / "cpt.jsonl", [{"text": t} for t in TRAIN_FACTS] * REPEATS),
-        "sft": _write(root / "sft.jsonl", sft * REPEATS),
-        "sft_messages": _write(root / "sft_messages.jsonl", messages * REPEATS),
-        "pref": _write(root / "pref.jsonl", TRAIN_PAIRS * REPEATS),
+        "cpt": write_jsonl(root / "cpt.jsonl", [{"text": t} for t in TRAIN_FACTS] * REPEATS),
+        "sft": write_jsonl(root / "sft.jsonl", sft * REPEATS),
+        "sft_messages": write_jsonl(root / "sft_messages.jsonl", messages * REPEATS),
+        "pref": write_jsonl(root / "pref.jsonl", TRAIN_PAIRS * REPEATS),
     }

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from evomerge.errors import EvomergeError
+from evomerge.files import write_jsonl
 from evomerge.train.data import STRATEGIES, DataError, load_records
 
 
-def write_jsonl(path: Path, records) -> Path:
-    """Records are dicts (dumped as JSON) or raw strings (written as they are)."""
-    lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
+def write_lines(path: Path, lines) -> Path:
+    """Lines as they are: the blank, broken and non-object lines no JSONL writer makes."""
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
 
@@ -56,7 +56,7 @@ def test_preference_records(tmp_path, strategy):
 
 
 def test_blank_lines_are_skipped(tmp_path):
-    path = write_jsonl(tmp_path / "cpt.jsonl", ["", json.dumps(TEXT), "   ", json.dumps(TEXT), ""])
+    path = write_lines(tmp_path / "cpt.jsonl", ["", json.dumps(TEXT), "   ", json.dumps(TEXT), ""])
     assert load_records(path, "cpt") == [TEXT, TEXT]
 
 
@@ -67,7 +67,10 @@ def test_extra_fields_are_dropped(tmp_path):
 
 def test_unicode_text_loads(tmp_path):
     path = write_jsonl(tmp_path / "cpt.jsonl", [{"text": "Perlmutt — Aragonit, 真珠層"}])
+    assert "真珠層" in path.read_text(encoding="utf-8"), "the file holds the UTF-8 text itself, not escapes"
     assert load_records(path, "cpt") == [{"text": "Perlmutt — Aragonit, 真珠層"}]
+    escaped = write_jsonl(tmp_path / "escaped.jsonl", [{"text": "Perlmutt — Aragonit, 真珠層"}], ensure_ascii=True)
+    assert load_records(escaped, "cpt") == [{"text": "Perlmutt — Aragonit, 真珠層"}]
 
 
 def test_data_error_is_an_evomerge_error():
@@ -111,7 +114,7 @@ def test_wrong_fields_for_the_strategy(tmp_path, strategy, record, wanted):
 
 
 def test_wrong_fields_on_a_later_line_names_that_line(tmp_path):
-    path = write_jsonl(tmp_path / "data.jsonl", [TEXT, TEXT, "", {"txt": "typo"}])
+    path = write_lines(tmp_path / "data.jsonl", [json.dumps(TEXT), json.dumps(TEXT), "", json.dumps({"txt": "typo"})])
     assert_data_error(path, "cpt", "txt", line=4)
 
 
@@ -134,13 +137,13 @@ def test_empty_file(tmp_path, content):
 
 @pytest.mark.parametrize("bad", ['{"text": "unterminated', "not json at all", "{'text': 'single quotes'}"])
 def test_invalid_json(tmp_path, bad):
-    path = write_jsonl(tmp_path / "bad.jsonl", [TEXT, bad])
+    path = write_lines(tmp_path / "bad.jsonl", [json.dumps(TEXT), bad])
     assert_data_error(path, "cpt", "JSON", line=2)
 
 
 @pytest.mark.parametrize("bad", ['["text", "a list"]', '"just a string"', "42", "null"])
 def test_record_not_an_object(tmp_path, bad):
-    path = write_jsonl(tmp_path / "bad.jsonl", [bad])
+    path = write_lines(tmp_path / "bad.jsonl", [bad])
     assert_data_error(path, "cpt", "object", line=1)
 
 

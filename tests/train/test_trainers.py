@@ -23,7 +23,7 @@ from evomerge.recipe import Recipe
 from evomerge.toy.tiny import make_checkpoint, tiny_config
 from evomerge.train.data import DataError, load_records
 from evomerge.files import LINEAGE_FILE
-from evomerge.train.trainers import DEFAULT_BETA, DEFAULT_LR, TrainSettings, train
+from evomerge.train.trainers import DEFAULT_BETA, DEFAULT_LR, TrainSettings, default_label, train
 
 LR = 1e-3
 EPOCHS = 3
@@ -213,6 +213,7 @@ def test_lineage_of_a_first_stage(chain, train_base, train_data):
     assert hyper["lr"] == DEFAULT_LR["sft"]
     assert hyper["seed"] == 0 and hyper["max_steps"] == 2 and hyper["batch_size"] == 4
     assert "beta" not in hyper or hyper["beta"] is None  # SFT has no beta
+    assert "label" not in hyper, "a name, not a hyperparameter"
     assert lineage["adapter"] is False
 
 
@@ -227,6 +228,21 @@ def test_lineage_chains_through_a_second_stage(chain, train_data):
     assert lineage["hyperparameters"]["lr"] == DEFAULT_LR["dpo"]
     assert lineage["hyperparameters"]["beta"] == DEFAULT_BETA["dpo"]
     assert (sft.out / "model.safetensors").is_file(), "the first stage's checkpoint is kept"
+
+
+def test_a_given_label_names_the_stage_instead_of_the_default(train_base, train_data, tmp_path):
+    assert default_label(train_base, "sft") == "Instruct-SFT"
+    result = train(settings("sft", train_base, train_data["sft"], tmp_path / "sft", max_steps=1, label="instruct-tuned"))
+    assert result.lineage["label"] == "instruct-tuned" and result.lineage["parent_label"] == "Instruct"
+    assert json.loads((result.out / LINEAGE_FILE).read_text())["label"] == "instruct-tuned"
+    assert default_label(result.out, "dpo") == "instruct-tuned-DPO", "the next stage is named after the given label"
+
+
+def test_beta_defaults_per_preference_strategy(train_base, train_data, tmp_path):
+    assert settings("dpo", train_base, train_data["pref"], tmp_path / "out").beta_value == DEFAULT_BETA["dpo"]
+    assert settings("orpo", train_base, train_data["pref"], tmp_path / "out").beta_value == DEFAULT_BETA["orpo"]
+    assert settings("orpo", train_base, train_data["pref"], tmp_path / "out", beta=0.3).beta_value == 0.3
+    assert settings("sft", train_base, train_data["sft"], tmp_path / "out").beta_value is None
 
 
 def test_lineage_is_what_the_merge_engine_reads(chain):
@@ -467,7 +483,7 @@ def test_lora_target_the_model_lacks(train_base, train_data, runs):
 
 
 def test_merge_lora_without_lora(train_base, train_data, runs):
-    assert_refused(settings("sft", train_base, train_data["sft"], runs / "out", merge_lora=True), "lora")
+    assert_refused(settings("sft", train_base, train_data["sft"], runs / "out", merge_lora=True), "--merge-lora", "--lora")
 
 
 def test_existing_non_empty_output_without_overwrite(train_base, train_data, runs):
@@ -501,30 +517,30 @@ def test_messages_need_a_chat_template(train_data, runs, tmp_path):
 
 
 def test_zero_epochs(train_base, train_data, runs):
-    assert_refused(settings("sft", train_base, train_data["sft"], runs / "out", epochs=0), "epochs")
+    assert_refused(settings("sft", train_base, train_data["sft"], runs / "out", epochs=0), "--epochs", "0")
 
 
 def test_negative_learning_rate(train_base, train_data, runs):
-    assert_refused(settings("sft", train_base, train_data["sft"], runs / "out", lr=-1.0), "lr")
+    assert_refused(settings("sft", train_base, train_data["sft"], runs / "out", lr=-1.0), "--lr", "-1.0")
 
 
 def test_unknown_lr_scheduler(train_base, train_data, runs):
-    assert_refused(settings("sft", train_base, train_data["sft"], runs / "out", lr_scheduler="bogus"), "bogus")
+    assert_refused(settings("sft", train_base, train_data["sft"], runs / "out", lr_scheduler="bogus"), "--lr-scheduler", "bogus")
 
 
 def test_lora_rank_zero(train_base, train_data, runs):
-    assert_refused(settings("sft", train_base, train_data["sft"], runs / "out", lora=True, lora_r=0), "r")
+    assert_refused(settings("sft", train_base, train_data["sft"], runs / "out", lora=True, lora_r=0), "--lora-r", "0")
 
 
 def test_lora_without_targets(train_base, train_data, runs):
-    assert_refused(settings("sft", train_base, train_data["sft"], runs / "out", lora=True, lora_targets=[]), "lora")
+    assert_refused(settings("sft", train_base, train_data["sft"], runs / "out", lora=True, lora_targets=[]), "--lora-targets")
 
 
 def test_lora_on_lm_head(train_base, train_data, runs):
     """lm_head is among the "linear modules" the targets error lists, yet peft refuses it."""
-    assert_refused(settings("sft", train_base, train_data["sft"], runs / "out", lora=True, lora_targets=["lm_head"]), "lm_head")
+    assert_refused(settings("sft", train_base, train_data["sft"], runs / "out", lora=True, lora_targets=["lm_head"]), "--lora-targets", "lm_head")
 
 
 def test_max_length_too_short_for_every_preference_pair(train_base, train_data, runs):
     """Every prompt is longer than 8 tokens, so DPO would drop every pair and train on nothing."""
-    assert_refused(settings("dpo", train_base, train_data["pref"], runs / "out", max_length=8), "max")
+    assert_refused(settings("dpo", train_base, train_data["pref"], runs / "out", max_length=8), "--max-length 8")
