@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from evomerge import __version__
+from evomerge.demo import DEMO_TRIALS
 from evomerge.errors import EvomergeError
 
 app = typer.Typer(
@@ -94,6 +95,21 @@ def main(
     """evomerge: merge recipes in mergekit's language, merged in memory, searched with Optuna."""
 
 
+def comma_list(text: str) -> list[str]:
+    """A comma-separated flag's values, stripped, blanks dropped ('a, b,' → ['a', 'b'])."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_scales(text: str, flag: str) -> list[str]:
+    """Toy scales, comma-separated, each once (which scales exist, the toy domain says)."""
+    scales = comma_list(text)
+    if not scales:
+        raise EvomergeError(f"{flag} expects scales, comma-separated (e.g. xs,s,m), got {text!r}")
+    if len(set(scales)) != len(scales):
+        raise EvomergeError(f"{flag} lists a scale twice: {text}")
+    return scales
+
+
 def parse_parent_overrides(values: list[str]) -> dict[str, str]:
     renames = {}
     for value in values:
@@ -144,7 +160,7 @@ def merge(
 @app.command()
 @user_errors
 def demo(
-    trials: int = typer.Option(30, min=1, help="Trials of the search."),
+    trials: int = typer.Option(DEMO_TRIALS, min=1, help="Trials of the search."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     toy_dir: Path = typer.Option(Path("results/toy"), help="Where the toy world and its parents are built (and reused)."),
 ) -> None:
@@ -206,11 +222,11 @@ def toy(
     """
     from evomerge.toy.build import SCALES, build_toy, score_parents
 
-    scales = [part.strip() for part in scale.split(",") if part.strip()]
+    scales = parse_scales(scale, "--scale")
     unknown = [name for name in scales if name not in SCALES]
-    if unknown or not scales:
-        raise EvomergeError(f"unknown toy scale {unknown[0] if unknown else scale!r}; choose from {', '.join(SCALES)}")
-    names = [part.strip() for part in parents.split(",") if part.strip()] if parents else None
+    if unknown:
+        raise EvomergeError(f"unknown toy scale {unknown[0]!r}; choose from {', '.join(SCALES)}")
+    names = comma_list(parents) if parents else None
     for name in scales:
         with training_progress() as on_step:
             build = build_toy(name, out, device=device, parents=names, progress=console.print, on_step=on_step)
@@ -355,7 +371,7 @@ def parse_duration(text: Optional[str]) -> Optional[float]:
 
 def parse_fractions(text: str) -> list[float]:
     try:
-        return [float(part) for part in text.split(",") if part.strip()]
+        return [float(part) for part in comma_list(text)]
     except ValueError:
         raise EvomergeError(f"--fidelities expects comma-separated fractions like 0.25,0.5,1, got {text!r}") from None
 
@@ -400,14 +416,15 @@ def search(
     own scores and the paper's hand-made recipe are measured first, so the search is judged
     against both. Results go to results/<study>/: best-recipe.yaml, trials.csv, summary.json, plots.
     """
+    from evomerge.evaluate.harness import is_lm_eval_spec
     from evomerge.search.study import SearchSettings
 
     if backend == "ray" and jobs > 1:
         raise EvomergeError("--jobs starts Optuna worker processes on this machine; with --backend ray use --concurrent")
-    parent_list = [p.strip() for p in parents.split(",") if p.strip()]
-    benchmarks = [b.strip() for b in benchmark.split(",") if b.strip()]
+    parent_list = comma_list(parents)
+    benchmarks = comma_list(benchmark)
     if holdout is None:
-        holdout = 0.0 if any(b.startswith("lm-eval:") for b in benchmarks) else 0.2
+        holdout = 0.0 if any(is_lm_eval_spec(b) for b in benchmarks) else 0.2
     settings = SearchSettings(
         parents=parent_list,
         benchmarks=benchmarks,
@@ -451,8 +468,8 @@ def run_search_command(settings, timeout: Optional[float], jobs: int) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from evomerge.search.export import export_all
-    from evomerge.search.run import optimise, prepare, score_holdout, start_workers
-    from evomerge.search.study import finished_count
+    from evomerge.search.run import optimise, prepare, score_holdout
+    from evomerge.search.study import FINISHED
 
     start = clock.perf_counter()
     ray_session = None
@@ -471,7 +488,6 @@ def run_search_command(settings, timeout: Optional[float], jobs: int) -> None:
     folder = settings.results_dir
     console.print(f"Study [bold]{settings.study}[/] in {settings.storage_url()}")
     console.print(f"Dashboard: evomerge dashboard --storage {settings.storage_url()}")
-    workers = start_workers(settings, jobs - 1) if jobs > 1 else []
     columns = (
         TextColumn("[bold]trials"),
         BarColumn(),
@@ -493,7 +509,7 @@ def run_search_command(settings, timeout: Optional[float], jobs: int) -> None:
                 best = max((t.values[0] for t in complete), default=None)
                 bar.update(
                     task,
-                    completed=finished_count(current),
+                    completed=sum(t.state in FINISHED for t in trials_now),
                     best=f"{best:.3f}" if best is not None else "–",
                     pruned=sum(t.state == TrialState.PRUNED for t in trials_now),
                     failed=sum(t.state == TrialState.FAIL for t in trials_now),
@@ -504,14 +520,11 @@ def run_search_command(settings, timeout: Optional[float], jobs: int) -> None:
 
                 study, runner = optimise_on_ray(prepared, ray_session, timeout=timeout, on_trial=on_trial, log=bar.console.print)
             else:
-                study, runner = optimise(prepared, timeout=timeout, on_trial=on_trial)
-            for process in workers:
-                process.join()
+                # The extra worker processes start once the study is open (its parents scored).
+                study, runner = optimise(prepared, timeout=timeout, on_trial=on_trial, workers=jobs - 1)
             holdout = score_holdout(study, runner)
     except KeyboardInterrupt:
         console.print("[yellow]Interrupted: the running trial is marked failed; exporting what exists.[/]")
-        for process in workers:
-            process.terminate()
         _export_after_interrupt(settings, folder, clock.perf_counter() - start)
         raise typer.Exit(130)
     finally:
@@ -522,13 +535,11 @@ def run_search_command(settings, timeout: Optional[float], jobs: int) -> None:
 
 
 def _export_after_interrupt(settings, folder: Path, wall_s: float) -> None:
-    import optuna
-
     from evomerge.search.export import export_all
-    from evomerge.search.study import open_storage
+    from evomerge.search.study import load_existing_study
 
     try:
-        study = optuna.load_study(study_name=settings.study, storage=open_storage(settings.storage_url()))
+        study = load_existing_study(settings.study, settings.storage_url())
         export_all(study, folder, wall_s)
     except Exception as error:  # nothing to export yet
         console.print(f"Nothing exported: {error}")
@@ -598,17 +609,11 @@ def export(
     out: Optional[Path] = typer.Option(None, help="Where to write the YAML (default: results/<study>/best-recipe.yaml, or rank-K.yaml)."),
 ) -> None:
     """Write a study's K-th best recipe as a mergekit YAML."""
-    import optuna
-
     from evomerge.search.export import export_recipe
-    from evomerge.search.study import SearchSettings, open_existing_storage
+    from evomerge.search.study import RESULTS_ROOT, default_storage_url, load_existing_study
 
-    url = storage or SearchSettings(parents=[], benchmarks=[], study=study).storage_url()
-    try:
-        loaded = optuna.load_study(study_name=study, storage=open_existing_storage(url))
-    except KeyError:
-        raise EvomergeError(f"no study {study!r} in {url}") from None
-    target = out or Path("results") / study / ("best-recipe.yaml" if rank == 1 else f"rank-{rank}.yaml")
+    loaded = load_existing_study(study, storage or default_storage_url(study))
+    target = out or RESULTS_ROOT / study / ("best-recipe.yaml" if rank == 1 else f"rank-{rank}.yaml")
     trial = export_recipe(loaded, target, rank)
     stdout.print(f"Wrote {target} (trial {trial.number}, value {trial.values[0]:.4f})")
 
@@ -659,12 +664,9 @@ def train(
     Each output folder records its lineage (parent, strategy, data hash, hyperparameters) in
     evomerge_lineage.json, with a label such as "instruct-CPT-SFT" that search and map show.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from evomerge.train.pipeline import load_pipeline, run_pipeline
     from evomerge.train.trainers import TrainSettings, check
     from evomerge.train.trainers import train as train_stage
-
 
     settings = None
     if pipeline is not None:
@@ -690,26 +692,24 @@ def train(
             lora=lora,
             lora_r=lora_r,
             lora_alpha=lora_alpha,
-            lora_targets=[t.strip() for t in lora_targets.split(",") if t.strip()],
+            lora_targets=comma_list(lora_targets),
             merge_lora=merge_lora,
             overwrite=overwrite,
         )
         check(settings)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("training", total=None, loss="–")
+    stage = [f"{strategy} on {model}"]  # the bar being advanced: one per stage
+
+    def on_stage(index: int, count: int, current: dict) -> None:
+        stage[0] = f"stage {index + 1}/{count}: {current['label']}"
+
+    with training_progress() as on_step:
 
         def on_log(step: int, total: int, loss: float) -> None:
-            bar.update(task, completed=step, total=total, loss=f"{loss:.4f}")
+            on_step(stage[0], step, total, loss)
 
         if pipeline is not None:
-
-            def on_stage(index: int, count: int, stage: dict) -> None:
-                bar.update(task, description=f"stage {index + 1}/{count}: {stage['label']}", completed=0, total=None, loss="–")
-
             results = run_pipeline(pipeline, model=model, out=out, overwrite=overwrite, device=device, on_stage=on_stage, on_log=on_log)
         else:
-            bar.update(task, description=f"{strategy} on {model}")
             results = [train_stage(settings, on_log=on_log)]
     for result in results:
         first, last = result.lineage["first_loss"], result.lineage["last_loss"]
@@ -749,11 +749,11 @@ def map_command(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from evomerge.search.scale_map import MapSettings, check_options, load_pairs, parse_scales, parse_sweep, run_map, toy_pairs
+    from evomerge.search.scale_map import MapSettings, check_options, load_pairs, parse_sweep, run_map, toy_pairs
 
     if (pairs is None) == (toy is None):
         raise EvomergeError("give --pairs FILE.yaml or --toy SCALES (one of them)")
-    scales = parse_scales(toy) if toy is not None else []
+    scales = parse_scales(toy, "--toy") if toy is not None else []
     name = pairs.stem if pairs is not None else "toy-" + "-".join(scales)
     settings = MapSettings(
         out=out or Path("results") / f"map-{name}",
@@ -772,14 +772,10 @@ def map_command(
     )
     settings.command = map_command_line(settings, pairs, toy, toy_dir, sweep, out)
     if pairs is not None:
-        settings.pairs, file_benchmark = load_pairs(pairs)
-        settings.benchmark = benchmark or file_benchmark
+        settings.pairs = load_pairs(pairs)
     else:
         check_options(settings)  # a bad flag is reported before any toy parent is built
-        settings.pairs, _ = toy_pairs(scales, toy_dir, device=device, say=lambda message: console.print(message, highlight=False))
-    if benchmark is not None:  # an explicit --benchmark wins over the pairs' own
-        for pair in settings.pairs:
-            pair.benchmark = None
+        settings.pairs = toy_pairs(scales, toy_dir, device=device, say=lambda message: console.print(message, highlight=False))
     columns = (TextColumn("[bold]map"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("checking", total=None)
@@ -798,21 +794,27 @@ def map_command(
 def map_command_line(settings, pairs: Optional[Path], toy: Optional[str], toy_dir: Path, sweep: str, out: Optional[Path]) -> str:
     """The command as a user would retype it (flags at their defaults left out), for the report."""
     import shlex
+    from dataclasses import fields
+
+    from evomerge.search.scale_map import DEFAULT_SWEEP, MapSettings
+    from evomerge.toy.build import DEFAULT_ROOT
 
     parts = ["evomerge", "map"]
     if pairs is not None:
         parts += ["--pairs", str(pairs)]
     else:
-        parts += ["--toy", str(toy)] + (["--toy-dir", str(toy_dir)] if toy_dir != Path("results/toy") else [])
-    defaults = {"benchmark": None, "search_trials": 0, "space": "slerp_gradient", "holdout": 0.2, "seed": 0, "resamples": 2000,
-                "device": "auto", "dtype": None, "protocol": "paper", "batch_size": 16}
-    flags = {"search_trials": "--search"}
-    if sweep != "0:1:0.1":
+        parts += ["--toy", str(toy)] + (["--toy-dir", str(toy_dir)] if toy_dir != DEFAULT_ROOT else [])
+    if sweep != DEFAULT_SWEEP:
         parts += ["--sweep", sweep]
-    for key, default in defaults.items():
+    flags = {  # MapSettings' fields that one flag each sets
+        "benchmark": "--benchmark", "search_trials": "--search", "space": "--space", "holdout": "--holdout", "seed": "--seed",
+        "resamples": "--resamples", "device": "--device", "dtype": "--dtype", "protocol": "--protocol", "batch_size": "--batch-size",
+    }  # fmt: skip
+    defaults = {field.name: field.default for field in fields(MapSettings)}
+    for key, flag in flags.items():
         value = getattr(settings, key)
-        if value != default and not (key == "holdout" and not settings.search_trials):
-            parts += [flags.get(key, "--" + key.replace("_", "-")), str(value)]
+        if value != defaults[key] and not (key == "holdout" and not settings.search_trials):
+            parts += [flag, str(value)]
     if out is not None:
         parts += ["--out", str(out)]
     return " ".join(shlex.quote(part) for part in parts)

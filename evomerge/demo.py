@@ -3,34 +3,44 @@
 It builds (or reuses) the xs toy parents the paper would merge, "Instruct" and "Instruct-CPT-SFT",
 then runs the same search `evomerge search` runs: the default space, pruning, a held-out split, the
 paper's recipe as trial 0. What a user sees is what the search command prints.
+
+Importing this module is cheap (the command line reads its defaults at start-up): what it needs
+of the toy domain and the search is imported when it is used.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
-from evomerge.search.study import SearchSettings
-from evomerge.toy.build import DEFAULT_ROOT, ToyBuild, build_toy
+if TYPE_CHECKING:
+    from evomerge.search.study import SearchSettings
+    from evomerge.toy.build import ToyBuild
 
 DEMO_SCALE = "xs"
-DEMO_PARENTS = ("instruct", "instruct-CPT-SFT")
 DEMO_STUDY = "demo"
 DEMO_TRIALS = 30
 
 
 def build_demo_parents(
-    root: Path = DEFAULT_ROOT,
+    root: Optional[Path] = None,
     device: str = "auto",
     progress: Optional[Callable[[str], None]] = None,
     on_step: Optional[Callable[[str, int, int, float], None]] = None,
 ) -> ToyBuild:
-    return build_toy(DEMO_SCALE, root, device=device, parents=DEMO_PARENTS, progress=progress, on_step=on_step)
+    """The pair the demo merges, at the demo's scale, under `root` (default: results/toy)."""
+    from evomerge.search.scale_map import TOY_PAIR
+    from evomerge.toy.build import build_toy
+
+    return build_toy(DEMO_SCALE, root, device=device, parents=TOY_PAIR, progress=progress, on_step=on_step)
 
 
 def demo_settings(build: ToyBuild, trials: int = DEMO_TRIALS, device: str = "auto", study: str = DEMO_STUDY) -> SearchSettings:
     """Instruct × Instruct-CPT-SFT on the toy domain benchmark, base = Instruct (as the paper)."""
-    instruct, child = (str(build.parents[name].resolve()) for name in DEMO_PARENTS)
+    from evomerge.search.scale_map import TOY_PAIR
+    from evomerge.search.study import SearchSettings
+
+    instruct, child = (str(build.parents[name].resolve()) for name in TOY_PAIR)
     return SearchSettings(
         parents=[instruct, child],
         benchmarks=[str(build.domain_benchmark.resolve())],

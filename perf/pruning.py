@@ -1,13 +1,16 @@
-"""What pruning saves, measured: the same search with the default pruner and without, in one run.
+"""What pruning saves, measured: the same search with each pruner and without, in one run.
 
 On the xs toy parents (Instruct × Instruct-CPT-SFT, built or reused under results/toy), the demo's
-search (default space, fidelities and holdout) runs for each seed twice, with `--pruner` as the
-defaults set it and with `--pruner none`, for the same number of trials. "Questions" counts the
+search (default space, fidelities and holdout) runs for each seed once with `--pruner none` and
+once with each pruner of `--pruners`, for the same number of trials. "Questions" counts the
 benchmark items each trial actually scored (a trial pruned after the first fidelity scored only
-that fraction; an identical recipe copied from an earlier trial scored none). Target: the best
-accuracy found within 1 point, with at most half the questions. The last line is one JSON object.
+that fraction; an identical recipe copied from an earlier trial scored none). Target, per pruner:
+the best accuracy found within 1 point of the unpruned search's, with at most half the questions.
 
-    python perf/pruning.py [--trials 30] [--seeds 0,1,2] [--device cpu]
+Output, one JSON object per line: the setup (the number of search items among them), one line per
+seed, then one summary line per pruner against `none`.
+
+    python perf/pruning.py [--pruners halving,hyperband] [--trials 30] [--seeds 0,1,2] [--device cpu]
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import optuna
 from optuna.trial import TrialState
 
-from evomerge.demo import demo_settings
+from evomerge.demo import build_demo_parents, demo_settings
+from evomerge.evaluate.benchmark import load_benchmark
 from evomerge.search.run import optimise, prepare
-from evomerge.search.study import SearchSettings
-from evomerge.toy.build import build_toy
+from evomerge.search.study import PRUNERS, SearchSettings
+
+REFERENCE = "none"
 
 
 def questions_scored(study: optuna.Study, count) -> int:
@@ -44,57 +49,77 @@ def questions_scored(study: optuna.Study, count) -> int:
     return total
 
 
-def run_search(settings: SearchSettings) -> tuple[float, int, dict]:
+def run_search(settings: SearchSettings) -> dict:
     start = time.perf_counter()
     study, runner = optimise(prepare(settings))
     count = runner.objectives[0].scorer.benchmark.count
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    best = max(t.value for t in complete)
     states = [t.state for t in study.get_trials(deepcopy=False)]
-    stats = {"pruned": states.count(TrialState.PRUNED), "complete": states.count(TrialState.COMPLETE), "seconds": round(time.perf_counter() - start, 1)}
-    return best, questions_scored(study, count), stats
+    return {
+        "best": max(t.value for t in complete),
+        "questions": questions_scored(study, count),
+        "pruned": states.count(TrialState.PRUNED),
+        "complete": states.count(TrialState.COMPLETE),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def search_item_count(settings: SearchSettings) -> int:
+    """The items a trial is scored on: the benchmark less its held-out split."""
+    search, _ = load_benchmark(settings.benchmarks[0]).split_holdout(settings.holdout)
+    return len(search)
+
+
+def parse_pruners(text: str) -> list[str]:
+    pruners = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in pruners if name not in PRUNERS]
+    if not pruners or unknown:
+        raise SystemExit(f"--pruners: choose from {', '.join(PRUNERS)}, comma-separated; got {text!r}")
+    return [name for name in dict.fromkeys(pruners) if name != REFERENCE]  # each is compared with none
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pruners", default=SearchSettings.pruner, help=f"comma-separated, from {', '.join(PRUNERS)} (default: the search's)")
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--toy-dir", default="results/toy")
     args = parser.parse_args()
+    pruners = parse_pruners(args.pruners)
+    seeds = [int(s) for s in args.seeds.split(",")]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    build = build_toy("xs", args.toy_dir, device=args.device, parents=("instruct", "instruct-CPT-SFT"), progress=print)
+    build = build_demo_parents(Path(args.toy_dir), device=args.device, progress=print)
     base = demo_settings(build, trials=args.trials, device=args.device)
+    print(json.dumps({"search_items": search_item_count(base), "holdout": base.holdout, "fidelities": base.fidelities, "trials": args.trials, "seeds": seeds}))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in [int(s) for s in args.seeds.split(",")]:
+        for seed in seeds:
             row = {"seed": seed}
-            for label, pruner in (("pruned", base.pruner), ("unpruned", "none")):
-                settings = replace(base, seed=seed, pruner=pruner, study=f"pruning-{label}-{seed}", storage=f"sqlite:///{Path(tmp) / f'{label}-{seed}.db'}")
-                best, questions, stats = run_search(settings)
-                row.update({f"best_{label}": best, f"questions_{label}": questions, f"{label}_trials": stats})
+            for pruner in [REFERENCE, *pruners]:
+                settings = replace(base, seed=seed, pruner=pruner, study=f"pruning-{pruner}-{seed}", storage=f"sqlite:///{Path(tmp) / f'{pruner}-{seed}.db'}")
+                row[pruner] = run_search(settings)
             print(json.dumps(row))
             rows.append(row)
 
-    best_pruned = statistics.mean(r["best_pruned"] for r in rows)
-    best_unpruned = statistics.mean(r["best_unpruned"] for r in rows)
-    questions_pruned = sum(r["questions_pruned"] for r in rows)
-    questions_unpruned = sum(r["questions_unpruned"] for r in rows)
-    ratio = questions_pruned / questions_unpruned
-    print(json.dumps({
-        "best_pruned": round(best_pruned, 4),
-        "best_unpruned": round(best_unpruned, 4),
-        "best_gap_points": round(100 * (best_unpruned - best_pruned), 2),
-        "questions_pruned": questions_pruned,
-        "questions_unpruned": questions_unpruned,
-        "question_ratio": round(ratio, 3),
-        "target_met": abs(best_unpruned - best_pruned) <= 0.01 and ratio <= 0.5,
-        "pruner": base.pruner,
-        "fidelities": base.fidelities,
-        "trials": args.trials,
-        "seeds": [r["seed"] for r in rows],
-    }))  # fmt: skip
+    best_unpruned = statistics.mean(r[REFERENCE]["best"] for r in rows)
+    questions_unpruned = sum(r[REFERENCE]["questions"] for r in rows)
+    for pruner in pruners:
+        best = statistics.mean(r[pruner]["best"] for r in rows)
+        questions = sum(r[pruner]["questions"] for r in rows)
+        ratio = questions / questions_unpruned
+        print(json.dumps({
+            "pruner": pruner,
+            "best": round(best, 4),
+            "best_unpruned": round(best_unpruned, 4),
+            "best_gap_points": round(100 * (best_unpruned - best), 2),
+            "questions": questions,
+            "questions_unpruned": questions_unpruned,
+            "question_ratio": round(ratio, 3),
+            "pruned_trials": [r[pruner]["pruned"] for r in rows],
+            "target_met": abs(best_unpruned - best) <= 0.01 and ratio <= 0.5,
+        }))  # fmt: skip
 
 
 if __name__ == "__main__":

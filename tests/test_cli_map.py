@@ -114,3 +114,29 @@ def test_a_non_empty_output_folder_is_kept_without_overwrite(parents, tmp_path):
     result = invoke("map", "--pairs", parents["pairs"], "--out", out)
     assert_clean_error(result, "--overwrite")
     assert (out / "mine.txt").read_text() == "keep"
+
+
+def test_the_commands_defaults_are_the_maps_own():
+    """`evomerge map` without a flag does what MapSettings does by default, and the command line
+    the report shows leaves out exactly the flags at those defaults."""
+    from dataclasses import MISSING, fields
+
+    import typer
+
+    from evomerge.cli import map_command_line
+    from evomerge.search.scale_map import DEFAULT_SWEEP, MapSettings, parse_sweep
+    from evomerge.toy.build import DEFAULT_ROOT
+
+    options = {param.name: param.default for param in typer.main.get_command(app).commands["map"].params}
+    defaults = {field.name: field.default for field in fields(MapSettings) if field.default is not MISSING}
+    for name in ("benchmark", "search_trials", "space", "holdout", "seed", "resamples", "device", "dtype", "protocol", "batch_size", "overwrite"):
+        assert options["search" if name == "search_trials" else name] == defaults[name], name
+    assert options["sweep"] == DEFAULT_SWEEP and parse_sweep(DEFAULT_SWEEP) == MapSettings(out=Path("m")).sweep
+    assert Path(options["toy_dir"]) == DEFAULT_ROOT
+
+    plain = MapSettings(out=Path("m"))
+    assert map_command_line(plain, Path("p.yaml"), None, DEFAULT_ROOT, DEFAULT_SWEEP, None) == "evomerge map --pairs p.yaml"
+    changed = MapSettings(out=Path("m"), seed=3, search_trials=5, holdout=0.3, batch_size=8)
+    line = map_command_line(changed, None, "xs,s", Path("toys"), "0,1", Path("m"))
+    assert line == "evomerge map --toy xs,s --toy-dir toys --sweep 0,1 --search 5 --holdout 0.3 --seed 3 --batch-size 8 --out m"
+    assert "--holdout" not in map_command_line(MapSettings(out=Path("m"), holdout=0.3), Path("p.yaml"), None, DEFAULT_ROOT, DEFAULT_SWEEP, None)

@@ -7,6 +7,7 @@ per test session by the demo itself; every later command reuses them.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -22,17 +23,19 @@ def run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
+def run_in(work, *args):
+    """The command run from `work` (where `results/` goes), as a user in that folder would."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(work)
+        return run(*args)
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     """The demo on a reduced budget (4 trials), in a fresh working folder; parents trained here."""
     work = tmp_path_factory.mktemp("demo")
     toy_dir = work / "toy"
-    cwd = pytest.MonkeyPatch()
-    cwd.chdir(work)
-    try:
-        result = run("demo", "--trials", "4", "--toy-dir", toy_dir, "--device", "cpu")
-    finally:
-        cwd.undo()
+    result = run_in(work, "demo", "--trials", "4", "--toy-dir", toy_dir, "--device", "cpu")
     return work, toy_dir, result
 
 
@@ -56,20 +59,21 @@ def test_demo_trains_the_xs_parents_searches_and_prints_the_table(demo_run):
     assert (study / "trials.csv").is_file() and (study / "history.png").is_file()
 
 
-def test_demo_again_reuses_the_parents_and_starts_a_fresh_search(demo_run):
-    work, toy_dir, _ = demo_run
+def test_demo_again_reuses_the_parents_and_starts_a_fresh_search(demo_run, tmp_path):
+    """A second demo, in a working folder of its own (the first demo's results stay as they are),
+    on the same toy parents: they are reused, and a search that existed there is replaced."""
+    first_work, toy_dir, _ = demo_run
+    work = tmp_path / "again"
+    shutil.copytree(first_work / "results" / "demo", work / "results" / "demo")  # a previous demo's study here
+    first_summary = (first_work / "results" / "demo" / "summary.json").read_text()
     stamp = (toy_dir / "xs" / "instruct-CPT-SFT" / "model.safetensors").stat().st_mtime_ns
-    cwd = pytest.MonkeyPatch()
-    cwd.chdir(work)
-    try:
-        result = run("demo", "--trials", "2", "--toy-dir", toy_dir, "--device", "cpu")
-    finally:
-        cwd.undo()
+    result = run_in(work, "demo", "--trials", "2", "--toy-dir", toy_dir, "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert "xs/instruct-CPT-SFT: reused" in result.output
     assert (toy_dir / "xs" / "instruct-CPT-SFT" / "model.safetensors").stat().st_mtime_ns == stamp
     summary = json.loads((work / "results" / "demo" / "summary.json").read_text())
     assert summary["trials"].get("complete", 0) + summary["trials"].get("pruned", 0) == 2  # not 4 + 2
+    assert (first_work / "results" / "demo" / "summary.json").read_text() == first_summary
 
 
 def test_toy_reports_each_parents_accuracy(demo_run):

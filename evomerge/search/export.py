@@ -2,7 +2,8 @@
 
 `best-recipe.yaml` is a mergekit YAML with absolute parent paths; `mergekit-yaml` on it builds the
 same tensors as `evomerge merge` (the engine's contract). A two-benchmark study also writes its
-Pareto front (`pareto.csv`, `pareto/trial-N.yaml`).
+Pareto front (`pareto.csv`, `pareto/trial-N.yaml`). Which trial is best, second best, …: one
+ranking (`study.ranked_trials`), so summary.json's best trial is the one best-recipe.yaml holds.
 """
 
 from __future__ import annotations
@@ -13,18 +14,14 @@ from pathlib import Path
 from typing import Optional
 
 import optuna
+from optuna.importance import PedAnovaImportanceEvaluator
 from optuna.trial import TrialState
 
 from evomerge.errors import EvomergeError
 from evomerge.recipe import Recipe, layer_position, paper_recipe
-from evomerge.search.run import HOLDOUT_ATTR, best_trial
-from evomerge.search.study import PARENT_SCORES_ATTR, load_settings
-
-
-def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Complete trials, best first (by the first objective)."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sorted(complete, key=lambda t: (-t.values[0], t.number))
+from evomerge.search.objective import ParentScores
+from evomerge.search.run import HOLDOUT_ATTR
+from evomerge.search.study import PARENT_SCORES_ATTR, load_settings, ranked_trials
 
 
 def recipe_of(trial: optuna.trial.FrozenTrial) -> Recipe:
@@ -50,9 +47,10 @@ def summarise(study: optuna.Study, wall_s: Optional[float] = None) -> dict:
     settings = load_settings(study)
     trials = study.get_trials(deepcopy=False)
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
-    parent_scores = study.user_attrs.get(PARENT_SCORES_ATTR, {})
-    parents = {name: scores[0]["fidelity"]["1.0"] for name, scores in parent_scores.items()}
-    best = best_trial(study)
+    parent_scores = ParentScores(study.user_attrs.get(PARENT_SCORES_ATTR, {}))
+    parents = dict(zip(parent_scores.by_parent, parent_scores.at(0, 1.0)))
+    ranked = ranked_trials(study)
+    best = ranked[0] if ranked else None
     baseline = next((t for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE), None)
     summary = {
         "study": study.study_name,
@@ -80,7 +78,7 @@ def summarise(study: optuna.Study, wall_s: Optional[float] = None) -> dict:
 def write_trials_csv(study: optuna.Study, out: Path) -> None:
     trials = study.get_trials(deepcopy=False)
     param_names = sorted({name for t in trials for name in t.params})
-    attr_names = ["baseline", "accuracy", "gain", "synergy", "merge_s", "score_s", "duplicate_of", "fail_reason"]
+    attr_names = ["baseline", "accuracy", "gain", "synergy", "merge_s", "score_s", "duplicate_of", "fail_reason", "worker"]
     fidelity_names = sorted({k for t in trials for k in t.user_attrs if k.startswith("accuracy@")})
     with open(out, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -95,7 +93,8 @@ def write_trials_csv(study: optuna.Study, out: Path) -> None:
 
 
 def write_pareto(study: optuna.Study, folder: Path) -> None:
-    front = sorted(study.best_trials, key=lambda t: -t.values[0])
+    on_front = {t.number for t in study.best_trials}
+    front = [t for t in ranked_trials(study) if t.number in on_front]  # in the study's ranking
     (folder / "pareto").mkdir(parents=True, exist_ok=True)
     with open(folder / "pareto.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -106,7 +105,9 @@ def write_pareto(study: optuna.Study, folder: Path) -> None:
             writer.writerow([t.number, t.values[0], t.values[1], path.name])
 
 
-def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
+def write_plots(study: optuna.Study, folder: Path, summary: dict) -> list[Path]:
+    """The optimisation history, the parameters' importances and (SLERP) t over depth against the
+    paper's schedule, for a one-benchmark study; `summary` is `summarise(study)`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,7 +117,6 @@ def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete or len(study.directions) > 1:
         return written
-    summary = summarise(study)
     figure, axis = plt.subplots(figsize=(7, 4))
     numbers = [t.number for t in complete]
     values = [t.values[0] for t in complete]
@@ -126,27 +126,27 @@ def write_plots(study: optuna.Study, folder: Path) -> list[Path]:
     baseline = [t for t in complete if t.user_attrs.get("baseline")]
     if baseline:
         axis.scatter([baseline[0].number], [baseline[0].values[0]], marker="*", s=120, color="tab:red", label="paper's recipe")
-    if summary["best_parent"] is not None and load_settings(study).objective == "accuracy":
+    if summary["best_parent"] is not None and summary["objective"] == "accuracy":
         axis.axhline(summary["best_parent"], linestyle="--", color="grey", label="best parent")
     axis.set_xlabel("trial")
-    axis.set_ylabel(load_settings(study).objective)
+    axis.set_ylabel(summary["objective"])
     axis.legend(fontsize=8)
     axis.set_title(f"{study.study_name}: optimisation history")
     written.append(_save(figure, folder / "history.png"))
 
     try:
-        importances = optuna.importance.get_param_importances(study)
+        importances = optuna.importance.get_param_importances(study, evaluator=PedAnovaImportanceEvaluator())
     except Exception:  # too few or identical trials: no importances to draw
         importances = {}
     if importances:
         figure, axis = plt.subplots(figsize=(7, max(2.5, 0.3 * len(importances))))
         names = list(importances)[::-1]
         axis.barh(names, [importances[n] for n in names], color="tab:blue")
-        axis.set_xlabel("importance (fANOVA)")
+        axis.set_xlabel("importance (PED-ANOVA)")
         axis.set_title("Which parameters mattered")
         written.append(_save(figure, folder / "importances.png"))
 
-    best = best_trial(study)
+    best = next(t for t in complete if t.number == summary["best_trial"])
     recipe = Recipe.from_yaml(best.user_attrs["recipe"])
     if recipe.merge_method == "slerp":
         layers = load_num_layers(recipe)
@@ -189,7 +189,7 @@ def export_all(study: optuna.Study, folder: Path, wall_s: Optional[float] = None
         export_recipe(study, folder / "best-recipe.yaml")
         if len(study.directions) > 1:
             write_pareto(study, folder)
-        write_plots(study, folder)
+        write_plots(study, folder, summary)
     write_trials_csv(study, folder / "trials.csv")
     (folder / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary

@@ -12,25 +12,29 @@ fidelity, report each to whatever decides pruning, record. The Optuna backend ha
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Sequence, Union
+from functools import cached_property
+from typing import Callable, Mapping, Optional, Protocol, Sequence, Union
 
 import optuna
 
+from evomerge.evaluate.benchmark import Benchmark
 from evomerge.evaluate.objective import Objective, make_objective
-from evomerge.evaluate.scorer import ScoreResult, Scorer
+from evomerge.evaluate.scorer import ScoreResult, Scorer, make_result
 from evomerge.merge.merger import Merger
 from evomerge.merge.parents import ParentInfo
 from evomerge.recipe import Recipe
-from evomerge.search.study import PARENT_SCORES_ATTR, SearchSettings, fidelity_step
+from evomerge.search.study import PARENT_SCORES_ATTR, SearchSettings, fidelity_step, process_name, study_is_full
 from evomerge.space import SearchSpace
 
 Values = Union[float, tuple[float, ...]]
-# What a duplicate does not copy from the trial it repeats: its own recipe bookkeeping and timings.
-NOT_COPIED = ("recipe", "recipe_key", "baseline", "duplicate_of", "merge_s", "score_s")
+# What a duplicate does not copy from the trial it repeats: its own recipe bookkeeping, timings
+# and the process that ran it (a duplicate runs nowhere).
+NOT_COPIED = ("recipe", "recipe_key", "baseline", "duplicate_of", "merge_s", "score_s", "worker")
 
 
 class TrialRecord(Protocol):
@@ -62,10 +66,10 @@ class ParentScores:
         return [scores[benchmark]["fidelity"][str(fidelity)] for scores in self.by_parent.values()]
 
 
-def recipe_dtype_name(settings: SearchSettings, infos: Sequence[ParentInfo]) -> str:
-    """The dtype a trial's recipe names: --dtype, else the parents' own (what the Merger keeps
-    resident), read from the headers so a process that never loads the weights names it too."""
-    return settings.dtype or infos[0].stored_dtype
+def recipe_dtype_name(dtype: Optional[str], infos: Sequence[ParentInfo]) -> str:
+    """The dtype a recipe names: --dtype, else the parents' own (what the Merger keeps resident),
+    read from the headers so a process that never loads the weights names it too."""
+    return dtype or infos[0].stored_dtype
 
 
 def ensure_parent_scores(study: optuna.Study, compute: Callable[[], dict]) -> dict:
@@ -75,6 +79,50 @@ def ensure_parent_scores(study: optuna.Study, compute: Callable[[], dict]) -> di
         stored = compute()
         study.set_user_attr(PARENT_SCORES_ATTR, stored)
     return stored
+
+
+def parent_entry(fidelity: Mapping[str, float], search: ScoreResult, holdout: Optional[float]) -> dict:
+    """What the study stores for one parent on one benchmark: its accuracy at each fidelity (by
+    `str(fraction)`), its per-item results on every search item, and its held-out accuracy."""
+    entry = {"fidelity": dict(fidelity), "correct": correctness_string(search), "per_category": search.per_category}
+    if holdout is not None:
+        entry["holdout"] = holdout
+    return entry
+
+
+def subset_result(result: ScoreResult, item_ids: Sequence[str]) -> ScoreResult:
+    """`result` on these items only, in this order (each must be among its items)."""
+    position = {item_id: index for index, item_id in enumerate(result.item_ids)}
+    picked = [position[item_id] for item_id in item_ids]
+    predictions = [result.predictions[i] for i in picked] if result.predictions else [None] * len(picked)
+    categories = [result.categories[i] for i in picked] if result.categories else [None] * len(picked)
+    return make_result(list(item_ids), categories, [result.correct[i] for i in picked], predictions, 0.0)
+
+
+def parent_scores_from_results(
+    results: Mapping[str, ScoreResult], search: Benchmark, held: Optional[Benchmark], fidelities: Sequence[float]
+) -> dict:
+    """The study's parent scores (as `TrialRunner.compute_parent_scores` stores them, one
+    benchmark) from each parent's results on every item of a benchmark whose search and held-out
+    splits are `search` and `held`: fraction f is the first `search.count(f)` search items, as a
+    trial scores it. For a caller that scored the parents on the whole benchmark already."""
+    search_ids = [item.id for item in search.items]
+    by_parent = {}
+    for parent, result in results.items():
+        on_search = subset_result(result, search_ids)
+        fidelity = {str(f): subset_result(on_search, search_ids[: search.count(f)]).accuracy for f in fidelities}
+        holdout = subset_result(result, [item.id for item in held.items]).accuracy if held is not None and len(held) else None
+        by_parent[parent] = [parent_entry(fidelity, on_search, holdout)]
+    return by_parent
+
+
+def record_recipe(trial, recipe_yaml: str) -> Optional[optuna.trial.FrozenTrial]:
+    """Store a trial's recipe and its key; the earlier finished trial with the same recipe, if any
+    (an identical recipe is not evaluated twice)."""
+    key = recipe_key(recipe_yaml)
+    trial.set_user_attr("recipe", recipe_yaml)
+    trial.set_user_attr("recipe_key", key)
+    return find_duplicate(trial.study, trial.number, key)
 
 
 def find_duplicate(study: optuna.Study, number: int, key: str) -> Optional[optuna.trial.FrozenTrial]:
@@ -99,15 +147,16 @@ class SurplusTrial(RuntimeError):
 class TrialRunner:
     """Holds what every trial of a study shares in this process, and runs trials."""
 
-    def __init__(self, settings: SearchSettings, infos: Sequence[ParentInfo], space: SearchSpace):
-        from transformers import AutoTokenizer
-
+    def __init__(
+        self, settings: SearchSettings, infos: Sequence[ParentInfo], space: SearchSpace, *, merger: Optional[Merger] = None, tokenizer=None
+    ):
+        """`merger` and `tokenizer`: a caller's own, for these parents (`load_pair`), to share."""
         self.settings = settings
         self.space = space
-        self.merger = Merger(list(infos), device=settings.device, dtype=settings.dtype)
-        self.dtype_name = recipe_dtype_name(settings, infos)
-        tokenizer_info = infos[settings.parents.index(settings.base)] if settings.base else infos[0]
-        self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_info.tokenizer_dir))
+        if merger is None:
+            merger, tokenizer = load_pair(infos, settings.base, device=settings.device, dtype=settings.dtype)
+        self.merger, self.tokenizer = merger, tokenizer
+        self.dtype_name = recipe_dtype_name(settings.dtype, infos)
         self.objectives: list[Objective] = [
             make_objective(
                 benchmark,
@@ -121,21 +170,20 @@ class TrialRunner:
             )
             for benchmark in settings.benchmarks
         ]
-        # The held-out items of each benchmark, tokenised once (parents and the best recipe use them).
-        self.holdout_scorers: dict[int, Scorer] = {
+        self.parent_scores: Optional[ParentScores] = None
+
+    @cached_property
+    def holdout_scorers(self) -> dict[int, Scorer]:
+        """The held-out items of each benchmark, tokenised once, when first needed: by the parents'
+        scores and the best recipe's, once per study, never by a trial."""
+        settings = self.settings
+        return {
             index: Scorer(objective.holdout, self.tokenizer, protocol=objective.protocol, batch_size=settings.batch_size, chat=settings.chat)
             for index, objective in enumerate(self.objectives)
             if objective.holdout is not None
         }
-        self.parent_scores: Optional[ParentScores] = None
-        self.trials_run = 0
-        self.total_trials: Optional[int] = None  # set by the run: the study's --trials
 
     # ----- once per study --------------------------------------------------------------------
-
-    def score_parents(self, study: optuna.Study) -> ParentScores:
-        """Each parent scored alone at every fidelity (and on the held-out items); stored on the study."""
-        return self.use_parent_scores(ensure_parent_scores(study, self.compute_parent_scores))
 
     def use_parent_scores(self, by_parent: dict) -> ParentScores:
         """Measure gain and synergy against these scores (as stored on the study)."""
@@ -153,10 +201,8 @@ class TrialRunner:
                 for f in self.settings.fidelities:  # one pass: each fraction extends the last
                     full = objective.scorer.score(model, f, previous=full)
                     fidelity[str(f)] = full.accuracy
-                entry = {"fidelity": fidelity, "correct": correctness_string(full), "per_category": full.per_category}
-                if index in self.holdout_scorers:
-                    entry["holdout"] = self.holdout_scorers[index].score(model, 1.0).accuracy
-                per_benchmark.append(entry)
+                held = self.holdout_scorers.get(index)
+                per_benchmark.append(parent_entry(fidelity, full, held.score(model, 1.0).accuracy if held else None))
             by_parent[parent] = per_benchmark
         return by_parent
 
@@ -186,11 +232,7 @@ class TrialRunner:
         settings = self.settings
         self._refuse_surplus(trial)
         recipe = self.space.suggest(trial, settings.parents, settings.base, self.merger.num_layers, self.dtype_name)
-        recipe_yaml = recipe.to_yaml()
-        key = recipe_key(recipe_yaml)
-        trial.set_user_attr("recipe", recipe_yaml)
-        trial.set_user_attr("recipe_key", key)
-        duplicate = find_duplicate(trial.study, trial.number, key)
+        duplicate = record_recipe(trial, recipe.to_yaml())
         if duplicate is not None:
             return self._copy_result(trial, duplicate)
         return self.evaluate(recipe, trial)
@@ -199,10 +241,10 @@ class TrialRunner:
         """Merge the recipe, score it at each fidelity (only the new items each time), report each
         partial value to `trial` and stop if it says prune, record everything; the trial's value(s)."""
         settings = self.settings
+        trial.set_user_attr("worker", process_name())  # which process ran it
         start = time.perf_counter()
         model = self.merger.apply(recipe, seed=settings.seed)
         trial.set_user_attr("merge_s", round(time.perf_counter() - start, 4))
-        self.trials_run += 1
 
         score_start = time.perf_counter()
         primary = self.objectives[0]
@@ -232,13 +274,10 @@ class TrialRunner:
     def _refuse_surplus(self, trial: optuna.Trial) -> None:
         """Workers that start a trial at the same moment could overshoot --trials: a trial with
         the total already reached before it is not run (recorded as failed, which does not count)."""
-        if self.total_trials is None:
-            return
-        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
-        earlier = [t for t in trial.study.get_trials(deepcopy=False, states=states) if t.number < trial.number]
-        if len(earlier) >= self.total_trials:
+        total = self.settings.trials
+        if study_is_full(trial.study, total, before=trial.number):
             trial.study.stop()
-            raise SurplusTrial(f"not run: the study already has its {self.total_trials} trials")
+            raise SurplusTrial(f"not run: the study already has its {total} trials")
 
     def _value(self, accuracy: float, benchmark: int, fidelity: float) -> float:
         if self.settings.objective == "gain":
@@ -268,8 +307,21 @@ def failure_reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:500]
 
 
+def load_pair(infos: Sequence[ParentInfo], base: Optional[str], *, device: str = "auto", dtype: Optional[str] = None):
+    """The parents resident in one Merger, and the tokenizer every score uses: the base parent's
+    (the model SLERP starts from, as the paper), else the first parent's."""
+    from transformers import AutoTokenizer
+
+    merger = Merger(list(infos), device=device, dtype=dtype)
+    names = [info.name for info in infos]
+    tokenizer_info = infos[names.index(base)] if base in names else infos[0]
+    return merger, AutoTokenizer.from_pretrained(str(tokenizer_info.tokenizer_dir))
+
+
 def free_accelerator_memory() -> None:
+    """Free what Python no longer references, then the accelerator's cached blocks."""
     import torch
 
+    gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

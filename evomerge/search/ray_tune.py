@@ -27,7 +27,7 @@ import tempfile
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Mapping, Optional
 
 import optuna
@@ -38,21 +38,27 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from evomerge.errors import EvomergeError
+from evomerge.errors import EvomergeError, first_line
 from evomerge.evaluate.scorer import ScoreResult
 from evomerge.search.objective import (
     TrialRunner,
     Values,
     copied_attrs,
-    ensure_parent_scores,
     failure_reason,
-    find_duplicate,
     free_accelerator_memory,
     recipe_dtype_name,
-    recipe_key,
+    record_recipe,
 )
-from evomerge.search.run import MAX_CONSECUTIVE_FAILURES, Prepared, check_stopped, enqueue_baseline, record_failure_streak
-from evomerge.search.study import HEARTBEAT_S, PRUNING_FACTOR, SearchSettings, create_or_load_study, finished_count, make_sampler
+from evomerge.search.run import Prepared, check_stopped, open_study, record_failure_streak, trial_budget
+from evomerge.search.study import (
+    HEARTBEAT_S,
+    PRUNING_FACTOR,
+    SearchSettings,
+    finished_count,
+    last_fidelity_step,
+    make_sampler,
+    study_is_full,
+)
 
 logger = logging.getLogger("evomerge.ray")
 OnTrial = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
@@ -65,7 +71,6 @@ STATE = "evomerge_state"  # "running" after a partial fraction, then "complete" 
 ATTRS = "evomerge_attrs"  # the trial attributes recorded since the last result, as JSON
 PID, LOADS = "worker_pid", "worker_parent_loads"
 RECIPE = "recipe"  # the one key of a Ray trial's config
-REDUCTION = PRUNING_FACTOR  # ASHA keeps the best third at each fraction, as the Optuna backend
 
 
 # ----- what a trial asks of the cluster ----------------------------------------------------------
@@ -146,13 +151,14 @@ def local_resources() -> dict[str, float]:
 def make_scheduler(settings: SearchSettings) -> TrialScheduler:
     """ASHA with a rung at each partial benchmark fraction (the Optuna backend's successive halving;
     also for --pruner hyperband), the median stopping rule for --pruner median, none for one
-    fraction or two benchmarks."""
-    steps = len(settings.fidelities)
-    if settings.pruner == "none" or steps == 1 or settings.multi_objective:
+    fraction or two benchmarks. ASHA keeps the best third at each fraction, as the Optuna backend."""
+    if not settings.prunes:
         return FIFOScheduler()
     if settings.pruner == "median":
         return MedianStoppingRule(time_attr=RUNG, metric=VALUE, mode="max", grace_period=1, min_samples_required=3)
-    return ASHAScheduler(time_attr=RUNG, metric=VALUE, mode="max", grace_period=1, max_t=REDUCTION ** (steps - 1), reduction_factor=REDUCTION)
+    return ASHAScheduler(
+        time_attr=RUNG, metric=VALUE, mode="max", grace_period=1, max_t=last_fidelity_step(settings), reduction_factor=PRUNING_FACTOR
+    )
 
 
 def metric_names(settings: SearchSettings) -> list[str]:
@@ -205,8 +211,7 @@ class RaySession:
             )
         except (ConnectionError, RuntimeError, ValueError) as error:
             self.close()
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise EvomergeError(f"cannot start or reach Ray ({address or 'local'}): {first}") from None
+            raise EvomergeError(f"cannot start or reach Ray ({address or 'local'}): {first_line(error)}") from None
         self._started = True
         logging.getLogger("ray").setLevel(logging.WARNING)  # Tune's own warnings, once Ray is up
 
@@ -292,9 +297,9 @@ class TuneReporter:
     def should_prune(self) -> bool:
         return False  # Ray's scheduler decides: a trial it stops never returns from its report
 
-    def complete(self, values: Values, steps: int) -> None:
+    def complete(self, values: Values, last_step: int) -> None:
         values = values if isinstance(values, tuple) else (values,)
-        self._send({STATE: "complete", **dict(zip(self.metrics, values)), RUNG: REDUCTION ** (steps - 1)})
+        self._send({STATE: "complete", **dict(zip(self.metrics, values)), RUNG: last_step})
 
     def fail(self, reason: str) -> None:
         self.attrs["fail_reason"] = reason
@@ -321,7 +326,7 @@ def run_trial(config: dict, job: WorkerJob) -> None:
         free_accelerator_memory()
         reporter.fail(failure_reason(error))
         return
-    reporter.complete(values, steps=1 if settings.multi_objective else len(settings.fidelities))
+    reporter.complete(values, last_step=1 if settings.multi_objective else last_fidelity_step(settings))
 
 
 def _score_parents_task(job: WorkerJob) -> tuple[dict, int, int]:
@@ -358,8 +363,7 @@ class RemoteRunner:
     `run.score_holdout` takes it as it takes a TrialRunner."""
 
     def __init__(self, settings: SearchSettings, resources: TrialResources, loads: WorkerLoads):
-        worker_settings = SearchSettings.from_json(settings.to_json())
-        worker_settings.device = resources.device
+        worker_settings = replace(settings, device=resources.device)
         self.settings = settings
         self.resources = resources
         self.loads = loads
@@ -393,7 +397,19 @@ class StudySearch(OptunaSearch):
     failures stop new trials while running ones finish.
     """
 
-    def __init__(self, prepared: Prepared, *, num_layers: int, dtype_name: str, timeout: Optional[float], on_trial: Optional[OnTrial], loads: WorkerLoads, error_dir: str):
+    def __init__(
+        self,
+        prepared: Prepared,
+        *,
+        num_layers: int,
+        dtype_name: str,
+        timeout: Optional[float],
+        on_trial: Optional[OnTrial],
+        loads: WorkerLoads,
+        error_dir: str,
+        sampler: Optional[optuna.samplers.BaseSampler] = None,
+    ):
+        """`sampler`: the opened study's (default: a new one with --seed)."""
         settings = prepared.settings
         space = prepared.space
 
@@ -406,7 +422,7 @@ class StudySearch(OptunaSearch):
             space=define_by_run,
             metric=metrics if settings.multi_objective else metrics[0],
             mode=["max"] * len(metrics) if settings.multi_objective else "max",
-            sampler=make_sampler(settings, prepared.grid),
+            sampler=sampler or make_sampler(settings, prepared.grid),
             study_name=settings.study,
             storage=prepared.storage,
         )
@@ -414,8 +430,7 @@ class StudySearch(OptunaSearch):
         self.storage = prepared.storage
         self.study: optuna.Study = self._ot_study
         self.deadline = time.monotonic() + timeout if timeout else None
-        # As the Optuna backend's n_trials: room for a few failures beyond the trials still due.
-        self.max_asks = settings.trials - finished_count(self.study) + MAX_CONSECUTIVE_FAILURES
+        self.max_asks = trial_budget(self.study, settings)  # as the Optuna backend's n_trials
         self.asked = 0
         self.started = 0  # trials handed to Ray (a duplicate is answered without one)
         self.stopped = False
@@ -446,14 +461,10 @@ class StudySearch(OptunaSearch):
                 continue
             trial = self._ot_trials[trial_id]
             self._beat(trial)
-            recipe_yaml = config[RECIPE]
-            key = recipe_key(recipe_yaml)
-            trial.set_user_attr("recipe", recipe_yaml)
-            trial.set_user_attr("recipe_key", key)
-            original = find_duplicate(self.study, trial.number, key)
+            original = record_recipe(trial, config[RECIPE])
             if original is None:
                 self.started += 1
-                return {RECIPE: recipe_yaml}
+                return {RECIPE: config[RECIPE]}
             # An identical recipe is not evaluated twice: the earlier outcome, and ask again.
             pruned = original.state == TrialState.PRUNED
             self._finish(trial_id, TrialState.PRUNED if pruned else TrialState.COMPLETE, None if pruned else original.values, copied_attrs(original))
@@ -467,11 +478,9 @@ class StudySearch(OptunaSearch):
         if self.grid_size is not None and self._grid_points_started() >= self.grid_size:
             # Optuna's grid sampler would hand out a point still running again; wait for it instead.
             return None if self._ot_trials else Searcher.FINISHED
-        finished = finished_count(self.study)
-        if finished >= self.settings.trials:
+        if finished_count(self.study) >= self.settings.trials:
             return Searcher.FINISHED
-        running = len(self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-        if finished + running >= self.settings.trials:
+        if study_is_full(self.study, self.settings.trials):
             # Wait for ours: one may fail and leave room for another.
             return None if self._ot_trials else Searcher.FINISHED
         return True
@@ -615,28 +624,23 @@ def optimise_on_ray(
     on_trial: Optional[OnTrial] = None,
     log: Callable[[str], None] = logger.info,
 ) -> tuple[optuna.Study, RemoteRunner]:
-    """`run.optimise` on Ray: create or resume the study, score the parents once, queue the
-    paper's recipe, and run trials on the cluster until the study has its total."""
+    """`run.optimise` on Ray: open the study as the Optuna backend does (the parents scored once,
+    on a worker), and run trials on the cluster until the study has its total."""
     settings = prepared.settings
     loads = WorkerLoads(log=log)
     runner = RemoteRunner(settings, session.resources, loads)
-    study = create_or_load_study(settings, prepared.storage, prepared.grid)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)  # a trial of a killed run has stopped beating
-    parent_scores = ensure_parent_scores(study, runner.compute_parent_scores)
-    num_layers = prepared.infos[0].num_layers
-    enqueue_baseline(study, prepared.space, num_layers)
-    if settings.trials - finished_count(study) > 0:
+    study, parent_scores = open_study(prepared, runner.compute_parent_scores)
+    if trial_budget(study, settings):
         ray_dir = str((settings.results_dir / "ray").resolve())  # Tune's per-trial folders and error files
         searcher = StudySearch(
             prepared,
-            num_layers=num_layers,
-            dtype_name=recipe_dtype_name(settings, prepared.infos),
+            num_layers=prepared.infos[0].num_layers,
+            dtype_name=recipe_dtype_name(settings.dtype, prepared.infos),
             timeout=timeout,
             on_trial=on_trial,
             loads=loads,
             error_dir=ray_dir,
+            sampler=study.sampler,  # a resumed study's own seed, not --seed again
         )
         resources = session.resources
         trainable = tune.with_resources(tune.with_parameters(run_trial, job=runner.with_parent_scores(parent_scores)), resources.as_ray())

@@ -1,38 +1,47 @@
-"""Run a search: check everything, create or resume the study, optimise, score the held-out items.
+"""Run a search: check everything, open (create or resume) the study, optimise, score the held-out items.
 
 Order matters: every bad input (flags, space, parents, benchmark files, storage) is reported
-before the study is created; weights load once per process; `--trials` is the study's total, so
-rerunning the same command continues it; Ctrl-C stops cleanly after marking the running trial.
+before the study is created; weights load once per process; the study is opened (its parents
+scored, the paper's recipe queued) by one process before any other joins it; `--trials` is the
+study's total, so rerunning the same command continues it; Ctrl-C stops cleanly after marking the
+running trial.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-from dataclasses import dataclass
-from typing import Callable, Optional
+import warnings
+from dataclasses import dataclass, replace
+from typing import Callable, Optional, Sequence
 
 import optuna
+from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from evomerge.errors import EvomergeError
 from evomerge.evaluate.benchmark import load_benchmark
 from evomerge.evaluate.harness import find_task, is_lm_eval_spec
+from evomerge.evaluate.scorer import ScoreResult
 from evomerge.merge.merger import resolve_device, resolve_dtype
-from evomerge.merge.parents import check_parents, inspect_parent
-from evomerge.search.objective import TrialRunner
+from evomerge.merge.parents import ParentInfo, check_parents, inspect_parent
+from evomerge.search.objective import TrialRunner, ensure_parent_scores
 from evomerge.search.study import (
+    TAKEN,
     SearchSettings,
+    best_trial,
     create_or_load_study,
     finished_count,
+    load_existing_study,
     load_settings,
-    open_existing_storage,
     open_storage,
 )
 from evomerge.space import SearchSpace, load_space
 
 MAX_CONSECUTIVE_FAILURES = 5
 HOLDOUT_ATTR = "holdout_scores"
+
+OnTrial = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 
 class TooManyFailures(EvomergeError):
@@ -43,22 +52,22 @@ class TooManyFailures(EvomergeError):
 class Prepared:
     settings: SearchSettings
     space: SearchSpace
-    infos: list
-    storage: object
+    infos: list[ParentInfo]
+    storage: object = None  # None until the storage is opened (see `prepare`)
     grid: Optional[dict] = None  # the grid sampler's values, when --sampler grid
 
 
-def prepare(settings: SearchSettings, preflight: Optional[Callable[[], None]] = None) -> Prepared:
-    """All checks that need no weights: flags, space, parents' headers, benchmark files, storage.
-    `preflight` runs after the inputs are checked and before the storage is opened (the Ray
-    backend reaches its cluster there), so it too fails before a study file exists."""
+def check_search(settings: SearchSettings, infos: Optional[Sequence[ParentInfo]] = None) -> Prepared:
+    """Every check that needs neither weights nor the storage: flags, space, parents' headers,
+    benchmark files. `infos`: the parents' headers, inspected and checked by the caller already."""
     settings.check()
     if settings.executor != "ray":  # on Ray the trials' device is the one Ray assigns them
         resolve_device(settings.device)
     resolve_dtype(settings.dtype)
     space = load_space(settings.space)
-    infos = [inspect_parent(parent) for parent in settings.parents]
-    check_parents(infos)
+    if infos is None:
+        infos = [inspect_parent(parent) for parent in settings.parents]
+        check_parents(infos)
     space.check_parents(settings.parents, settings.base)
     for benchmark in settings.benchmarks:
         if is_lm_eval_spec(benchmark):
@@ -70,22 +79,78 @@ def prepare(settings: SearchSettings, preflight: Optional[Callable[[], None]] = 
         grid = space.grid(infos[0].num_layers, settings.parents, settings.base)
         if grid is None:
             raise EvomergeError(f"--sampler grid needs a step on every searched value of space {space.name}")
+    return Prepared(settings, space, list(infos), grid=grid)
+
+
+def prepare(settings: SearchSettings, preflight: Optional[Callable[[], None]] = None) -> Prepared:
+    """All checks that need no weights (`check_search`), then the storage. `preflight` runs after
+    the inputs are checked and before the storage is opened (the Ray backend reaches its cluster
+    there), so it too fails before a study file exists."""
+    checked = check_search(settings)
     if preflight is not None:
         preflight()
-    return Prepared(settings, space, infos, open_storage(settings.storage_url()), grid)
+    return replace(checked, storage=open_storage(settings.storage_url()))
 
 
-class StopAtTotal:
-    """Stop this worker once finished plus running trials reach the study's total (across every
-    worker), so N trials asked are N recorded; a failure reopens room for another trial."""
+# ----- the study: opened once, then trials until it has its total ------------------------------
 
-    def __init__(self, total: int):
-        self.total = total
 
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        if len(study.get_trials(deepcopy=False, states=states)) >= self.total:
-            study.stop()
+def open_study(prepared: Prepared, compute_parent_scores: Callable[[], dict]) -> tuple[optuna.Study, dict]:
+    """Create or resume the study: fail the trials of a killed process, score the parents once
+    (`compute_parent_scores`, only if the study has no scores yet), queue the paper's recipe once.
+    The study and its parents' scores. Every process that runs trials opens the study this way;
+    a process that starts others opens it first, so they find it ready."""
+    study = create_or_load_study(prepared.settings, prepared.storage, prepared.grid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
+        optuna.storages.fail_stale_trials(study)  # a trial whose process was killed has stopped beating
+    parent_scores = ensure_parent_scores(study, compute_parent_scores)
+    enqueue_baseline(study, prepared.space, prepared.infos[0].num_layers)
+    return study, parent_scores
+
+
+def trial_budget(study: optuna.Study, settings: SearchSettings) -> int:
+    """How many trials this process may start: those still due, plus room to replace a few
+    failures (a failed trial does not count towards --trials; a run of them stops the study).
+    0 when the study already has its total."""
+    due = settings.trials - finished_count(study)
+    return due + MAX_CONSECUTIVE_FAILURES if due > 0 else 0
+
+
+def optimise(
+    prepared: Prepared,
+    *,
+    timeout: Optional[float] = None,
+    on_trial: Optional[OnTrial] = None,
+    runner: Optional[TrialRunner] = None,
+    parent_scores: Optional[Callable[[], dict]] = None,
+    workers: int = 0,
+) -> tuple[optuna.Study, TrialRunner]:
+    """Open the study and run trials in this process (and `workers` more processes on this
+    machine, started once the study is open) until the study has its total. `parent_scores`
+    computes the parents' scores if the study has none (default: the runner scores them)."""
+    settings = prepared.settings
+    runner = runner or TrialRunner(settings, prepared.infos, prepared.space)
+    study, scores = open_study(prepared, parent_scores or runner.compute_parent_scores)
+    runner.use_parent_scores(scores)
+    processes = start_workers(settings, workers, timeout) if workers else []
+    try:
+        budget = trial_budget(study, settings)
+        if budget:
+            # The callback ends the run at the study's total, across every worker: N trials
+            # asked are N recorded.
+            callbacks = [MaxTrialsCallback(settings.trials, states=TAKEN), failure_guard]
+            if on_trial is not None:
+                callbacks.append(on_trial)
+            study.optimize(runner, n_trials=budget, timeout=timeout, callbacks=callbacks, catch=(Exception,))
+        for process in processes:
+            process.join()
+    finally:
+        for process in processes:
+            if process.is_alive():  # Ctrl-C or an error here: the workers' trials end with this run
+                process.terminate()
+    check_stopped(study, settings)
+    return study, runner
 
 
 def failure_guard(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -110,47 +175,30 @@ def check_stopped(study: optuna.Study, settings: SearchSettings) -> None:
         raise TooManyFailures(f"search stopped: {study.user_attrs['stopped_because']}")
 
 
-def optimise(
-    prepared: Prepared,
-    *,
-    timeout: Optional[float] = None,
-    on_trial: Optional[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = None,
-    runner: Optional[TrialRunner] = None,
-) -> tuple[optuna.Study, TrialRunner]:
-    """Create or resume the study and run trials in this process until the study has its total."""
-    settings = prepared.settings
-    runner = runner or TrialRunner(settings, prepared.infos, prepared.space)
-    study = create_or_load_study(settings, prepared.storage, prepared.grid)
-    runner.total_trials = settings.trials
-    # A trial whose process was killed (kill -9) has stopped beating: mark it failed now.
-    optuna.storages.fail_stale_trials(study)
-    runner.score_parents(study)
-    enqueue_baseline(study, prepared.space, runner.merger.num_layers)
-    remaining = settings.trials - finished_count(study)
-    if remaining > 0:
-        callbacks = [StopAtTotal(settings.trials), failure_guard]
-        if on_trial is not None:
-            callbacks.append(on_trial)
-        # Failed trials do not count towards --trials: leave room to replace a few (the guard stops
-        # a run of failures); MaxTrialsCallback ends the run at the study's total, across workers.
-        n_trials = remaining + MAX_CONSECUTIVE_FAILURES
-        study.optimize(runner, n_trials=n_trials, timeout=timeout, callbacks=callbacks, catch=(Exception,))
-    check_stopped(study, settings)
-    return study, runner
-
-
 def enqueue_baseline(study: optuna.Study, space: SearchSpace, num_layers: int) -> None:
-    """The paper's hand-made recipe as a trial, where the space can express it, once per study."""
+    """The paper's hand-made recipe as a trial, where the space can express it, once per study
+    (a trial with the same values, whatever its state, is not queued again)."""
     params = space.baseline_params(num_layers)
-    if params is None or any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)):
-        return
-    study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
+    if params is not None:
+        study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
 
 
-def score_holdout(study: optuna.Study, runner: TrialRunner) -> Optional[dict]:
-    """Score the best recipe on the held-out items the search never saw; stored on the study.
-    `runner` is anything with `settings` and `holdout_score(recipe_yaml)` (the Ray backend scores
-    on a worker)."""
+# ----- the held-out items ----------------------------------------------------------------------
+
+
+@dataclass
+class HeldOut:
+    """The best trial's recipe scored on the held-out items, and what is stored on the study."""
+
+    trial: optuna.trial.FrozenTrial
+    result: ScoreResult  # per item, in the held-out items' order
+    scores: dict  # the study's HOLDOUT_ATTR: trial, search_accuracy, holdout_accuracy, holdout_n
+
+
+def holdout_result(study: optuna.Study, runner) -> Optional[HeldOut]:
+    """Score the best recipe on the held-out items the search never saw, and store its scores on
+    the study; None without held-out items. `runner` is anything with `settings` and
+    `holdout_score(recipe_yaml)` (the Ray backend scores on a worker)."""
     if not runner.settings.holdout or runner.settings.multi_objective:
         return None
     best = best_trial(study)
@@ -161,36 +209,33 @@ def score_holdout(study: optuna.Study, runner: TrialRunner) -> Optional[dict]:
         return None
     scores = {"trial": best.number, "search_accuracy": best.user_attrs.get("accuracy"), "holdout_accuracy": result.accuracy, "holdout_n": result.n}
     study.set_user_attr(HOLDOUT_ATTR, scores)
-    return scores
+    return HeldOut(best, result, scores)
 
 
-def best_trial(study: optuna.Study) -> Optional[optuna.trial.FrozenTrial]:
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        return None
-    if len(study.directions) > 1:
-        front = study.best_trials
-        return max(front, key=lambda t: t.values[0]) if front else None
-    return study.best_trial
+def score_holdout(study: optuna.Study, runner) -> Optional[dict]:
+    """`holdout_result`'s stored scores (what the summary and the command line show)."""
+    held = holdout_result(study, runner)
+    return held.scores if held is not None else None
 
 
 # ----- several worker processes on one machine ----------------------------------------------
 
 
-def _worker_main(settings_json: str, threads: int) -> None:
+def _worker_main(settings_json: str, threads: int, timeout: Optional[float]) -> None:
     import torch
 
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings = SearchSettings.from_json(settings_json)
-    optimise(prepare(settings))
+    optimise(prepare(settings), timeout=timeout)
 
 
-def start_workers(settings: SearchSettings, count: int) -> list[multiprocessing.Process]:
-    """`count` extra processes that join the same study (each loads the parents once)."""
+def start_workers(settings: SearchSettings, count: int, timeout: Optional[float] = None) -> list[multiprocessing.Process]:
+    """`count` extra processes that join the same study (each loads the parents once); start
+    them once the study is open, so they find its parents' scores and do not score them again."""
     threads = max(1, (os.cpu_count() or 1) // (count + 1))
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=_worker_main, args=(settings.to_json(), threads), daemon=True) for _ in range(count)]
+    processes = [context.Process(target=_worker_main, args=(settings.to_json(), threads, timeout), daemon=True) for _ in range(count)]
     for process in processes:
         process.start()
     return processes
@@ -198,11 +243,6 @@ def start_workers(settings: SearchSettings, count: int) -> list[multiprocessing.
 
 def join_study(study_name: str, storage_url: str) -> SearchSettings:
     """The settings of an existing study, so `evomerge worker` needs nothing but its name and storage."""
-    storage = open_existing_storage(storage_url)
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        raise EvomergeError(f"no study {study_name!r} in {storage_url}") from None
-    settings = load_settings(study).in_process()  # whichever backend started the study
+    settings = load_settings(load_existing_study(study_name, storage_url)).in_process()  # whichever backend started the study
     settings.storage = storage_url
     return settings

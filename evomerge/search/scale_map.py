@@ -4,9 +4,11 @@ by more than the noise?
 Per pair, one `Merger` holds both parents and one `Scorer` holds the tokenised benchmark. Each parent
 is scored alone; a global SLERP t is swept over a grid (base_model = the pair's base, as the paper);
 the paper's layer schedule is scored; with `search_trials`, a search of that many trials (the
-search's own machinery, its own study under the map's folder) runs and its best recipe is scored on
-the held-out items. Every score keeps its per-item correctness, and `evomerge.analysis` turns them
-into accuracies, gains and synergies with paired bootstrap intervals, figures and a report.
+search's own machinery on the same Merger and tokenizer, its own study under the map's folder) runs
+and its best recipe is scored on the held-out items. The parents are scored once: the search's
+study takes their scores on its items from the map's per-item results. Every score keeps its
+per-item correctness, and `evomerge.analysis` turns them into accuracies, gains and synergies with
+paired bootstrap intervals, figures and a report.
 
 Which items: parents, sweep points and the paper's schedule are scored on the whole benchmark: none
 of them is chosen by looking at the benchmark, and more items mean narrower intervals. The searched
@@ -16,13 +18,11 @@ default, by a hash of item ids, as in `evomerge search`), against both parents o
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import re
 import time
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
@@ -31,24 +31,30 @@ import yaml
 from evomerge.analysis.metrics import DEFAULT_RESAMPLES, Bootstrap, Kinship, MapRow, kinship, merge_metrics
 from evomerge.analysis.plots import draw_all
 from evomerge.analysis.report import highlights, summary_rows, write_items_csv, write_kinship_csv, write_map_csv, write_report
-from evomerge.errors import EvomergeError
+from evomerge.errors import EvomergeError, first_line
 from evomerge.evaluate.benchmark import Benchmark, load_benchmark, shipped_benchmarks
 from evomerge.evaluate.harness import is_lm_eval_spec
 from evomerge.evaluate.scorer import ScoreResult, Scorer
 from evomerge.files import staged_folder
-from evomerge.merge.merger import DTYPE_NAMES, Merger, resolve_device, resolve_dtype
+from evomerge.merge.merger import resolve_device, resolve_dtype
 from evomerge.merge.parents import ParentInfo, check_parents, inspect_parent, layer_index, load_parent
-from evomerge.recipe import Recipe, paper_recipe, slerp_recipe
+from evomerge.recipe import paper_recipe, slerp_recipe
+from evomerge.search.objective import free_accelerator_memory, load_pair, recipe_dtype_name, subset_result
 
 if TYPE_CHECKING:
     import torch
+
+    from evomerge.search.run import Prepared
 
 DEFAULT_SWEEP = "0:1:0.1"
 MAX_SWEEP_POINTS = 201
 MIN_RESAMPLES = 100
 PAIR_KEYS = ("label", "parents", "base", "ancestor", "params", "benchmark")
 FILE_KEYS = ("pairs", "benchmark")
-TOY_PARENTS = ("base", "instruct", "instruct-CPT-SFT")  # ancestor, SLERP base, fine-tuned child
+# The toy domain's pair the paper merges, at every scale: SLERP's base (Instruct) and the
+# fine-tuned child; the map measures kinship against the toy's Base, their common ancestor.
+TOY_PAIR = ("instruct", "instruct-CPT-SFT")
+TOY_PARENTS = ("base", *TOY_PAIR)
 _SAFE_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,59}$")
 
 Progress = Callable[[int, int, str], None]  # (done, total, what is running now)
@@ -77,7 +83,7 @@ class MapSettings:
 
     out: Path
     pairs: list[PairSpec] = field(default_factory=list)
-    benchmark: Optional[str] = None  # for pairs that do not name their own
+    benchmark: Optional[str] = None  # --benchmark: every pair's, over the one the pair names
     sweep: list[float] = field(default_factory=lambda: parse_sweep(DEFAULT_SWEEP))
     search_trials: int = 0
     space: str = "slerp_gradient"
@@ -116,17 +122,17 @@ def parse_sweep(text: str) -> list[float]:
     return sorted(set(values))
 
 
-def load_pairs(path: Path) -> tuple[list[PairSpec], Optional[str]]:
+def load_pairs(path: Path) -> list[PairSpec]:
     """The pairs file: `pairs: [{label, parents: [A, B], base, ancestor, params, benchmark}]` and an
-    optional top-level `benchmark`. Relative paths are read from the file's folder."""
+    optional top-level `benchmark`, for the pairs that name none. Relative paths are read from the
+    file's folder."""
     path = Path(path)
     if not path.is_file():
         raise EvomergeError(f"pairs file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise EvomergeError(f"{path}: not valid YAML ({first})") from None
+        raise EvomergeError(f"{path}: not valid YAML ({first_line(error)})") from None
     except UnicodeDecodeError:
         raise EvomergeError(f"{path}: not UTF-8 text") from None
     if not isinstance(data, dict):
@@ -141,12 +147,13 @@ def load_pairs(path: Path) -> tuple[list[PairSpec], Optional[str]]:
     benchmark = _benchmark_reference(data.get("benchmark"), folder, f"{path}: benchmark")
     pairs: list[PairSpec] = []
     for index, entry in enumerate(entries):
-        pairs.append(_parse_pair(entry, folder, f"{path}: pairs[{index}]"))
+        pair = _parse_pair(entry, folder, f"{path}: pairs[{index}]")
+        pairs.append(replace(pair, benchmark=pair.benchmark or benchmark))
     labels = [pair.label for pair in pairs]
     duplicate = next((label for label in labels if labels.count(label) > 1), None)
     if duplicate is not None:
         raise EvomergeError(f"{path}: label {duplicate!r} is used twice")
-    return pairs, benchmark
+    return pairs
 
 
 def _parse_pair(entry, folder: Path, where: str) -> PairSpec:
@@ -208,29 +215,19 @@ def _benchmark_reference(value, folder: Path, where: str) -> Optional[str]:
     return _path(value, folder)
 
 
-def parse_scales(text: str) -> list[str]:
-    scales = [part.strip() for part in text.split(",") if part.strip()]
-    if not scales:
-        raise EvomergeError(f"--toy expects scales, comma-separated (e.g. xs,s,m), got {text!r}")
-    if len(set(scales)) != len(scales):
-        raise EvomergeError(f"--toy lists a scale twice: {text}")
-    return scales
-
-
 def toy_pairs(
     scales: Sequence[str], root: Optional[Path] = None, *, device: str = "auto", say: Optional[Callable[[str], None]] = None
-) -> tuple[list[PairSpec], str]:
+) -> list[PairSpec]:
     """The toy domain's pair at each scale (Instruct × Instruct-CPT-SFT, base = Instruct, kinship
-    against the toy's Base), built if needed; and the toy's domain benchmark."""
+    against the toy's Base, the toy's domain benchmark), built if needed."""
     from evomerge.toy.build import build_toy
 
-    pairs, benchmark = [], None
+    pairs = []
     for scale in scales:
         build = build_toy(scale, root, device=device, parents=TOY_PARENTS, progress=say)
-        instruct, child = str(build.parents["instruct"]), str(build.parents["instruct-CPT-SFT"])
-        benchmark = str(build.domain_benchmark)
-        pairs.append(PairSpec(scale, (instruct, child), instruct, ancestor=str(build.parents["base"]), benchmark=benchmark))
-    return pairs, benchmark
+        instruct, child = (str(build.parents[name]) for name in TOY_PAIR)
+        pairs.append(PairSpec(scale, (instruct, child), instruct, ancestor=str(build.parents["base"]), benchmark=str(build.domain_benchmark)))
+    return pairs
 
 
 # ----- checks: everything before the first weight is read ------------------------------------
@@ -241,10 +238,15 @@ class CheckedPair:
     spec: PairSpec
     infos: dict[str, ParentInfo]  # parent reference → headers
     ancestor: Optional[ParentInfo]
-    benchmark: str
-    items: int
+    benchmark: str  # the reference: a shipped benchmark's name or a path
+    loaded: Benchmark
     holdout_items: int
     params: float
+    search: Optional[Prepared] = None  # the pair's search, checked (its storage is opened in the output folder)
+
+    @property
+    def items(self) -> int:
+        return len(self.loaded)
 
 
 def check_options(settings: MapSettings) -> None:
@@ -280,10 +282,12 @@ def check_map(settings: MapSettings) -> list[CheckedPair]:
     check_options(settings)
     if not settings.pairs:
         raise EvomergeError("no pairs to map: give --pairs FILE.yaml or --toy SCALES")
+    from evomerge.search.run import check_search
+
     benchmarks: dict[str, Benchmark] = {}
     checked = []
     for pair in settings.pairs:
-        reference = pair.benchmark or settings.benchmark
+        reference = settings.benchmark or pair.benchmark
         if reference is None:
             raise EvomergeError(f"pair {pair.label}: no benchmark (give --benchmark, or benchmark: in the pairs file)")
         if is_lm_eval_spec(reference):
@@ -308,20 +312,18 @@ def check_map(settings: MapSettings) -> list[CheckedPair]:
                 check_parents([infos[pair.parents[0]], ancestor])
             except EvomergeError as error:
                 raise EvomergeError(f"pair {pair.label}: the ancestor does not fit the parents ({error})") from None
+        search = None
         if settings.search_trials:
-            _search_settings(settings, pair, reference, Path(".")).check()
-            from evomerge.space import load_space
-
-            load_space(settings.space).check_parents(list(pair.parents), pair.base)
-        params = pair.params or float(sum(math.prod(shape) for shape in infos[pair.parents[0]].shapes.values()))
-        checked.append(CheckedPair(pair, infos, ancestor, reference, len(benchmark), held, params))
+            search = check_search(_search_settings(settings, pair, reference), infos=list(infos.values()))
+        params = pair.params or float(infos[pair.parents[0]].parameter_count)
+        checked.append(CheckedPair(pair, infos, ancestor, reference, benchmark, held, params, search))
     return checked
 
 
-def _search_settings(settings: MapSettings, pair: PairSpec, benchmark: str, folder: Path):
+def _search_settings(settings: MapSettings, pair: PairSpec, benchmark: str):
+    """The pair's search as `evomerge search` settings (its storage is set once the output folder exists)."""
     from evomerge.search.study import SearchSettings
 
-    study_folder = (folder / "searches" / pair.label).resolve()
     return SearchSettings(
         parents=list(pair.parents),
         benchmarks=[benchmark],
@@ -335,7 +337,6 @@ def _search_settings(settings: MapSettings, pair: PairSpec, benchmark: str, fold
         batch_size=settings.batch_size,
         trials=settings.search_trials,
         study=f"map-{pair.label}",
-        storage=f"sqlite:///{study_folder / 'study.db'}",
     )
 
 
@@ -352,7 +353,6 @@ def steps_of(pair: CheckedPair, settings: MapSettings) -> int:
 @dataclass
 class MapResult:
     rows: list[MapRow]
-    kinships: dict[str, Optional[Kinship]]
     out: Path
     files: list[str]
     seconds: float
@@ -386,37 +386,26 @@ def run_map(settings: MapSettings, progress: Optional[Progress] = None) -> MapRe
         for pair in checked:
             pair_start = time.perf_counter()
             mapped = _map_pair(pair, settings, folder, counter)
+            free_accelerator_memory()  # the pair's parents and model are gone with _map_pair's frame
             rows += mapped["rows"]
             kinships[pair.spec.label] = mapped["kinship"]
             items += mapped["items"]
             pair_summaries.append({**mapped["summary"], "seconds": round(time.perf_counter() - pair_start, 2)})
         counter.say("writing tables, figures and the report")
         files = _write_outputs(folder, settings, checked, rows, kinships, items, pair_summaries, time.perf_counter() - start)
-    return MapResult(rows, kinships, Path(settings.out), files, time.perf_counter() - start)
+    return MapResult(rows, Path(settings.out), files, time.perf_counter() - start)
 
 
 def _map_pair(pair: CheckedPair, settings: MapSettings, folder: Path, counter: _Counter) -> dict:
-    from transformers import AutoTokenizer
-
     spec, label = pair.spec, pair.spec.label
     first, second = spec.parents
     names = _display_names(pair)
     counter.say(f"{label}: loading parents")
-    prepared = runner = None
-    if settings.search_trials:
-        from evomerge.search.objective import TrialRunner
-        from evomerge.search.run import prepare
-
-        # The search's runner holds the pair's one Merger and tokenizer; the map reuses both.
-        prepared = prepare(_search_settings(settings, spec, pair.benchmark, folder))
-        runner = TrialRunner(prepared.settings, prepared.infos, prepared.space)
-        merger, tokenizer = runner.merger, runner.tokenizer
-    else:
-        merger = Merger([pair.infos[first], pair.infos[second]], device=settings.device, dtype=settings.dtype)
-        tokenizer = AutoTokenizer.from_pretrained(str(pair.infos[spec.base].tokenizer_dir))
-    dtype_name = DTYPE_NAMES[merger.dtype]
-    benchmark = load_benchmark(pair.benchmark)
-    scorer = Scorer(benchmark, tokenizer, protocol=settings.protocol, batch_size=settings.batch_size)
+    infos = [pair.infos[first], pair.infos[second]]
+    # One Merger and one tokenizer for the pair: the sweep, the paper's schedule and the search.
+    merger, tokenizer = load_pair(infos, spec.base, device=settings.device, dtype=settings.dtype)
+    dtype_name = recipe_dtype_name(settings.dtype, infos)
+    scorer = Scorer(pair.loaded, tokenizer, protocol=settings.protocol, batch_size=settings.batch_size)
 
     profile = None
     if pair.ancestor is not None:
@@ -432,7 +421,7 @@ def _map_pair(pair: CheckedPair, settings: MapSettings, folder: Path, counter: _
         results[parent] = scorer.score(merger.show_parent(parent), 1.0)
         counter.say(f"{label}: scored parent {names[parent]}", advance=1)
     # All items share one set of resamples per pair: every interval of the pair is paired.
-    bootstrap = Bootstrap(len(benchmark), settings.resamples, seed=settings.seed)
+    bootstrap = Bootstrap(pair.items, settings.resamples, seed=settings.seed)
     vector_1, vector_2 = results[first].correct, results[second].correct
 
     def row(result: ScoreResult, merge: str, name: str, t: Optional[float]) -> MapRow:
@@ -469,73 +458,68 @@ def _map_pair(pair: CheckedPair, settings: MapSettings, folder: Path, counter: _
         "ancestor": spec.ancestor,
         "params": pair.params,
         "benchmark": pair.benchmark,
-        "items": len(benchmark),
+        "items": pair.items,
         "kinship": None if math.isnan(kin) else kin,
     }
-    if runner is not None:
-        searched = _search_pair(pair, settings, folder, prepared, runner, results, kin, counter)
+    if pair.search is not None:
+        searched = _search_pair(pair, settings, folder, merger, tokenizer, results, kin, counter)
         if searched is not None:
             search_row, held, summary["search"] = searched
             rows.append(search_row)
             items.append((label, search_row.name, "holdout", held.item_ids, held.correct))
-        if hasattr(prepared.storage, "engine"):
-            prepared.storage.engine.dispose()  # close the sqlite file before the folder is renamed
-    del merger, runner, prepared
-    _free_memory()
     return {"rows": rows, "kinship": profile, "items": items, "summary": summary}
 
 
-def _search_pair(pair, settings, folder, prepared, runner, parent_results, kin, counter):
-    """Run the pair's search, score its best recipe on the held-out items, export the study."""
-    from optuna.exceptions import ExperimentalWarning
-
+def _search_pair(pair, settings, folder, merger, tokenizer, parent_results, kin, counter):
+    """Run the pair's search on the map's Merger and tokenizer, its parents' scores taken from
+    the map's own; score its best recipe on the held-out items; export the study."""
     from evomerge.search.export import export_all
-    from evomerge.search.run import HOLDOUT_ATTR, best_trial, optimise
-    from evomerge.search.study import finished_count
+    from evomerge.search.objective import TrialRunner, parent_scores_from_results
+    from evomerge.search.run import holdout_result, optimise
+    from evomerge.search.study import close_storage, finished_count, open_storage
 
     label = pair.spec.label
-    before = counter.done
-    counter.say(f"{label}: search, scoring parents on the search items")
+    study_folder = folder / "searches" / label
+    search_settings = replace(pair.search.settings, storage=f"sqlite:///{study_folder.resolve() / 'study.db'}")
+    prepared = replace(pair.search, settings=search_settings, storage=open_storage(search_settings.storage_url()))
+    try:
+        runner = TrialRunner(search_settings, prepared.infos, prepared.space, merger=merger, tokenizer=tokenizer)
+        objective = runner.objectives[0]
+        parent_scores = parent_scores_from_results(parent_results, objective.benchmark, objective.holdout, search_settings.fidelities)
+        before = counter.done
+        counter.say(f"{label}: search")
 
-    def on_trial(study, _trial) -> None:
-        counter.done = before + min(finished_count(study), settings.search_trials)
-        counter.say(f"{label}: search trial {counter.done - before}/{settings.search_trials}")
+        def on_trial(study, _trial) -> None:
+            counter.done = before + min(finished_count(study), settings.search_trials)
+            counter.say(f"{label}: search trial {counter.done - before}/{settings.search_trials}")
 
-    search_start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)  # the storage heartbeat is "experimental"
-        study, runner = optimise(prepared, on_trial=on_trial, runner=runner)
-    counter.done = before + settings.search_trials
-    best = best_trial(study)
-    result = None
-    if best is not None:
+        search_start = time.perf_counter()
+        study, _ = optimise(prepared, on_trial=on_trial, runner=runner, parent_scores=lambda: parent_scores)
+        counter.done = before + settings.search_trials
         counter.say(f"{label}: searched recipe on held-out items")
-        model = runner.merger.apply(Recipe.from_yaml(best.user_attrs["recipe"]), seed=settings.seed)
-        held = runner.holdout_scorers[0].score(model, 1.0)
-        # The parents on the same held-out items, taken from their full-benchmark results.
-        first, second = (dict(zip(parent_results[p].item_ids, parent_results[p].correct)) for p in pair.spec.parents)
-        vector_1 = [first[item_id] for item_id in held.item_ids]
-        vector_2 = [second[item_id] for item_id in held.item_ids]
-        bootstrap = Bootstrap(len(held.correct), settings.resamples, seed=[settings.seed, 1])
-        metrics = merge_metrics(held.correct, vector_1, vector_2, bootstrap)
-        name = f"search trial {best.number}"
-        row = MapRow.from_metrics(metrics, label=label, params=pair.params, merge="search", name=name, t=None, items="holdout", kinship=kin)
-        study.set_user_attr(
-            HOLDOUT_ATTR,
-            {"trial": best.number, "search_accuracy": best.user_attrs.get("accuracy"), "holdout_accuracy": held.accuracy, "holdout_n": held.n},
-        )
-        info = {
-            "study": study.study_name,
-            "folder": f"searches/{label}",
-            "trials": settings.search_trials,
-            "best_trial": best.number,
-            "search_accuracy": best.user_attrs.get("accuracy"),
-            "holdout_accuracy": held.accuracy,
-            "holdout_items": held.n,
-        }
-        result = (row, held, info)
-    counter.say(f"{label}: search done", advance=1)
-    export_all(study, folder / "searches" / label, time.perf_counter() - search_start)
+        held = holdout_result(study, runner)
+        result = None
+        if held is not None:
+            # The parents on the same held-out items, taken from their results on every item.
+            vector_1, vector_2 = (subset_result(parent_results[p], held.result.item_ids).correct for p in pair.spec.parents)
+            bootstrap = Bootstrap(held.result.n, settings.resamples, seed=[settings.seed, 1])
+            metrics = merge_metrics(held.result.correct, vector_1, vector_2, bootstrap)
+            name = f"search trial {held.trial.number}"
+            row = MapRow.from_metrics(metrics, label=label, params=pair.params, merge="search", name=name, t=None, items="holdout", kinship=kin)
+            info = {
+                "study": study.study_name,
+                "folder": f"searches/{label}",
+                "trials": settings.search_trials,
+                "best_trial": held.trial.number,
+                "search_accuracy": held.scores["search_accuracy"],
+                "holdout_accuracy": held.scores["holdout_accuracy"],
+                "holdout_items": held.scores["holdout_n"],
+            }
+            result = (row, held.result, info)
+        counter.say(f"{label}: search done", advance=1)
+        export_all(study, study_folder, time.perf_counter() - search_start)
+    finally:
+        close_storage(prepared.storage)  # its SQLite file is renamed with the output folder
     return result
 
 
@@ -563,14 +547,6 @@ def _display_names(pair: CheckedPair) -> dict[str, str]:
         if all(names.values()) and len(set(names.values())) == len(names):
             return names
     return {parent: parent for parent in pair.infos}
-
-
-def _free_memory() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # ----- outputs -------------------------------------------------------------------------------

@@ -7,17 +7,20 @@ heartbeat, so a trial whose process was killed is marked failed when the study r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import socket
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional
 
 import optuna
+from optuna.trial import TrialState
 
-from evomerge.errors import EvomergeError
+from evomerge.errors import EvomergeError, first_line
 
 SAMPLERS = ("tpe", "cmaes", "random", "grid", "gp", "nsga2")
 PRUNERS = ("halving", "hyperband", "median", "none")
@@ -27,6 +30,7 @@ PRUNERS = ("halving", "hyperband", "median", "none")
 PRUNING_FACTOR = 3
 OBJECTIVES = ("accuracy", "gain")
 EXECUTORS = ("optuna", "ray")  # what runs the trials: Optuna in this process, or Ray Tune on a cluster
+RESULTS_ROOT = Path("results")  # one folder per study under it: database, best recipe, tables, plots
 SETTINGS_ATTR = "evomerge_settings"
 PARENT_SCORES_ATTR = "parent_scores"
 # A running trial beats every HEARTBEAT_S; one silent for twice that (a killed process) is failed.
@@ -70,11 +74,17 @@ class SearchSettings:
         return len(self.benchmarks) > 1
 
     @property
+    def prunes(self) -> bool:
+        """Whether trials can be stopped early: a pruner, more than one fraction, one benchmark
+        (a two-benchmark trial is scored on every item of both)."""
+        return self.pruner != "none" and len(self.fidelities) > 1 and not self.multi_objective
+
+    @property
     def results_dir(self) -> Path:
-        return Path("results") / self.study
+        return RESULTS_ROOT / self.study
 
     def storage_url(self) -> str:
-        return self.storage or f"sqlite:///{self.results_dir / 'study.db'}"
+        return self.storage or default_storage_url(self.study)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -114,7 +124,9 @@ class SearchSettings:
             raise EvomergeError("--fidelities must end with 1 (the full benchmark)")
         if not 0 <= self.holdout < 1:
             raise EvomergeError(f"--holdout must be in [0, 1), got {self.holdout}")
-        if self.holdout and any(b.startswith("lm-eval:") for b in self.benchmarks):
+        from evomerge.evaluate.harness import is_lm_eval_spec
+
+        if self.holdout and any(is_lm_eval_spec(b) for b in self.benchmarks):
             raise EvomergeError("--holdout applies to evomerge benchmarks; an lm-eval task has its own splits (use --holdout 0)")
         if len(self.benchmarks) > 2:
             raise EvomergeError("--benchmark takes one benchmark, or two (domain,general) for a multi-objective study")
@@ -165,8 +177,7 @@ def open_storage(url: str):
     except EvomergeError:
         raise
     except Exception as error:  # SQLAlchemy and drivers raise many types for a bad URL
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise EvomergeError(f"cannot open storage {url}: {first_line}") from None
+        raise EvomergeError(f"cannot open storage {url}: {first_line(error)}") from None
 
 
 def open_existing_storage(url: str):
@@ -179,8 +190,35 @@ def open_existing_storage(url: str):
     return open_storage(url)
 
 
-def make_sampler(settings: SearchSettings, grid: Optional[dict[str, list[float]]] = None):
-    seed = settings.seed
+def default_storage_url(study: str) -> str:
+    """Where a study lives when no --storage is given: a SQLite file in its results folder."""
+    return f"sqlite:///{RESULTS_ROOT / study / 'study.db'}"
+
+
+def load_existing_study(study_name: str, url: str) -> optuna.Study:
+    """A study that must already exist (export, worker); a clear EvomergeError otherwise."""
+    storage = open_existing_storage(url)
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise EvomergeError(f"no study {study_name!r} in {url}") from None
+
+
+def close_storage(storage) -> None:
+    """Release a storage's database connections (before its SQLite file is moved, say)."""
+    engine = getattr(storage, "engine", None)  # RDBStorage's SQLAlchemy engine; a journal has none
+    if engine is not None:
+        engine.dispose()
+
+
+def process_name() -> str:
+    """This process, as a trial records who ran it: host and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def make_sampler(settings: SearchSettings, grid: Optional[dict[str, list[float]]] = None, seed: Optional[int] = None):
+    """The study's sampler, seeded with `seed` (default --seed)."""
+    seed = settings.seed if seed is None else seed
     if settings.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
     if settings.sampler == "cmaes":
@@ -199,13 +237,12 @@ def make_sampler(settings: SearchSettings, grid: Optional[dict[str, list[float]]
 
 
 def make_pruner(settings: SearchSettings):
-    steps = len(settings.fidelities)
-    if settings.pruner == "none" or steps == 1 or settings.multi_objective:
+    if not settings.prunes:
         return optuna.pruners.NopPruner()
     if settings.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
     if settings.pruner == "hyperband":  # hedges: some brackets never prune
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=fidelity_step(steps - 1), reduction_factor=PRUNING_FACTOR)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=last_fidelity_step(settings), reduction_factor=PRUNING_FACTOR)
     return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=PRUNING_FACTOR, min_early_stopping_rate=0)
 
 
@@ -214,31 +251,46 @@ def fidelity_step(index: int) -> int:
     return PRUNING_FACTOR**index
 
 
+def last_fidelity_step(settings: SearchSettings) -> int:
+    """The step of the full benchmark: the largest resource a pruner or scheduler sees."""
+    return fidelity_step(len(settings.fidelities) - 1)
+
+
 def create_or_load_study(settings: SearchSettings, storage, grid=None) -> optuna.Study:
-    """The study, created with the settings stored on it, or loaded if it exists (a resume)."""
-    directions = ["maximize", "maximize"] if settings.multi_objective else ["maximize"]
-    existing = {summary.study_name for summary in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    if settings.study in existing:
-        study = optuna.load_study(study_name=settings.study, storage=storage, sampler=make_sampler(settings, grid), pruner=make_pruner(settings))
-        stored = study.user_attrs.get(SETTINGS_ATTR)
-        if stored:
-            before = SearchSettings.from_json(stored)
-            for key in ("parents", "base", "space", "benchmarks", "objective", "fidelities", "holdout", "protocol"):
-                if getattr(before, key) != getattr(settings, key):
-                    raise EvomergeError(
-                        f"study {settings.study} exists with {key}={getattr(before, key)!r}, not {getattr(settings, key)!r}; "
-                        "use another --study name"
-                    )
-        return study
+    """The study, created with the settings stored on it, or loaded if it exists (a resume, or a
+    worker joining). Safe when several processes open it at once: Optuna's create-or-load is one
+    step in the storage. The process that creates the study samples with --seed (a new search is
+    reproducible); one that loads it samples with a seed of its own (`joining_seed`)."""
     study = optuna.create_study(
         study_name=settings.study,
         storage=storage,
         sampler=make_sampler(settings, grid),
         pruner=make_pruner(settings),
-        directions=directions,
+        directions=["maximize"] * (2 if settings.multi_objective else 1),
+        load_if_exists=True,
     )
-    study.set_user_attr(SETTINGS_ATTR, settings.to_json())
+    stored = study.user_attrs.get(SETTINGS_ATTR)
+    if stored is None:
+        study.set_user_attr(SETTINGS_ATTR, settings.to_json())
+        return study
+    before = SearchSettings.from_json(stored)
+    for key in ("parents", "base", "space", "benchmarks", "objective", "fidelities", "holdout", "protocol"):
+        if getattr(before, key) != getattr(settings, key):
+            raise EvomergeError(
+                f"study {settings.study} exists with {key}={getattr(before, key)!r}, not {getattr(settings, key)!r}; "
+                "use another --study name"
+            )
+    study.sampler = make_sampler(settings, grid, seed=joining_seed(settings.seed, len(study.get_trials(deepcopy=False))))
     return study
+
+
+def joining_seed(seed: int, trials_so_far: int) -> int:
+    """The sampler's seed in a process that loads an existing study: --seed mixed with this
+    process and the study's trials so far. With --seed itself, workers would all propose the same
+    recipes (the same random start, then the same choice from the same history), and a resumed run
+    would propose its first run's recipes again; either way trials spent on copies."""
+    digest = hashlib.sha256(f"{seed}:{process_name()}:{trials_so_far}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
 
 
 def load_settings(study: optuna.Study) -> SearchSettings:
@@ -248,6 +300,33 @@ def load_settings(study: optuna.Study) -> SearchSettings:
     return SearchSettings.from_json(stored)
 
 
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards --trials (a failure does not)
+TAKEN = FINISHED + (TrialState.RUNNING,)  # trials that hold a place in the study's total
+
+
 def finished_count(study: optuna.Study) -> int:
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return len(study.get_trials(deepcopy=False, states=states))
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def study_is_full(study: optuna.Study, total: int, before: Optional[int] = None) -> bool:
+    """Whether finished and running trials (only those numbered below `before`, if given) reach
+    `total`: no further trial may start, though a running one may still fail and free a place."""
+    taken = study.get_trials(deepcopy=False, states=TAKEN)
+    if before is not None:
+        taken = [trial for trial in taken if trial.number < before]
+    return len(taken) >= total
+
+
+def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Complete trials, best first: the one ranking behind the best trial, the exported recipe and
+    `evomerge export --rank`. One benchmark: by value. Two: the Pareto front first (no other trial
+    is at least as good on both and better on one), each group by its values in order (domain, then
+    general); ties go to the earlier trial."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    front = {trial.number for trial in study.best_trials} if len(study.directions) > 1 else set()
+    return sorted(complete, key=lambda t: (t.number not in front, [-v for v in t.values], t.number))
+
+
+def best_trial(study: optuna.Study) -> Optional[optuna.trial.FrozenTrial]:
+    ranked = ranked_trials(study)
+    return ranked[0] if ranked else None

@@ -25,10 +25,10 @@ from typer.testing import CliRunner
 
 from evomerge.cli import app
 from evomerge.errors import EvomergeError
-from evomerge.recipe import Recipe
+from evomerge.recipe import Recipe, slerp_recipe
 from evomerge.search.export import export_all, export_recipe, ranked_trials
 from evomerge.search.run import optimise, prepare, score_holdout
-from evomerge.search.study import SearchSettings
+from evomerge.search.study import SETTINGS_ATTR, SearchSettings, best_trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 MERGEKIT_YAML = Path(sys.executable).parent / "mergekit-yaml"
@@ -181,9 +181,9 @@ def test_plots_are_pngs(finished):
         data = (finished["folder"] / name).read_bytes()
         assert data.startswith(PNG), name
         assert len(data) > 5000, f"{name} is suspiciously small"
-    importances = finished["folder"] / "importances.png"
-    if importances.exists():
-        assert importances.read_bytes().startswith(PNG)
+    # Parameter importances need two complete trials with different values: this study has them.
+    assert len(finished["study"].get_trials(states=(TrialState.COMPLETE,))) >= 2
+    assert (finished["folder"] / "importances.png").read_bytes().startswith(PNG)
 
 
 def test_export_rank_two_writes_the_second_best(finished, tmp_path, monkeypatch):
@@ -228,3 +228,34 @@ def test_a_two_benchmark_study_writes_its_pareto_front(pareto_study):
     assert len(summary["benchmarks"]) == 2
     assert summary["best_trial"] in front and summary["best_value"] == max(t.values[0] for t in front.values())
     assert (folder / "best-recipe.yaml").is_file()
+
+
+def test_one_ranking_names_the_same_best_trial_in_the_summary_the_recipe_and_the_pareto_front(tmp_path):
+    """Two benchmarks: (0.7, 0.2) and (0.7, 0.5) tie on the domain, but only the second is on the
+    Pareto front. It is the best trial for summary.json, best-recipe.yaml and `export --rank 1`
+    alike; then the rest of the front, then the dominated trials, each by domain then general."""
+    storage = f"sqlite:///{tmp_path}/rank.db"
+    study = optuna.create_study(study_name="rank", storage=storage, directions=["maximize", "maximize"])
+    study.set_user_attr(SETTINGS_ATTR, SearchSettings(parents=["./a", "./b"], benchmarks=["x", "y"], study="rank").to_json())
+    for domain, general in ((0.7, 0.2), (0.7, 0.5), (0.6, 0.9), (0.5, 0.1)):
+        recipe = slerp_recipe("./a", "./b", general, "float32").to_yaml()  # one recipe per trial
+        study.add_trial(optuna.trial.create_trial(values=[domain, general], user_attrs={"recipe": recipe, "accuracy": domain}))
+    assert {t.number for t in study.best_trials} == {1, 2}
+    assert [t.number for t in ranked_trials(study)] == [1, 2, 0, 3]
+    assert best_trial(study).number == 1
+
+    summary = export_all(study, tmp_path / "out")
+    assert summary["best_trial"] == 1 and summary["best_value"] == 0.7 and summary["best_accuracy"] == 0.7
+    assert (tmp_path / "out" / "best-recipe.yaml").read_text().startswith("# evomerge study rank, trial 1, rank 1")
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["best_trial"] == 1
+    with open(tmp_path / "out" / "pareto.csv", newline="") as handle:
+        assert [int(row["number"]) for row in csv.DictReader(handle)] == [1, 2]
+    assert export_recipe(study, tmp_path / "second.yaml", rank=2).number == 2
+
+
+def test_a_tie_on_one_benchmark_goes_to_the_earlier_trial(tmp_path):
+    study = optuna.create_study(study_name="tie", storage=f"sqlite:///{tmp_path}/tie.db", direction="maximize")
+    for value in (0.5, 0.75, 0.75, 0.25):
+        study.add_trial(optuna.trial.create_trial(value=value))
+    assert [t.number for t in ranked_trials(study)] == [1, 2, 0, 3]
+    assert best_trial(study).number == 1

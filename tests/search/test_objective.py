@@ -10,7 +10,11 @@ not matter.
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+import threading
+from dataclasses import replace
 
 import optuna
 import pytest
@@ -21,38 +25,13 @@ from evomerge.evaluate.scorer import Scorer
 from evomerge.recipe import Recipe, paper_recipe
 from evomerge.search.run import TooManyFailures, optimise, prepare, score_holdout
 from evomerge.search.study import PARENT_SCORES_ATTR, SETTINGS_ATTR, SearchSettings, finished_count
+from search_helpers import DELLA, settings_for, write_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def settings_for(parents, folder, **overrides) -> SearchSettings:
-    values = dict(
-        parents=[str(parents["instruct"]), str(parents["child"])],
-        benchmarks=[str(parents["benchmark"])],
-        base=str(parents["instruct"]),
-        space="slerp_gradient",
-        sampler="tpe",
-        pruner="none",
-        protocol="loglik",
-        holdout=0.0,
-        trials=4,
-        device="cpu",
-        seed=0,
-        study="s",
-        storage=f"sqlite:///{folder}/s.db",
-    )
-    values.update(overrides)
-    return SearchSettings(**values)
-
-
 def run(settings):
     return optimise(prepare(settings))
-
-
-def write_space(folder, text, name="space.yaml"):
-    path = folder / name
-    path.write_text(text, encoding="utf-8")
-    return str(path)
 
 
 def parent_accuracies(study, benchmark=0, fidelity="1.0"):
@@ -138,6 +117,7 @@ def test_each_complete_trial_records_recipe_fidelities_categories_gain_synergy_t
         assert attrs["gain"] == pytest.approx(accuracy - max(parents))
         assert attrs["synergy"] == pytest.approx(accuracy - sum(parents) / len(parents))
         assert attrs["merge_s"] >= 0 and attrs["score_s"] > 0
+        assert attrs["worker"] == f"{socket.gethostname()}:{os.getpid()}"  # which process ran it
         correct = attrs["correct"]
         assert len(correct) == n_items and set(correct) <= {"0", "1"}
         assert correct.count("1") / n_items == pytest.approx(accuracy)
@@ -196,6 +176,55 @@ def test_a_resumed_study_does_not_rescore_parents_or_reenqueue_the_baseline(main
     new = [t for t in study.trials[before:] if t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs]
     for trial in new:
         assert trial.user_attrs["gain"] == pytest.approx(trial.user_attrs["accuracy"] - 0.015625)
+
+
+def test_processes_opening_a_new_study_at_once_all_get_it(search_parents, tmp_path):
+    """Workers started together (`--jobs`, or on several machines) may open a study that does
+    not exist yet at the same moment: creating or loading it is one step, so each gets the same
+    study, with its settings, and none fails with "already exists"."""
+    from evomerge.search.study import create_or_load_study, open_storage
+
+    settings = settings_for(search_parents, tmp_path)
+    storage = open_storage(settings.storage_url())
+    together = threading.Barrier(4)
+    opened, errors = [], []
+
+    def open_it():
+        together.wait()
+        try:
+            opened.append(create_or_load_study(settings, storage).study_name)
+        except Exception as error:  # what the test is about: none may fail
+            errors.append(error)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and opened == ["s"] * 4, errors
+    assert optuna.get_all_study_names(storage) == ["s"]
+    assert SearchSettings.from_json(optuna.load_study(study_name="s", storage=storage).user_attrs[SETTINGS_ATTR]) == settings
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # trials asked by hand, not by optimize
+def test_a_new_study_samples_with_its_seed_and_a_process_opening_an_existing_one_with_its_own(search_parents, tmp_path):
+    """The same --seed proposes the same in a new study (a search is reproducible). A process that
+    opens an existing study (a worker, a resume) samples with a seed of its own: with --seed again
+    it would propose the recipes already proposed, and spend trials on copies."""
+    from evomerge.search.study import create_or_load_study, open_storage
+
+    def first_proposal(settings):
+        study = create_or_load_study(settings, open_storage(settings.storage_url()))
+        trial = study.ask()
+        value = trial.suggest_float("x", 0, 1)
+        study.tell(trial, 0.0)
+        return value
+
+    new = settings_for(search_parents, tmp_path, sampler="random", study="a", storage=f"sqlite:///{tmp_path}/a.db")
+    other_new = replace(new, study="b", storage=f"sqlite:///{tmp_path}/b.db")
+    created = first_proposal(new)
+    assert first_proposal(other_new) == created
+    assert first_proposal(new) != created, "a process opening the existing study proposed its first recipe again"
 
 
 def test_resuming_with_other_settings_is_refused(main):
@@ -263,11 +292,32 @@ def test_median_pruner_stops_a_hopeless_recipe_after_the_first_fraction(search_p
     assert finished_count(study) == 4
 
 
-def test_pruned_trials_record_only_partial_fidelities(main):
-    for trial in main["study"].get_trials(states=(TrialState.PRUNED,)):
+def test_pruned_trials_record_only_partial_fidelities(search_parents, tmp_path, monkeypatch):
+    """As above, with two hopeless recipes (t=0.5 and t=0.9 score 0 on the first quarter) among
+    child-like ones: both are pruned, and keep only what they scored before the pruner stopped them."""
+    monkeypatch.chdir(tmp_path)
+    space = write_space(
+        tmp_path,
+        "method: slerp\nparameters:\n  t:\n    filters:\n      no_such_tensor: {low: 0, high: 1, step: 0.1}\n"
+        "    default: {low: 0, high: 1, step: 0.1}\n",
+    )
+    settings = settings_for(search_parents, tmp_path, space=space, protocol="paper", pruner="median", trials=6)
+    prepared = prepare(settings)
+    from evomerge.search.study import create_or_load_study
+
+    seeded = create_or_load_study(settings, prepared.storage)
+    for inert, t in ((0.0, 1.0), (0.1, 1.0), (0.2, 1.0), (0.3, 0.5), (0.4, 0.9), (0.5, 1.0)):
+        seeded.enqueue_trial({"t.no_such_tensor": inert, "t.default": t})
+    study, _ = optimise(prepared)
+
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert [trial.params["t.default"] for trial in pruned] == [0.5, 0.9], [(t.number, t.state.name) for t in study.trials]
+    for trial in pruned:
         assert "accuracy" not in trial.user_attrs
         assert any(key.startswith("accuracy@0.") for key in trial.user_attrs)
         assert all(float(key.split("@")[1]) < 1 for key in trial.user_attrs if key.startswith("accuracy@"))
+        assert not {"gain", "synergy", "correct", "per_category"} & set(trial.user_attrs)
+    assert finished_count(study) == 6
 
 
 def test_grid_sampler_visits_each_point_once_and_stops_when_the_grid_is_done(search_parents, tmp_path, monkeypatch):
@@ -280,13 +330,6 @@ def test_grid_sampler_visits_each_point_once_and_stops_when_the_grid_is_done(sea
 
 
 # ----- failures ---------------------------------------------------------------------------------
-
-DELLA = """method: della
-parameters:
-  density: {per_model: true, default: {low: 0.05, high: 0.95, step: 0.05}}
-  weight: {per_model: true, default: 1}
-  epsilon: {per_model: true, default: 0.15}
-"""
 
 
 def test_a_failing_recipe_fails_its_trial_and_the_study_goes_on(search_parents, tmp_path, monkeypatch):

@@ -53,19 +53,19 @@ from evomerge.search.ray_tune import (
 from evomerge.search.run import join_study, optimise, prepare, score_holdout
 from evomerge.search.study import PARENT_SCORES_ATTR, SETTINGS_ATTR, SearchSettings, create_or_load_study, finished_count
 from cli_checks import assert_clean_error
-from test_objective import DELLA, write_space
-from test_objective import settings_for as objective_settings
+from search_helpers import DELLA, write_space
+from search_helpers import settings_for as objective_settings
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 EVOMERGE = [sys.executable, "-m", "evomerge.cli"]
 COMPLETE_ATTRS = {
-    "recipe", "recipe_key", "merge_s", "score_s", "accuracy@0.25", "accuracy@0.5", "accuracy@1.0",
+    "recipe", "recipe_key", "worker", "merge_s", "score_s", "accuracy@0.25", "accuracy@0.5", "accuracy@1.0",
     "accuracy", "gain", "synergy", "per_category", "correct",
 }  # fmt: skip
 
 
 def settings_for(parents, folder, **overrides) -> SearchSettings:
-    """test_objective's settings (tiny parents, loglik, a SQLite file) on Ray, 1 CPU a trial."""
+    """The search tests' settings (tiny parents, loglik, a SQLite file) on Ray, 1 CPU a trial."""
     return objective_settings(parents, folder, **{"executor": "ray", "pruner": "hyperband", "cpus_per_trial": 1.0, **overrides})
 
 
@@ -276,22 +276,25 @@ def cli_search(parents, *extra):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
+GPU_ON_A_CPU_CLUSTER = ["--backend", "ray", "--gpus-per-trial", "1"]  # bad input only where there is no GPU
+
+
 @pytest.mark.parametrize(
     "extra, words",
     [
         (["--backend", "ray", "--jobs", "2"], ["--jobs", "--concurrent"]),
-        (["--backend", "ray", "--gpus-per-trial", "1"], ["--gpus-per-trial 1, but the Ray cluster has 0 GPU(s)"]),
+        (GPU_ON_A_CPU_CLUSTER, ["--gpus-per-trial 1, but the Ray cluster has 0 GPU(s)"]),
         (["--backend", "ray", "--ray-address", "127.0.0.1:1"], ["cannot reach the Ray cluster at 127.0.0.1:1"]),
         (["--backend", "ray", "--ray-address", "somewhere"], ["--ray-address expects"]),
         (["--backend", "ray", "--ray-address", "ray://head:10001"], ["Ray Client", "--ray-address auto"]),
         (["--backend", "dask"], ["unknown --backend 'dask'"]),
-        (["--gpus-per-trial", "1"], ["applies to --backend ray only"]),
+        (["--gpus-per-trial", "1"], ["applies to --backend ray only"]),  # a flag check: wrong on any machine
     ],
 )
 def test_bad_ray_input_is_one_clean_line_exit_2_and_no_study(extra, words, search_parents, tmp_path, monkeypatch):
     import torch
 
-    if "--gpus-per-trial" in extra and torch.cuda.is_available():
+    if extra == GPU_ON_A_CPU_CLUSTER and torch.cuda.is_available():
         pytest.skip("this machine has a GPU: --gpus-per-trial 1 is valid here")
     monkeypatch.chdir(tmp_path)
     result = cli_search(search_parents, *extra)
@@ -339,8 +342,9 @@ def test_command_line_search_on_ray_then_export_and_ctrl_c_keeps_the_study_consi
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and process.poll() is None:
             with sqlite3.connect(folder / "study.db") as db:
-                # Finished = complete or pruned (successive halving prunes most trials early).
-                if db.execute("SELECT COUNT(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')").fetchone()[0] >= 6:
+                # Interrupt while trials run on the workers, once some have finished (complete or pruned).
+                counts = dict(db.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall())
+                if counts.get("COMPLETE", 0) + counts.get("PRUNED", 0) >= 6 and counts.get("RUNNING", 0):
                     break
             time.sleep(0.5)
         assert process.poll() is None, "the run ended before it could be interrupted"

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 
@@ -15,7 +17,9 @@ from evomerge.analysis.plots import FIGURES
 from evomerge.errors import EvomergeError
 from evomerge.evaluate.benchmark import load_benchmark
 from evomerge.merge.merger import Merger
-from evomerge.search.scale_map import MapSettings, load_pairs, parse_sweep, run_map, slerp_recipe
+from evomerge.search.objective import TrialRunner
+from evomerge.search.scale_map import MapSettings, PairSpec, check_map, load_pairs, parse_sweep, run_map, slerp_recipe
+from evomerge.search.study import PARENT_SCORES_ATTR
 from map_parents import SCALES, build_map_parents, one_thread  # noqa: F401 (a fixture)
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -32,9 +36,8 @@ def parents(tmp_path_factory):
 
 
 def settings_for(parents, out: Path, **overrides) -> MapSettings:
-    pairs, benchmark = load_pairs(parents["pairs"])
     values = dict(
-        out=out, pairs=pairs, benchmark=benchmark, sweep=parse_sweep(SWEEP), search_trials=TRIALS,
+        out=out, pairs=load_pairs(parents["pairs"]), sweep=parse_sweep(SWEEP), search_trials=TRIALS,
         protocol="loglik", device="cpu", resamples=200, seed=3,
     )
     values.update(overrides)
@@ -46,11 +49,27 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def parents_scored_once():
+    """A map scores each parent once, on every item: its searches take the parents' scores from
+    those results, so the search's own parent scoring must not run (it would score them again)."""
+    patch = pytest.MonkeyPatch()
+
+    def refuse(self):
+        raise AssertionError("the map's search scored the parents again")
+
+    patch.setattr(TrialRunner, "compute_parent_scores", refuse)
+    return patch
+
+
 @pytest.fixture(scope="module")
 def mapped(parents, tmp_path_factory):
     out = tmp_path_factory.mktemp("map-run") / "map"
     steps = []
-    result = run_map(settings_for(parents, out), progress=lambda done, total, what: steps.append((done, total, what)))
+    patch = parents_scored_once()
+    try:
+        result = run_map(settings_for(parents, out), progress=lambda done, total, what: steps.append((done, total, what)))
+    finally:
+        patch.undo()
     return result, out, steps
 
 
@@ -115,18 +134,48 @@ def test_the_report_summary_and_pairs_file(mapped):
     summary = json.loads((out / "summary.json").read_text())
     assert [pair["label"] for pair in summary["pairs"]] == list(SCALES)
     assert summary["pairs"][0]["search"]["holdout_items"] > 0
-    rerun, _ = load_pairs(out / "pairs.yaml")  # absolute paths: the map can be rerun from anywhere
+    rerun = load_pairs(out / "pairs.yaml")  # absolute paths: the map can be rerun from anywhere
     assert all(Path(p).is_absolute() and Path(p).is_dir() for pair in rerun for p in pair.parents)
     done, total, _ = steps[-1]
     assert done == total
 
 
+def test_the_searchs_parent_scores_are_the_maps_own_on_its_items(mapped, parents):
+    """The study of each pair's search stores the parents' scores as a search would compute them
+    (fraction f = the first items of the search split, the held-out split apart), read off the
+    parents' per-item results the map wrote."""
+    _, out, _ = mapped
+    search, held = load_benchmark(parents["benchmark"]).split_holdout(0.2)
+    items = read_csv(out / "items.csv")
+    for label in SCALES:
+        study = optuna.load_study(study_name=f"map-{label}", storage=f"sqlite:///{out / 'searches' / label / 'study.db'}")
+        stored = study.user_attrs[PARENT_SCORES_ATTR]
+        assert list(stored) == [str(parents["root"] / label / name) for name in ("instruct", "child")]
+        for parent, (entry,) in stored.items():
+            name = f"parent {Path(parent).name}"
+            correct = {row["item_id"]: row["correct"] == "1" for row in items if row["label"] == label and row["name"] == name}
+            on_search = [correct[item.id] for item in search.items]
+            assert entry["correct"] == "".join("1" if ok else "0" for ok in on_search)
+            for fidelity, accuracy in entry["fidelity"].items():
+                count = search.count(float(fidelity))
+                assert accuracy == sum(on_search[:count]) / count, (label, parent, fidelity)
+            assert entry["holdout"] == sum(correct[item.id] for item in held.items) / len(held)
+
+
 def test_same_seed_same_numbers(mapped, parents, tmp_path):
+    """One pair again, its search included: every number the map wrote for it is the same."""
     _, first, _ = mapped
     second = tmp_path / "again"
-    run_map(settings_for(parents, second))
+    settings = settings_for(parents, second)
+    settings.pairs = [pair for pair in settings.pairs if pair.label == "xs"]
+    run_map(settings)
     for name in ("map.csv", "items.csv", "kinship.csv"):
-        assert (first / name).read_text() == (second / name).read_text(), name
+        before = [row for row in read_csv(first / name) if row["label"] == "xs"]
+        assert before and before == read_csv(second / name), name
+    summary = json.loads((first / "summary.json").read_text())["pairs"][0]
+    again = json.loads((second / "summary.json").read_text())["pairs"][0]
+    assert summary["label"] == again["label"] == "xs"
+    assert summary["search"] == again["search"]
 
 
 def test_another_seed_moves_only_the_intervals(mapped, parents, tmp_path):
@@ -153,7 +202,7 @@ def test_the_sweep_ends_are_the_parents_exactly(parents, dtype):
 @pytest.mark.parametrize(
     "change, words",
     [
-        (dict(benchmark=None), "no benchmark"),
+        (dict(benchmark=None, pairs_name_none=True), "no benchmark"),
         (dict(search_trials=2, holdout=0.0), "--holdout"),
         (dict(resamples=10), "--resamples"),
         (dict(benchmark="lm-eval:arc_easy"), "JSONL benchmark"),
@@ -161,10 +210,27 @@ def test_the_sweep_ends_are_the_parents_exactly(parents, dtype):
     ],
 )
 def test_bad_settings_are_refused_before_any_work(parents, tmp_path, change, words):
+    change = dict(change)
+    if change.pop("pairs_name_none", False):  # neither the map nor any pair names a benchmark
+        change["pairs"] = [replace(pair, benchmark=None) for pair in load_pairs(parents["pairs"])]
     settings = settings_for(parents, tmp_path / "out", **change)
     with pytest.raises(EvomergeError, match=words.replace("-", r"\-")):
         run_map(settings)
     assert not (tmp_path / "out").exists()
+
+
+def test_benchmark_given_for_the_map_wins_over_the_pairs_own(parents, tmp_path):
+    """--benchmark is every pair's benchmark; without it, each pair's own (or the pairs file's)."""
+    other = parents["root"] / "other-bench.jsonl"
+    other.write_text((parents["benchmark"]).read_text().replace('"id": "mc', '"id": "other-mc'), encoding="utf-8")
+    pairs = load_pairs(parents["pairs"])
+    assert {pair.benchmark for pair in pairs} == {str(parents["benchmark"])}, "the file's benchmark, for pairs naming none"
+    named = [PairSpec(pair.label, pair.parents, pair.base, pair.ancestor, benchmark=str(other)) for pair in pairs]
+    own = check_map(settings_for(parents, tmp_path / "own", pairs=named, search_trials=0))
+    assert [pair.benchmark for pair in own] == [str(other)] * len(SCALES)
+    given = check_map(settings_for(parents, tmp_path / "given", pairs=named, search_trials=0, benchmark=str(parents["benchmark"])))
+    assert [pair.benchmark for pair in given] == [str(parents["benchmark"])] * len(SCALES)
+    assert [pair.items for pair in given] == [24, 24]
 
 
 def test_an_ancestor_of_another_shape_is_refused(parents, tmp_path):

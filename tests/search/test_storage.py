@@ -19,6 +19,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from evomerge.search.study import finished_count
+
 EVOMERGE = [sys.executable, "-m", "evomerge.cli"]
 
 
@@ -136,25 +138,67 @@ def postgres_url():
 
 
 def test_a_worker_joins_a_postgres_study_from_its_storage_alone(search_parents, tmp_path, postgres_url):
-    """Two machines' worth of processes on one PostgreSQL study: `search` and `worker`."""
+    """Two machines' worth of processes on one PostgreSQL study: `search`, and a `worker` that
+    knows only the study's name and storage. The search is paused (SIGSTOP) once the study is
+    ready, until the worker has finished a trial of its own; then both run to the study's total.
+    Each trial records which process ran it."""
+    storage = optuna.storages.RDBStorage(postgres_url)  # the tables exist before either process starts
+    # No trial goes stale while the search is paused (a stale trial would be failed under it).
+    env = dict(os.environ, EVOMERGE_HEARTBEAT_S="300")
     first = subprocess.Popen(
-        search_command(search_parents, "shared", 10, postgres_url), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        search_command(search_parents, "shared", 10, postgres_url), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.time() + 120
-    while time.time() < deadline:  # the worker needs the study (and its settings) to exist
+    searched_by = f"{socket.gethostname()}:{first.pid}"
+
+    def others(study) -> list:
+        """Finished trials that a process other than the search ran."""
+        finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        return [t for t in finished if "worker" in t.user_attrs and t.user_attrs["worker"] != searched_by]
+
+    try:
+        deadline = time.time() + 300
+        ready = False
+        while not ready and first.poll() is None and time.time() < deadline:  # the worker needs the study, its settings and parents' scores
+            try:
+                ready = "parent_scores" in optuna.load_study(study_name="shared", storage=storage).user_attrs
+            except KeyError:  # not created yet
+                time.sleep(0.1)
+        if first.poll() is not None:
+            out, err = first.communicate()
+            pytest.fail(f"the search ended before the worker joined (exit {first.returncode}): {out[-2000:]}{err[-4000:]}")
+        assert ready, "the search did not open its study before the deadline"
+        os.kill(first.pid, signal.SIGSTOP)
+        study = optuna.load_study(study_name="shared", storage=storage)
+        assert finished_count(study) < 10, "the search finished every trial before it could be paused"
+        other = tmp_path / "other-machine"
+        other.mkdir()
+        worker = subprocess.Popen(
+            EVOMERGE + ["worker", "--study", "shared", "--storage", postgres_url], cwd=other, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         try:
-            if optuna.load_study(study_name="shared", storage=postgres_url).user_attrs.get("parent_scores"):
-                break
-        except KeyError:
-            pass
-        time.sleep(0.5)
-    other = tmp_path / "other-machine"
-    other.mkdir()
-    run(EVOMERGE + ["worker", "--study", "shared", "--storage", postgres_url], other)
-    out, err = first.communicate(timeout=600)
-    assert first.returncode == 0, out[-2000:] + err[-4000:]
-    study = optuna.load_study(study_name="shared", storage=postgres_url)
+            # Until the worker finished a trial (or ended, or waits on a lock the paused search
+            # holds: then resuming the search frees it).
+            deadline = time.time() + 120
+            while worker.poll() is None and time.time() < deadline and not others(study):
+                time.sleep(0.2)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        worker_out, worker_err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, worker_out[-2000:] + worker_err[-4000:]
+        out, err = first.communicate(timeout=600)
+        assert first.returncode == 0, out[-2000:] + err[-4000:]
+    finally:
+        if first.poll() is None:
+            os.kill(first.pid, signal.SIGCONT)
+            first.kill()
+            first.wait()
+    study = optuna.load_study(study_name="shared", storage=storage)
     assert_exactly(study, 10)
+    by_worker = others(study)
+    assert by_worker, "the worker ran no trial"
+    assert len({t.user_attrs["worker"] for t in by_worker}) == 1 and by_worker[0].user_attrs["worker"].startswith(f"{socket.gethostname()}:")
+    evaluated = [t for t in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)) if "duplicate_of" not in t.user_attrs]
+    assert all(t.user_attrs["worker"] in (searched_by, by_worker[0].user_attrs["worker"]) for t in evaluated)
 
 
 def test_unreachable_postgres_fails_fast_with_one_line(search_parents, tmp_path):
