@@ -19,9 +19,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from evomerge import __version__
+from evomerge import __version__, api
 from evomerge.demo import DEMO_TRIALS
 from evomerge.errors import EvomergeError
 
@@ -41,7 +42,7 @@ class Engine(str, Enum):
 
 
 def user_errors(command: Callable) -> Callable:
-    """Turn an EvomergeError into one line on stderr and exit code 2."""
+    """Turn an EvomergeError into one line on stderr and exit code 2, Ctrl-C into exit code 130."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -49,8 +50,10 @@ def user_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except EvomergeError as error:
-            console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
+        except KeyboardInterrupt:  # a search has marked its running trials failed and exported
+            raise typer.Exit(130)
 
     return wrapper
 
@@ -95,21 +98,6 @@ def main(
     """evomerge: merge recipes in mergekit's language, merged in memory, searched with Optuna."""
 
 
-def comma_list(text: str) -> list[str]:
-    """A comma-separated flag's values, stripped, blanks dropped ('a, b,' → ['a', 'b'])."""
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def parse_scales(text: str, flag: str) -> list[str]:
-    """Toy scales, comma-separated, each once (which scales exist, the toy domain says)."""
-    scales = comma_list(text)
-    if not scales:
-        raise EvomergeError(f"{flag} expects scales, comma-separated (e.g. xs,s,m), got {text!r}")
-    if len(set(scales)) != len(scales):
-        raise EvomergeError(f"{flag} lists a scale twice: {text}")
-    return scales
-
-
 def parse_parent_overrides(values: list[str]) -> dict[str, str]:
     renames = {}
     for value in values:
@@ -139,22 +127,20 @@ def merge(
 
         evomerge merge recipes/paper_slerp.yaml --parent ./instruct=models/instruct --parent ./fine-tuned=models/cpt-sft --out merged/
     """
-    from evomerge.merge.writer import check_output, write_merged
-    from evomerge.recipe import Recipe
-
-    recipe = Recipe.load(recipe_path)
-    renames = parse_parent_overrides(parent)
-    if renames:
-        recipe = recipe.with_models(renames)
-    check_output(out, overwrite)
-    if engine == Engine.mergekit:
-        recipe.to_mergekit()
-    start = time.perf_counter()
-    with console.status(f"Merging {len(recipe.model_names)} parents with {recipe.merge_method} ({engine.value} engine)…"):
-        write_merged(
-            recipe, out, engine=engine.value, device=device, seed=seed, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
+    recipe_name = recipe_path.name
+    with console.status(f"Merging the parents of {recipe_name} ({engine.value} engine)…"):
+        result = api.merge(
+            recipe_path,
+            out,
+            engine=engine.value,
+            device=device,
+            seed=seed,
+            parent=parse_parent_overrides(parent),
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+            overwrite=overwrite,
         )
-    console.print(f"Wrote {out} in {time.perf_counter() - start:.1f} s ({engine.value} engine).")
+    console.print(f"Wrote {result.out} in {result.seconds:.1f} s ({result.engine} engine).")
 
 
 @app.command()
@@ -169,19 +155,13 @@ def demo(
     Builds (or reuses) the xs toy parents, searches merges of Instruct × Instruct-CPT-SFT on the toy
     domain benchmark (default space, pruning, held-out items), and prints the parents' scores, the
     paper's recipe, the best found and where the results went."""
-    import shutil
-
-    from evomerge.demo import DEMO_SCALE, build_demo_parents, demo_settings
-
-    console.print(f"Toy domain, scale {DEMO_SCALE}: building or reusing the parents under {toy_dir}/ …")
+    say = lambda message: console.print(message, highlight=False)  # noqa: E731
     with training_progress() as on_step:
-        build = build_demo_parents(toy_dir, device, progress=console.print, on_step=on_step)
-    settings = demo_settings(build, trials, device)
-    shutil.rmtree(settings.results_dir, ignore_errors=True)  # a fresh search on every run; parents are reused
-    console.print(f"Searching merges of {' × '.join(build.parents)} on {build.domain_benchmark.name} …")
-    run_search_command(settings, timeout=None, jobs=1)
-    stdout.print(f"Open the dashboard: evomerge dashboard --storage {settings.storage_url()}")
-    stdout.print(f"Materialise the best merge: evomerge merge {settings.results_dir / 'best-recipe.yaml'} --out results/demo-merged")
+        # The training bar closes when the search's own progress starts.
+        found = api.demo(trials, device=device, toy_dir=toy_dir, say=say, on_step=on_step, progress=SearchBar())
+    print_search(found)
+    stdout.print(f"Open the dashboard: evomerge dashboard --storage {found.storage}")
+    stdout.print(f"Materialise the best merge: evomerge merge {found.results_dir / 'best-recipe.yaml'} --out results/demo-merged")
 
 
 @contextmanager
@@ -220,19 +200,9 @@ def toy(
     domain's facts as cloze sentences in the corpus's words) and the table written to
     <out>/<scale>/accuracy.json.
     """
-    from evomerge.toy.build import SCALES, build_toy, score_parents
-
-    scales = parse_scales(scale, "--scale")
-    unknown = [name for name in scales if name not in SCALES]
-    if unknown:
-        raise EvomergeError(f"unknown toy scale {unknown[0]!r}; choose from {', '.join(SCALES)}")
-    names = comma_list(parents) if parents else None
-    for name in scales:
-        with training_progress() as on_step:
-            build = build_toy(name, out, device=device, parents=names, progress=console.print, on_step=on_step)
-        if not score:
-            continue
-        report = score_parents(build, device)
+    def show(name: str, report: Optional[dict]) -> None:
+        if report is None:
+            return
         table = Table(title=f"Toy parents, scale {name}: accuracy (paper protocol), share answered in format, fact recall")
         table.add_column("parent", no_wrap=True)  # "instruct-CPT-SFT-ORPO" whole, even on a narrow terminal
         for column in ("params", "domain", "general", "in format", "facts"):
@@ -241,6 +211,9 @@ def toy(
             cells = (f"{row['parameters']:,}", f"{row['domain']:.3f}", f"{row['general']:.3f}", f"{row['answered']['domain']:.0%}", f"{row['facts']:.3f}")
             table.add_row(parent, *cells)
         stdout.print(table)
+
+    with training_progress() as on_step:
+        api.toy(scale, out, parents=parents, device=device, score=score, say=console.print, on_step=on_step, on_scale=show)
     stdout.print(f"World and parents: {out}/ (benchmarks: {out}/world/domain_benchmark.jsonl, general_benchmark.jsonl)")
 
 
@@ -275,32 +248,24 @@ def evaluate(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from evomerge.evaluate.models import load_for_eval
-    from evomerge.evaluate.objective import make_objective
-
-    if not 0 < fraction <= 1:
-        raise EvomergeError(f"--fraction must be in (0, 1], got {fraction}")
-    with console.status(f"Loading {model} …"):
-        loaded, tokenizer = load_for_eval(model, device, trust_remote_code)
-    objective = make_objective(
-        benchmark,
-        tokenizer,
-        protocol=protocol.value,
-        backend=backend.value,
-        batch_size=batch_size,
-        chat=chat,
-        tasks_dir=tasks_dir,
-        holdout=holdout,
-    )
-    if objective.backend == "builtin":
-        columns = (TextColumn("Scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"), TimeElapsedColumn())
-        with Progress(*columns, console=console, transient=True) as bar:
-            task = bar.add_task("score", total=None)
-            result = objective.scorer.score(loaded, fraction, progress=lambda done, total: bar.update(task, completed=done, total=total))
-    else:
-        with console.status("Scoring through lm-eval …"):
-            result = objective.scorer.score(loaded, fraction)
-    table = Table(title=f"{benchmark} · {objective.protocol} · {objective.backend}")
+    columns = (TextColumn("Scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("score", total=None)
+        result = api.evaluate(
+            model,
+            benchmark,
+            protocol=protocol.value,
+            fraction=fraction,
+            backend=backend.value,
+            device=device,
+            chat=chat,
+            batch_size=batch_size,
+            tasks_dir=tasks_dir,
+            holdout=holdout,
+            trust_remote_code=trust_remote_code,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    table = Table(title=f"{benchmark} · {result.protocol} · {result.backend}")
     table.add_column("category")
     table.add_column("accuracy", justify="right")
     for category, accuracy in result.per_category.items():
@@ -309,17 +274,7 @@ def evaluate(
     stdout.print(table)
     stdout.print(f"{result.n} items in {result.seconds:.1f} s ({result.n / max(result.seconds, 1e-9):.1f} items/s)")
     if json_output:
-        summary = {
-            "accuracy": result.accuracy,
-            "n": result.n,
-            "per_category": result.per_category,
-            "seconds": round(result.seconds, 4),
-            "benchmark": benchmark,
-            "protocol": objective.protocol,
-            "backend": objective.backend,
-            "fraction": fraction,
-        }
-        print(json.dumps(summary))
+        print(json.dumps(result.to_dict()))
 
 
 benchmark_app = typer.Typer(help="Shipped benchmarks: list them, export them as lm-eval tasks.", no_args_is_help=True)
@@ -330,15 +285,11 @@ app.add_typer(benchmark_app, name="benchmark")
 @user_errors
 def benchmark_list() -> None:
     """The benchmarks that ship with evomerge, with their size and categories."""
-    from evomerge.evaluate.benchmark import load_benchmark, shipped_benchmarks
-
     table = Table()
     for column in ("name", "items", "mc", "tf", "exact", "categories"):
         table.add_column(column)
-    for name in shipped_benchmarks():
-        bench = load_benchmark(name)
-        counts = {kind: sum(item.type == kind for item in bench.items) for kind in ("mc", "tf", "exact")}
-        table.add_row(name, str(len(bench)), *(str(counts[k]) for k in ("mc", "tf", "exact")), ", ".join(bench.categories))
+    for info in api.benchmarks():
+        table.add_row(info.name, str(info.items), *(str(info.kinds[k]) for k in ("mc", "tf", "exact")), ", ".join(info.categories))
     stdout.print(table)
 
 
@@ -349,31 +300,8 @@ def benchmark_export(
     out: Path = typer.Argument(..., metavar="DIR", help="Folder for the task YAML and its data."),
 ) -> None:
     """Write a benchmark as an lm-eval multiple_choice task (same accuracy as --protocol loglik)."""
-    from evomerge.evaluate.benchmark import load_benchmark
-    from evomerge.evaluate.harness import export_lm_eval_task
-
-    name = export_lm_eval_task(load_benchmark(benchmark), out)
+    name = api.export_benchmark(benchmark, out)
     stdout.print(f"Wrote lm-eval task {name} to {out}; use --benchmark lm-eval:{name} --tasks-dir {out}")
-
-
-def parse_duration(text: Optional[str]) -> Optional[float]:
-    """'90s', '30m', '2h' or plain seconds → seconds."""
-    if text is None:
-        return None
-    units = {"s": 1, "m": 60, "h": 3600}
-    try:
-        if text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
-    except (ValueError, IndexError):
-        raise EvomergeError(f"--timeout expects a duration like 90s, 30m or 2h, got {text!r}") from None
-
-
-def parse_fractions(text: str) -> list[float]:
-    try:
-        return [float(part) for part in comma_list(text)]
-    except ValueError:
-        raise EvomergeError(f"--fidelities expects comma-separated fractions like 0.25,0.5,1, got {text!r}") from None
 
 
 @app.command()
@@ -416,23 +344,19 @@ def search(
     own scores and the paper's hand-made recipe are measured first, so the search is judged
     against both. Results go to results/<study>/: best-recipe.yaml, trials.csv, summary.json, plots.
     """
-    from evomerge.evaluate.harness import is_lm_eval_spec
-    from evomerge.search.study import SearchSettings
-
-    if backend == "ray" and jobs > 1:
-        raise EvomergeError("--jobs starts Optuna worker processes on this machine; with --backend ray use --concurrent")
-    parent_list = comma_list(parents)
-    benchmarks = comma_list(benchmark)
-    if holdout is None:
-        holdout = 0.0 if any(is_lm_eval_spec(b) for b in benchmarks) else 0.2
-    settings = SearchSettings(
-        parents=parent_list,
-        benchmarks=benchmarks,
-        base=base or (parent_list[0] if parent_list else None),
+    found = api.search(
+        parents,
+        benchmark,
+        base=base,
         space=space,
         sampler=sampler,
+        trials=trials,
+        timeout=timeout,
+        study=study,
+        storage=storage,
+        jobs=jobs,
         pruner=pruner,
-        fidelities=parse_fractions(fidelities),
+        fidelities=fidelities,
         holdout=holdout,
         objective=objective,
         seed=seed,
@@ -440,132 +364,92 @@ def search(
         dtype=dtype,
         protocol=protocol.value,
         batch_size=batch_size,
-        tasks_dir=str(tasks_dir) if tasks_dir else None,
-        trials=trials,
-        study=study or default_study_name(parent_list, space),
-        storage=storage,
-        executor=backend,
+        tasks_dir=tasks_dir,
+        backend=backend,
         ray_address=ray_address,
         gpus_per_trial=gpus_per_trial,
         cpus_per_trial=cpus_per_trial,
         concurrent=concurrent,
+        progress=SearchBar(),
     )
-    run_search_command(settings, timeout=parse_duration(timeout), jobs=jobs)
+    print_search(found)
 
 
-def default_study_name(parents: list[str], space: str) -> str:
-    import re
+class SearchBar:
+    """The search's progress on stderr: the study's place, then a bar of its trials."""
 
-    stems = [Path(p.rstrip("/")).name or "model" for p in parents]
-    name = "-".join(stems + [Path(space).stem])
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:100]
+    def __init__(self) -> None:
+        self.bar = None
+        self.task = None
 
+    def started(self, settings) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-def run_search_command(settings, timeout: Optional[float], jobs: int) -> None:
-    """Shared by `search` and `worker`: run, show progress, export, print the summary."""
-    import time as clock
+        console.print(f"Study [bold]{escape(settings.study)}[/] in {escape(settings.storage_url())}")
+        console.print(f"Dashboard: evomerge dashboard --storage {escape(settings.storage_url())}")
+        columns = (
+            TextColumn("[bold]trials"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("best {task.fields[best]} · pruned {task.fields[pruned]} · failed {task.fields[failed]}"),
+            TimeElapsedColumn(),
+        )
+        self.bar = Progress(*columns, console=console)
+        self.bar.start()
+        self.task = self.bar.add_task("search", total=settings.trials, best="–", pruned=0, failed=0)
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    def say(self, message: str) -> None:
+        if message.startswith("Interrupted"):
+            message = f"[yellow]{escape(message)}[/]"
+        else:
+            message = escape(message)
+        (self.bar.console if self.bar is not None else console).print(message)
 
-    from evomerge.search.export import export_all
-    from evomerge.search.run import optimise, prepare, score_holdout
-    from evomerge.search.study import FINISHED
+    def trial_finished(self, study, _trial) -> None:
+        from optuna.trial import TrialState
 
-    start = clock.perf_counter()
-    ray_session = None
-    if settings.executor == "ray":
-        from evomerge.search.ray_tune import RaySession
+        from evomerge.search.study import FINISHED
 
-        ray_session = RaySession(settings)  # started by prepare, once the inputs are known good
-    # Every bad input (and, on Ray, an unreachable cluster or a GPU it lacks) is reported here,
-    # before the study exists.
-    try:
-        prepared = prepare(settings, preflight=ray_session.start if ray_session else None)
-    except BaseException:
-        if ray_session is not None:
-            ray_session.close()  # the preflight started Ray, then the storage could not be opened
-        raise
-    folder = settings.results_dir
-    console.print(f"Study [bold]{settings.study}[/] in {settings.storage_url()}")
-    console.print(f"Dashboard: evomerge dashboard --storage {settings.storage_url()}")
-    columns = (
-        TextColumn("[bold]trials"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("best {task.fields[best]} · pruned {task.fields[pruned]} · failed {task.fields[failed]}"),
-        TimeElapsedColumn(),
-    )
-    study = None
-    try:
-        with Progress(*columns, console=console) as bar:
-            task = bar.add_task("search", total=settings.trials, best="–", pruned=0, failed=0)
-            bar.console.print("Loading parents and scoring each alone …")
+        trials_now = study.get_trials(deepcopy=False)
+        complete = [t for t in trials_now if t.state == TrialState.COMPLETE]
+        best = max((t.values[0] for t in complete), default=None)
+        self.bar.update(
+            self.task,
+            completed=sum(t.state in FINISHED for t in trials_now),
+            best=f"{best:.3f}" if best is not None else "–",
+            pruned=sum(t.state == TrialState.PRUNED for t in trials_now),
+            failed=sum(t.state == TrialState.FAIL for t in trials_now),
+        )
 
-            def on_trial(current, _trial) -> None:
-                from optuna.trial import TrialState
-
-                trials_now = current.get_trials(deepcopy=False)
-                complete = [t for t in trials_now if t.state == TrialState.COMPLETE]
-                best = max((t.values[0] for t in complete), default=None)
-                bar.update(
-                    task,
-                    completed=sum(t.state in FINISHED for t in trials_now),
-                    best=f"{best:.3f}" if best is not None else "–",
-                    pruned=sum(t.state == TrialState.PRUNED for t in trials_now),
-                    failed=sum(t.state == TrialState.FAIL for t in trials_now),
-                )
-
-            if ray_session is not None:
-                from evomerge.search.ray_tune import optimise_on_ray
-
-                study, runner = optimise_on_ray(prepared, ray_session, timeout=timeout, on_trial=on_trial, log=bar.console.print)
-            else:
-                # The extra worker processes start once the study is open (its parents scored).
-                study, runner = optimise(prepared, timeout=timeout, on_trial=on_trial, workers=jobs - 1)
-            holdout = score_holdout(study, runner)
-    except KeyboardInterrupt:
-        console.print("[yellow]Interrupted: the running trial is marked failed; exporting what exists.[/]")
-        _export_after_interrupt(settings, folder, clock.perf_counter() - start)
-        raise typer.Exit(130)
-    finally:
-        if ray_session is not None:
-            ray_session.close()
-    summary = export_all(study, folder, clock.perf_counter() - start)
-    print_summary(summary, folder, holdout)
+    def stopped(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
 
-def _export_after_interrupt(settings, folder: Path, wall_s: float) -> None:
-    from evomerge.search.export import export_all
-    from evomerge.search.study import load_existing_study
-
-    try:
-        study = load_existing_study(settings.study, settings.storage_url())
-        export_all(study, folder, wall_s)
-    except Exception as error:  # nothing to export yet
-        console.print(f"Nothing exported: {error}")
-
-
-def print_summary(summary: dict, folder: Path, holdout: Optional[dict]) -> None:
-    table = Table(title=f"Study {summary['study']}")
+def print_search(found: "api.SearchResult") -> None:
+    """The study's table: parents, the paper's recipe, the best found, its gain, the held-out score."""
+    table = Table(title=f"Study {escape(found.study)}")
     table.add_column("")
     table.add_column("accuracy", justify="right")
-    for name, accuracy in summary["parents"].items():
-        table.add_row(f"parent {name}", f"{accuracy:.3f}")
-    if summary["baseline_accuracy"] is not None:
-        table.add_row("paper's recipe", f"{summary['baseline_accuracy']:.3f}")
-    if summary["best_accuracy"] is not None:
-        table.add_row(f"best found (trial {summary['best_trial']})", f"[bold]{summary['best_accuracy']:.3f}[/]")
-        table.add_row("gain over the best parent", f"{summary['gain']:+.3f}")
-        table.add_row("synergy over the parents' mean", f"{summary['synergy']:+.3f}")
-    if holdout:
-        table.add_row(f"best on held-out items (n={holdout['holdout_n']})", f"{holdout['holdout_accuracy']:.3f}")
+    for name, accuracy in found.parent_scores.items():
+        table.add_row(f"parent {escape(name)}", f"{accuracy:.3f}")
+    if found.baseline_accuracy is not None:
+        table.add_row("paper's recipe", f"{found.baseline_accuracy:.3f}")
+    if found.best_accuracy is not None:
+        table.add_row(f"best found (trial {found.best_trial})", f"[bold]{found.best_accuracy:.3f}[/]")
+        interval = f" [{found.gain_interval[0]:+.3f}, {found.gain_interval[1]:+.3f}]" if found.gain_interval else ""
+        table.add_row("gain over the best parent", f"{found.gain:+.3f}{interval}")
+        table.add_row("synergy over the parents' mean", f"{found.synergy:+.3f}")
+    if found.holdout_accuracy is not None:
+        table.add_row(f"best on held-out items (n={found.holdout_n})", f"{found.holdout_accuracy:.3f}")
     stdout.print(table)
-    counts = summary["trials"]
+    counts = found.trials
     stdout.print(
         f"Trials: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, {counts.get('fail', 0)} failed, "
-        f"{summary['duplicates_skipped']} duplicates not re-evaluated."
+        f"{found.duplicates_skipped} duplicates not re-evaluated."
     )
-    stdout.print(f"Results: {folder}/ (best-recipe.yaml, trials.csv, summary.json, plots)")
+    stdout.print(f"Results: {escape(str(found.results_dir))}/ (best-recipe.yaml, trials.csv, summary.json, plots)")
 
 
 @app.command()
@@ -577,26 +461,18 @@ def worker(
     timeout: Optional[str] = typer.Option(None, help="Stop starting trials after this long."),
 ) -> None:
     """Join an existing study from another machine: its settings are read from the storage."""
-    from evomerge.search.run import join_study
-
-    settings = join_study(study, storage)
-    if device:
-        settings.device = device
-    run_search_command(settings, timeout=parse_duration(timeout), jobs=1)
+    print_search(api.worker(study, storage, device=device, timeout=timeout, progress=SearchBar()))
 
 
 @app.command()
 @user_errors
 def spaces() -> None:
     """The shipped search spaces, with their method and dimension (for 32 layers, two parents)."""
-    from evomerge.space import load_space, shipped_spaces
-
     table = Table()
     for column in ("space", "method", "dimension", "description"):
         table.add_column(column)
-    for name in shipped_spaces():
-        loaded = load_space(name)
-        table.add_row(name, loaded.method, str(loaded.dimension(32, 2)), loaded.description)
+    for info in api.spaces():
+        table.add_row(info.name, info.method, str(info.dimension), info.description)
     stdout.print(table)
 
 
@@ -609,13 +485,8 @@ def export(
     out: Optional[Path] = typer.Option(None, help="Where to write the YAML (default: results/<study>/best-recipe.yaml, or rank-K.yaml)."),
 ) -> None:
     """Write a study's K-th best recipe as a mergekit YAML."""
-    from evomerge.search.export import export_recipe
-    from evomerge.search.study import RESULTS_ROOT, default_storage_url, load_existing_study
-
-    loaded = load_existing_study(study, storage or default_storage_url(study))
-    target = out or RESULTS_ROOT / study / ("best-recipe.yaml" if rank == 1 else f"rank-{rank}.yaml")
-    trial = export_recipe(loaded, target, rank)
-    stdout.print(f"Wrote {target} (trial {trial.number}, value {trial.values[0]:.4f})")
+    exported = api.export(study, storage=storage, rank=rank, out=out)
+    stdout.print(f"Wrote {exported.path} (trial {exported.trial}, value {exported.value:.4f})")
 
 
 @app.command()
@@ -626,13 +497,11 @@ def dashboard(
     port: int = typer.Option(8080, help="Port."),
 ) -> None:
     """Serve optuna-dashboard on a study storage (live while a search runs)."""
-    from optuna_dashboard import run_server
-
     from evomerge.search.study import open_existing_storage
 
-    loaded = open_existing_storage(storage)
+    open_existing_storage(storage)  # a missing study file is one clean line, before the banner
     stdout.print(f"Optuna dashboard on http://{host}:{port}/ (Ctrl-C to stop)")
-    run_server(loaded, host=host, port=port)
+    api.dashboard(storage, host=host, port=port)
 
 
 @app.command()
@@ -664,53 +533,40 @@ def train(
     Each output folder records its lineage (parent, strategy, data hash, hyperparameters) in
     evomerge_lineage.json, with a label such as "instruct-CPT-SFT" that search and map show.
     """
-    from evomerge.train.pipeline import load_pipeline, run_pipeline
-    from evomerge.train.trainers import TrainSettings, check
-    from evomerge.train.trainers import train as train_stage
-
-    settings = None
-    if pipeline is not None:
-        load_pipeline(pipeline, model, out)  # every stage and data file checked before the first trains
-    else:
-        missing = [name for name, value in (("--strategy", strategy), ("--model", model), ("--data", data), ("--out", out)) if value is None]
-        if missing:
-            raise EvomergeError(f"give {', '.join(missing)} (or --pipeline FILE.yaml)")
-        settings = TrainSettings(
-            strategy=strategy,
-            model=str(model),
-            data=str(data),
-            out=str(out),
-            epochs=epochs,
-            lr=lr,
-            batch_size=batch_size,
-            max_length=max_length,
-            beta=beta,
-            seed=seed,
-            device=device,
-            lr_scheduler=lr_scheduler,
-            warmup_ratio=warmup_ratio,
-            lora=lora,
-            lora_r=lora_r,
-            lora_alpha=lora_alpha,
-            lora_targets=comma_list(lora_targets),
-            merge_lora=merge_lora,
-            overwrite=overwrite,
-        )
-        check(settings)
     stage = [f"{strategy} on {model}"]  # the bar being advanced: one per stage
 
     def on_stage(index: int, count: int, current: dict) -> None:
-        stage[0] = f"stage {index + 1}/{count}: {current['label']}"
+        stage[0] = f"stage {index + 1}/{count}: {current['label']}" if pipeline is not None else current["label"]
 
     with training_progress() as on_step:
 
         def on_log(step: int, total: int, loss: float) -> None:
             on_step(stage[0], step, total, loss)
 
-        if pipeline is not None:
-            results = run_pipeline(pipeline, model=model, out=out, overwrite=overwrite, device=device, on_stage=on_stage, on_log=on_log)
-        else:
-            results = [train_stage(settings, on_log=on_log)]
+        results = api.train(
+            strategy,
+            model,
+            data,
+            out,
+            pipeline=pipeline,
+            lora=lora,
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+            lora_targets=lora_targets,
+            merge_lora=merge_lora,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            max_length=max_length,
+            beta=beta,
+            lr_scheduler=lr_scheduler,
+            warmup_ratio=warmup_ratio,
+            seed=seed,
+            device=device,
+            overwrite=overwrite,
+            on_stage=on_stage,
+            on_log=on_log,
+        )
     for result in results:
         first, last = result.lineage["first_loss"], result.lineage["last_loss"]
         losses = f"loss {first:.4f} → {last:.4f}" if first is not None else "no loss logged"
@@ -749,37 +605,40 @@ def map_command(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from evomerge.search.scale_map import MapSettings, check_options, load_pairs, parse_sweep, run_map, toy_pairs
-
-    if (pairs is None) == (toy is None):
-        raise EvomergeError("give --pairs FILE.yaml or --toy SCALES (one of them)")
-    scales = parse_scales(toy, "--toy") if toy is not None else []
-    name = pairs.stem if pairs is not None else "toy-" + "-".join(scales)
-    settings = MapSettings(
-        out=out or Path("results") / f"map-{name}",
-        benchmark=benchmark,
-        sweep=parse_sweep(sweep),
-        search_trials=search,
-        space=space,
-        holdout=holdout,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        protocol=protocol,
-        batch_size=batch_size,
-        resamples=resamples,
-        overwrite=overwrite,
-    )
-    settings.command = map_command_line(settings, pairs, toy, toy_dir, sweep, out)
-    if pairs is not None:
-        settings.pairs = load_pairs(pairs)
-    else:
-        check_options(settings)  # a bad flag is reported before any toy parent is built
-        settings.pairs = toy_pairs(scales, toy_dir, device=device, say=lambda message: console.print(message, highlight=False))
     columns = (TextColumn("[bold]map"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("checking", total=None)
-        result = run_map(settings, progress=lambda done, total, what: bar.update(task, completed=done, total=total, description=what))
+    bar = Progress(*columns, console=console, transient=True)
+    task = None
+
+    def progress(done: int, total: int, what: str) -> None:
+        nonlocal task
+        if task is None:  # the bar starts once every input is checked (and the toy parents built)
+            bar.start()
+            task = bar.add_task("checking", total=None)
+        bar.update(task, completed=done, total=total, description=escape(what))
+
+    try:
+        result = api.scale_map(
+            pairs=pairs,
+            toy=toy,
+            toy_dir=toy_dir,
+            benchmark=benchmark,
+            sweep=sweep,
+            search=search,
+            space=space,
+            holdout=holdout,
+            seed=seed,
+            resamples=resamples,
+            device=device,
+            dtype=dtype,
+            protocol=protocol,
+            batch_size=batch_size,
+            out=out,
+            overwrite=overwrite,
+            say=lambda message: console.print(message, highlight=False),
+            progress=progress,
+        )
+    finally:
+        bar.stop()
     table = Table(title="Gain over the best parent, merged − max(P1, P2); * interval above zero")
     rows = result.summary_table()
     for column in rows[0] if rows else ():
@@ -789,35 +648,6 @@ def map_command(
         table.add_row(*row.values())
     stdout.print(table)
     stdout.print(f"Wrote {result.out}/ in {result.seconds:.1f} s: report.html, map.csv, items.csv, kinship.csv, figures/*.png, summary.json")
-
-
-def map_command_line(settings, pairs: Optional[Path], toy: Optional[str], toy_dir: Path, sweep: str, out: Optional[Path]) -> str:
-    """The command as a user would retype it (flags at their defaults left out), for the report."""
-    import shlex
-    from dataclasses import fields
-
-    from evomerge.search.scale_map import DEFAULT_SWEEP, MapSettings
-    from evomerge.toy.build import DEFAULT_ROOT
-
-    parts = ["evomerge", "map"]
-    if pairs is not None:
-        parts += ["--pairs", str(pairs)]
-    else:
-        parts += ["--toy", str(toy)] + (["--toy-dir", str(toy_dir)] if toy_dir != DEFAULT_ROOT else [])
-    if sweep != DEFAULT_SWEEP:
-        parts += ["--sweep", sweep]
-    flags = {  # MapSettings' fields that one flag each sets
-        "benchmark": "--benchmark", "search_trials": "--search", "space": "--space", "holdout": "--holdout", "seed": "--seed",
-        "resamples": "--resamples", "device": "--device", "dtype": "--dtype", "protocol": "--protocol", "batch_size": "--batch-size",
-    }  # fmt: skip
-    defaults = {field.name: field.default for field in fields(MapSettings)}
-    for key, flag in flags.items():
-        value = getattr(settings, key)
-        if value != defaults[key] and not (key == "holdout" and not settings.search_trials):
-            parts += [flag, str(value)]
-    if out is not None:
-        parts += ["--out", str(out)]
-    return " ".join(shlex.quote(part) for part in parts)
 
 
 if __name__ == "__main__":  # pragma: no cover

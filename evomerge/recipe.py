@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from evomerge.devices import DTYPE_CHOICES
 from evomerge.errors import EvomergeError, RecipeError
 
 Scalar = Union[bool, int, float, str]
@@ -31,7 +32,7 @@ PARAMETER_RANGES: dict[str, tuple[float, float, bool]] = {
     "gamma": (0.0, 1.0, True),
 }
 
-DTYPES = ("float32", "float16", "bfloat16", "float64")
+DTYPES = DTYPE_CHOICES  # the dtype names a recipe may give
 
 
 def outside_range(name: str, value: float) -> Optional[str]:

@@ -67,7 +67,7 @@ def main() -> None:
         make_checkpoint(child, config, seed=1, dtype=dtype, from_state=state, noise=0.05)
         del state
         recipe = paper_recipe(str(instruct), str(child), args.dtype)
-        merger = Merger([instruct, child], device=device, dtype=dtype)
+        merger = Merger.load([instruct, child], device=device, dtype=dtype)
         n_params = merger.infos[0].parameter_count
         print(f"parents: 2 x {n_params / 1e6:.1f}M parameters, {args.dtype}, on {device}; medians of {args.repeats} runs")
 

@@ -26,7 +26,7 @@ import torch
 from evomerge.evaluate.benchmark import make_benchmark
 from evomerge.evaluate.harness import HarnessScorer, export_lm_eval_task
 from evomerge.evaluate.scorer import Scorer
-from evomerge.merge.merger import resolve_device
+from evomerge.devices import resolve_device
 
 
 def main() -> int:

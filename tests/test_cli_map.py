@@ -123,7 +123,7 @@ def test_the_commands_defaults_are_the_maps_own():
 
     import typer
 
-    from evomerge.cli import map_command_line
+    from evomerge.api import map_command_line, scale_map
     from evomerge.search.scale_map import DEFAULT_SWEEP, MapSettings, parse_sweep
     from evomerge.toy.build import DEFAULT_ROOT
 
@@ -133,6 +133,12 @@ def test_the_commands_defaults_are_the_maps_own():
         assert options["search" if name == "search_trials" else name] == defaults[name], name
     assert options["sweep"] == DEFAULT_SWEEP and parse_sweep(DEFAULT_SWEEP) == MapSettings(out=Path("m")).sweep
     assert Path(options["toy_dir"]) == DEFAULT_ROOT
+    # evomerge.scale_map takes the same keywords with the same defaults.
+    import inspect
+
+    api_defaults = {name: param.default for name, param in inspect.signature(scale_map).parameters.items()}
+    for name, default in options.items():
+        assert name in api_defaults and api_defaults[name] == default, name
 
     plain = MapSettings(out=Path("m"))
     assert map_command_line(plain, Path("p.yaml"), None, DEFAULT_ROOT, DEFAULT_SWEEP, None) == "evomerge map --pairs p.yaml"

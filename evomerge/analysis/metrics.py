@@ -119,6 +119,15 @@ def merge_metrics(
     )
 
 
+def gain_over_parents(merged: Sequence[bool], parents: Sequence[Sequence[bool]], bootstrap: Bootstrap) -> Interval:
+    """M − max(P1, …, Pk) over any number of parents, on the same items, with the best parent
+    chosen in each resample (as `merge_metrics` does for two)."""
+    m = _as_vector(merged, bootstrap.n)
+    vectors = [_as_vector(p, bootstrap.n) for p in parents]
+    best_star = np.max([bootstrap.means(v) for v in vectors], axis=0)
+    return bootstrap.interval(m.mean() - max(v.mean() for v in vectors), bootstrap.means(m) - best_star)
+
+
 # ----- kinship: how alike the parents' fine-tuning directions are --------------------------
 
 

@@ -1,4 +1,5 @@
-"""The scale map's figures, drawn from its table (`MapRow`s) and kinship profiles: PNG files.
+"""Every figure evomerge draws: the scale map's (from its table of `MapRow`s and kinship profiles)
+and a search's (history, importances, t over depth, from numbers the search layer reads off its study).
 
 Matplotlib with the Agg backend (no display); every function takes plain numbers and a path and
 returns the path it wrote.
@@ -221,3 +222,61 @@ def draw_all(rows: Sequence[MapRow], kinships: Mapping[str, Optional[Kinship]], 
     """Every figure of the map into `folder`, named as in FIGURES."""
     folder.mkdir(parents=True, exist_ok=True)
     return [draw(rows, kinships, folder / name) for name, _, draw in _FIGURES]
+
+
+# ----- a search's figures -------------------------------------------------------------------
+
+
+def optimisation_history(
+    numbers: Sequence[int],
+    values: Sequence[float],
+    path: Path,
+    *,
+    title: str,
+    ylabel: str,
+    baseline: Optional[tuple[int, float]] = None,
+    best_parent: Optional[float] = None,
+) -> Path:
+    """Each complete trial's value and the best so far; the paper's recipe (trial, value) as a star
+    and the best parent as a dashed line when given."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4))
+    running = [max(values[: i + 1]) for i in range(len(values))]
+    axis.scatter(numbers, values, s=14, label="trial", color="tab:blue")
+    axis.step(numbers, running, where="post", label="best so far", color="tab:orange")
+    if baseline is not None:
+        axis.scatter([baseline[0]], [baseline[1]], marker="*", s=120, color="tab:red", label="paper's recipe")
+    if best_parent is not None:
+        axis.axhline(best_parent, linestyle="--", color="grey", label="best parent")
+    axis.set_xlabel("trial")
+    axis.set_ylabel(ylabel)
+    axis.legend(fontsize=8)
+    axis.set_title(title)
+    return _save(figure, path)
+
+
+def importances(values: Mapping[str, float], path: Path) -> Path:
+    """Each searched parameter's importance (largest on top)."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, max(2.5, 0.3 * len(values))))
+    names = list(values)[::-1]
+    axis.barh(names, [values[n] for n in names], color="tab:blue")
+    axis.set_xlabel("importance (PED-ANOVA)")
+    axis.set_title("Which parameters mattered")
+    return _save(figure, path)
+
+
+def t_over_layers(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: Path, *, title: str) -> Path:
+    """SLERP t per layer, module by module: `curves` maps a module (self_attn, mlp) to (the best
+    recipe's t per layer, the paper's t per layer)."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for (module, (best, paper)), color in zip(curves.items(), ("tab:blue", "tab:green", "tab:purple", "tab:brown")):
+        axis.plot(range(len(best)), best, color=color, label=f"best: {module}")
+        axis.plot(range(len(paper)), paper, color=color, linestyle=":", label=f"paper: {module}")
+    axis.set_ylim(-0.05, 1.05)
+    axis.set_xlabel("layer")
+    axis.set_ylabel("t (0 = base, 1 = other parent)")
+    axis.legend(fontsize=8)
+    axis.set_title(title)
+    return _save(figure, path)

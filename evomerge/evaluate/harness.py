@@ -124,9 +124,10 @@ class HarnessScorer:
             self._documents = len(get_task_dict([self.task], self.task_manager)[self.task].eval_docs)
         return self._documents
 
-    def score(self, model, fraction: float = 1.0, previous: Optional[ScoreResult] = None) -> ScoreResult:
+    def score(self, model, fraction: float = 1.0, progress=None, previous: Optional[ScoreResult] = None) -> ScoreResult:
         """The first ⌈fraction·n⌉ documents (lm-eval's `limit`); with `previous`, only the
-        documents beyond it are scored (lm-eval's `samples`), as the builtin scorer does."""
+        documents beyond it are scored (lm-eval's `samples`), as the builtin scorer does.
+        `progress` is accepted for the scorers' common signature; lm-eval reports no batches."""
         import time
 
         from lm_eval import simple_evaluate

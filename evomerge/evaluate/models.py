@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Union
 
 
-from evomerge.merge.merger import resolve_device
+from evomerge.devices import resolve_device
 from evomerge.merge.parents import inspect_parent
 
 

@@ -85,7 +85,7 @@ def write_merged(
 def _write_with_evomerge(
     recipe: Recipe, infos: list[ParentInfo], out: Path, device: str, seed: Optional[int], trust_remote_code: bool
 ) -> None:
-    merger = Merger(infos, device=device, dtype=recipe.dtype, trust_remote_code=trust_remote_code)
+    merger = Merger.load(infos, device=device, dtype=recipe.dtype, trust_remote_code=trust_remote_code)
     model = merger.apply(recipe, seed=seed)  # apply plans (and checks) the recipe before writing a tensor
     out_dtype = DTYPES[recipe.out_dtype] if recipe.out_dtype else None
     state = {

@@ -63,6 +63,7 @@ def summarise(study: optuna.Study, wall_s: Optional[float] = None) -> dict:
         "best_value": best.values[0] if best else None,
         "best_accuracy": best.user_attrs.get("accuracy") if best else None,
         "gain": best.user_attrs.get("gain") if best else None,
+        "gain_interval": gain_interval(best, parent_scores, settings.seed) if best else None,
         "synergy": best.user_attrs.get("synergy") if best else None,
         "baseline_accuracy": baseline.user_attrs.get("accuracy") if baseline else None,
         "holdout": study.user_attrs.get(HOLDOUT_ATTR),
@@ -73,6 +74,23 @@ def summarise(study: optuna.Study, wall_s: Optional[float] = None) -> dict:
     if wall_s is not None:
         summary["wall_s"] = round(wall_s, 2)
     return summary
+
+
+def gain_interval(trial: optuna.trial.FrozenTrial, parent_scores: ParentScores, seed: int) -> Optional[list[float]]:
+    """[low, high]: the 95% paired bootstrap interval of the trial's gain over the best parent, from
+    the per-item results the trial and the parents keep on the study (None if some are missing)."""
+    from evomerge.analysis.metrics import DEFAULT_RESAMPLES, Bootstrap, gain_over_parents
+
+    merged = trial.user_attrs.get("correct")
+    parents = [scores[0].get("correct") for scores in parent_scores.by_parent.values()]
+    if not merged or not parents or any(p is None or len(p) != len(merged) for p in parents):
+        return None
+    def as_bools(text: str) -> list[bool]:
+        return [c == "1" for c in text]
+
+    bootstrap = Bootstrap(len(merged), DEFAULT_RESAMPLES, seed=seed)
+    interval = gain_over_parents(as_bools(merged), [as_bools(p) for p in parents], bootstrap)
+    return [interval.low, interval.high]
 
 
 def write_trials_csv(study: optuna.Study, out: Path) -> None:
@@ -107,62 +125,46 @@ def write_pareto(study: optuna.Study, folder: Path) -> None:
 
 def write_plots(study: optuna.Study, folder: Path, summary: dict) -> list[Path]:
     """The optimisation history, the parameters' importances and (SLERP) t over depth against the
-    paper's schedule, for a one-benchmark study; `summary` is `summarise(study)`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    paper's schedule, for a one-benchmark study; `summary` is `summarise(study)`. The numbers are
+    read here, the figures drawn by `analysis.plots`."""
+    from evomerge.analysis import plots
 
     written = []
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete or len(study.directions) > 1:
         return written
-    figure, axis = plt.subplots(figsize=(7, 4))
-    numbers = [t.number for t in complete]
-    values = [t.values[0] for t in complete]
-    running = [max(values[: i + 1]) for i in range(len(values))]
-    axis.scatter(numbers, values, s=14, label="trial", color="tab:blue")
-    axis.step(numbers, running, where="post", label="best so far", color="tab:orange")
-    baseline = [t for t in complete if t.user_attrs.get("baseline")]
-    if baseline:
-        axis.scatter([baseline[0].number], [baseline[0].values[0]], marker="*", s=120, color="tab:red", label="paper's recipe")
-    if summary["best_parent"] is not None and summary["objective"] == "accuracy":
-        axis.axhline(summary["best_parent"], linestyle="--", color="grey", label="best parent")
-    axis.set_xlabel("trial")
-    axis.set_ylabel(summary["objective"])
-    axis.legend(fontsize=8)
-    axis.set_title(f"{study.study_name}: optimisation history")
-    written.append(_save(figure, folder / "history.png"))
-
+    baseline = next(((t.number, t.values[0]) for t in complete if t.user_attrs.get("baseline")), None)
+    best_parent = summary["best_parent"] if summary["objective"] == "accuracy" else None
+    written.append(
+        plots.optimisation_history(
+            [t.number for t in complete],
+            [t.values[0] for t in complete],
+            folder / "history.png",
+            title=f"{study.study_name}: optimisation history",
+            ylabel=summary["objective"],
+            baseline=baseline,
+            best_parent=best_parent,
+        )
+    )
     try:
         importances = optuna.importance.get_param_importances(study, evaluator=PedAnovaImportanceEvaluator())
     except Exception:  # too few or identical trials: no importances to draw
         importances = {}
     if importances:
-        figure, axis = plt.subplots(figsize=(7, max(2.5, 0.3 * len(importances))))
-        names = list(importances)[::-1]
-        axis.barh(names, [importances[n] for n in names], color="tab:blue")
-        axis.set_xlabel("importance (PED-ANOVA)")
-        axis.set_title("Which parameters mattered")
-        written.append(_save(figure, folder / "importances.png"))
+        written.append(plots.importances(importances, folder / "importances.png"))
 
     best = next(t for t in complete if t.number == summary["best_trial"])
     recipe = Recipe.from_yaml(best.user_attrs["recipe"])
     if recipe.merge_method == "slerp":
         layers = load_num_layers(recipe)
-        figure, axis = plt.subplots(figsize=(7, 4))
         paper = paper_recipe(*recipe.model_names[:2])
-        for module, color in (("self_attn", "tab:blue"), ("mlp", "tab:green")):
-            name = "model.layers.{}." + module + ".x.weight"
-            positions = [layer_position(i, layers) for i in range(layers)]
-            axis.plot(range(layers), [recipe.parameter("t", name.format(i), p) for i, p in enumerate(positions)], color=color, label=f"best: {module}")
-            axis.plot(range(layers), [paper.parameter("t", name.format(i), p) for i, p in enumerate(positions)], color=color, linestyle=":", label=f"paper: {module}")
-        axis.set_ylim(-0.05, 1.05)
-        axis.set_xlabel("layer")
-        axis.set_ylabel("t (0 = base, 1 = other parent)")
-        axis.legend(fontsize=8)
-        axis.set_title(f"SLERP t over depth, trial {best.number} vs the paper's schedule")
-        written.append(_save(figure, folder / "t-over-layers.png"))
+        positions = [layer_position(i, layers) for i in range(layers)]
+        curves = {}
+        for module in ("self_attn", "mlp"):
+            names = [f"model.layers.{i}.{module}.x.weight" for i in range(layers)]
+            curves[module] = tuple([r.parameter("t", n, p) for n, p in zip(names, positions)] for r in (recipe, paper))
+        title = f"SLERP t over depth, trial {best.number} vs the paper's schedule"
+        written.append(plots.t_over_layers(curves, folder / "t-over-layers.png", title=title))
     return written
 
 
@@ -170,15 +172,6 @@ def load_num_layers(recipe: Recipe) -> int:
     from evomerge.merge.parents import inspect_parent
 
     return inspect_parent(recipe.model_names[0]).num_layers
-
-
-def _save(figure, path: Path) -> Path:
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(figure)
-    return path
 
 
 def export_all(study: optuna.Study, folder: Path, wall_s: Optional[float] = None) -> dict:

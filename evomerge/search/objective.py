@@ -312,7 +312,7 @@ def load_pair(infos: Sequence[ParentInfo], base: Optional[str], *, device: str =
     (the model SLERP starts from, as the paper), else the first parent's."""
     from transformers import AutoTokenizer
 
-    merger = Merger(list(infos), device=device, dtype=dtype)
+    merger = Merger.load(list(infos), device=device, dtype=dtype)
     names = [info.name for info in infos]
     tokenizer_info = infos[names.index(base)] if base in names else infos[0]
     return merger, AutoTokenizer.from_pretrained(str(tokenizer_info.tokenizer_dir))

@@ -34,7 +34,7 @@ import optuna
 import ray
 from optuna.trial import TrialState
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
+from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
@@ -49,10 +49,10 @@ from evomerge.search.objective import (
     recipe_dtype_name,
     record_recipe,
 )
+from evomerge.search.pruners import effective_pruner
 from evomerge.search.run import Prepared, check_stopped, open_study, record_failure_streak, trial_budget
 from evomerge.search.study import (
     HEARTBEAT_S,
-    PRUNING_FACTOR,
     SearchSettings,
     finished_count,
     last_fidelity_step,
@@ -149,16 +149,10 @@ def local_resources() -> dict[str, float]:
 
 
 def make_scheduler(settings: SearchSettings) -> TrialScheduler:
-    """ASHA with a rung at each partial benchmark fraction (the Optuna backend's successive halving;
-    also for --pruner hyperband), the median stopping rule for --pruner median, none for one
-    fraction or two benchmarks. ASHA keeps the best third at each fraction, as the Optuna backend."""
-    if not settings.prunes:
-        return FIFOScheduler()
-    if settings.pruner == "median":
-        return MedianStoppingRule(time_attr=RUNG, metric=VALUE, mode="max", grace_period=1, min_samples_required=3)
-    return ASHAScheduler(
-        time_attr=RUNG, metric=VALUE, mode="max", grace_period=1, max_t=last_fidelity_step(settings), reduction_factor=PRUNING_FACTOR
-    )
+    """The Ray Tune scheduler of --pruner (the pruners' table): ASHA with a rung at each partial
+    benchmark fraction for halving and hyperband (the best third goes on, as on the Optuna
+    backend), the median stopping rule for median, none for one fraction or two benchmarks."""
+    return effective_pruner(settings).tune(settings, time_attr=RUNG, metric=VALUE)
 
 
 def metric_names(settings: SearchSettings) -> list[str]:

@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import warnings
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import optuna
@@ -23,7 +24,7 @@ from evomerge.errors import EvomergeError
 from evomerge.evaluate.benchmark import load_benchmark
 from evomerge.evaluate.harness import find_task, is_lm_eval_spec
 from evomerge.evaluate.scorer import ScoreResult
-from evomerge.merge.merger import resolve_device, resolve_dtype
+from evomerge.devices import resolve_device, resolve_dtype
 from evomerge.merge.parents import ParentInfo, check_parents, inspect_parent
 from evomerge.search.objective import TrialRunner, ensure_parent_scores
 from evomerge.search.study import (
@@ -246,3 +247,80 @@ def join_study(study_name: str, storage_url: str) -> SearchSettings:
     settings = load_settings(load_existing_study(study_name, storage_url)).in_process()  # whichever backend started the study
     settings.storage = storage_url
     return settings
+
+
+# ----- a whole search: what `evomerge search`, `evomerge worker` and `evomerge.search()` run ----
+
+
+class SearchProgress:
+    """What a running search tells whoever started it; every method does nothing here. The
+    command line subclasses it to draw a progress bar; a notebook may, or may ignore it."""
+
+    def started(self, settings: SearchSettings) -> None:
+        """The inputs are checked and the storage is open; trials are about to start."""
+
+    def say(self, message: str) -> None:
+        """A line for the user (the parents are being scored, Ray's resources, an interruption)."""
+
+    def trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """A trial of the study finished (complete, pruned or failed), in any process."""
+
+    def stopped(self) -> None:
+        """The search ended (normally or not); `started` was called before."""
+
+
+@dataclass
+class SearchRun:
+    """A finished (or interrupted) search: the study, what `export_all` wrote, the held-out score."""
+
+    study: optuna.Study
+    settings: SearchSettings
+    summary: dict  # summary.json's content
+    holdout: Optional[dict]  # the HOLDOUT_ATTR scores, when the study has held-out items
+    folder: Path  # results/<study>/
+
+
+def run_search(
+    settings: SearchSettings, *, timeout: Optional[float] = None, jobs: int = 1, progress: Optional[SearchProgress] = None
+) -> SearchRun:
+    """Check everything, open (create or resume) the study, run trials with the executor that
+    `settings.executor` names until the study has its total, score the best recipe on the held-out
+    items and write the results folder. Ctrl-C marks the running trials failed, exports what
+    exists and re-raises the KeyboardInterrupt."""
+    import time
+
+    from evomerge.search.executors import executor_class
+    from evomerge.search.export import export_all
+
+    progress = progress or SearchProgress()
+    start = time.perf_counter()
+    executor_class(settings.executor).check_settings(settings, jobs)
+    executor = executor_class(settings.executor)(settings, jobs)
+    with executor:
+        # Every bad input (and, on Ray, an unreachable cluster or a GPU it lacks) is reported here,
+        # before the study exists.
+        prepared = prepare(settings, preflight=executor.start)
+        folder = settings.results_dir
+        progress.started(settings)
+        try:
+            progress.say("Loading parents and scoring each alone …")
+            study, runner = executor.run(prepared, timeout=timeout, on_trial=progress.trial_finished, say=progress.say)
+            holdout = score_holdout(study, runner)
+        except KeyboardInterrupt:
+            progress.say("Interrupted: the running trial is marked failed; exporting what exists.")
+            export_after_interrupt(settings, folder, time.perf_counter() - start, progress.say)
+            raise
+        finally:
+            progress.stopped()
+    summary = export_all(study, folder, time.perf_counter() - start)
+    return SearchRun(study, settings, summary, holdout, folder)
+
+
+def export_after_interrupt(settings: SearchSettings, folder: Path, wall_s: float, say: Callable[[str], None]) -> None:
+    """Export what an interrupted study holds (nothing, if it has nothing yet)."""
+    from evomerge.search.export import export_all
+
+    try:
+        export_all(load_existing_study(settings.study, settings.storage_url()), folder, wall_s)
+    except Exception as error:  # nothing to export yet
+        say(f"Nothing exported: {error}")

@@ -36,7 +36,7 @@ from evomerge.evaluate.benchmark import Benchmark, load_benchmark, shipped_bench
 from evomerge.evaluate.harness import is_lm_eval_spec
 from evomerge.evaluate.scorer import ScoreResult, Scorer
 from evomerge.files import staged_folder
-from evomerge.merge.merger import resolve_device, resolve_dtype
+from evomerge.devices import resolve_device, resolve_dtype
 from evomerge.merge.parents import ParentInfo, check_parents, inspect_parent, layer_index, load_parent
 from evomerge.recipe import paper_recipe, slerp_recipe
 from evomerge.search.objective import free_accelerator_memory, load_pair, recipe_dtype_name, subset_result
@@ -51,10 +51,6 @@ MAX_SWEEP_POINTS = 201
 MIN_RESAMPLES = 100
 PAIR_KEYS = ("label", "parents", "base", "ancestor", "params", "benchmark")
 FILE_KEYS = ("pairs", "benchmark")
-# The toy domain's pair the paper merges, at every scale: SLERP's base (Instruct) and the
-# fine-tuned child; the map measures kinship against the toy's Base, their common ancestor.
-TOY_PAIR = ("instruct", "instruct-CPT-SFT")
-TOY_PARENTS = ("base", *TOY_PAIR)
 _SAFE_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,59}$")
 
 Progress = Callable[[int, int, str], None]  # (done, total, what is running now)
@@ -220,13 +216,13 @@ def toy_pairs(
 ) -> list[PairSpec]:
     """The toy domain's pair at each scale (Instruct × Instruct-CPT-SFT, base = Instruct, kinship
     against the toy's Base, the toy's domain benchmark), built if needed."""
-    from evomerge.toy.build import build_toy
+    from evomerge.toy.pair import toy_pair
 
     pairs = []
     for scale in scales:
-        build = build_toy(scale, root, device=device, parents=TOY_PARENTS, progress=say)
-        instruct, child = (str(build.parents[name]) for name in TOY_PAIR)
-        pairs.append(PairSpec(scale, (instruct, child), instruct, ancestor=str(build.parents["base"]), benchmark=str(build.domain_benchmark)))
+        pair = toy_pair(scale, root, device=device, say=say)
+        base, other = str(pair.base), str(pair.other)
+        pairs.append(PairSpec(scale, (base, other), base, ancestor=str(pair.ancestor), benchmark=str(pair.benchmark)))
     return pairs
 
 
@@ -352,6 +348,9 @@ def steps_of(pair: CheckedPair, settings: MapSettings) -> int:
 
 @dataclass
 class MapResult:
+    """A finished map: one `MapRow` per parent, sweep point, paper schedule and searched recipe
+    (accuracy, gain and synergy with their intervals), the output folder and the files in it."""
+
     rows: list[MapRow]
     out: Path
     files: list[str]

@@ -21,15 +21,14 @@ import optuna
 from optuna.trial import TrialState
 
 from evomerge.errors import EvomergeError, first_line
+from evomerge.search.pruners import PRUNERS, make_pruner, pruner_choice
+from evomerge.search.samplers import SAMPLERS, multi_objective_samplers, sampler_choice
 
-SAMPLERS = ("tpe", "cmaes", "random", "grid", "gp", "nsga2")
-PRUNERS = ("halving", "hyperband", "median", "none")
 # A trial reports its k-th partial fraction at step PRUNING_FACTOR**k (1, 3, …): successive halving
 # then judges every partial fraction, keeping the best third each time (Ray's ASHA uses the same
 # steps as its resource, so both backends prune alike).
 PRUNING_FACTOR = 3
 OBJECTIVES = ("accuracy", "gain")
-EXECUTORS = ("optuna", "ray")  # what runs the trials: Optuna in this process, or Ray Tune on a cluster
 RESULTS_ROOT = Path("results")  # one folder per study under it: database, best recipe, tables, plots
 SETTINGS_ATTR = "evomerge_settings"
 PARENT_SCORES_ATTR = "parent_scores"
@@ -104,10 +103,8 @@ class SearchSettings:
         """Flag-level checks, before anything is loaded or created."""
         if not _SAFE_NAME.match(self.study):
             raise EvomergeError(f"--study {self.study!r} is not a safe folder name (letters, digits, _ . -)")
-        if self.sampler not in SAMPLERS:
-            raise EvomergeError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
-        if self.pruner not in PRUNERS:
-            raise EvomergeError(f"unknown pruner {self.pruner!r}; choose from {', '.join(PRUNERS)}")
+        sampler = sampler_choice(self.sampler)
+        pruner_choice(self.pruner)
         if self.objective not in OBJECTIVES:
             raise EvomergeError(f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
         if self.trials < 1:
@@ -130,30 +127,15 @@ class SearchSettings:
             raise EvomergeError("--holdout applies to evomerge benchmarks; an lm-eval task has its own splits (use --holdout 0)")
         if len(self.benchmarks) > 2:
             raise EvomergeError("--benchmark takes one benchmark, or two (domain,general) for a multi-objective study")
-        if self.multi_objective and self.sampler not in ("tpe", "nsga2", "random"):
-            raise EvomergeError(f"a two-benchmark study is multi-objective: use --sampler nsga2, tpe or random, not {self.sampler}")
-        self._check_executor()
+        if self.multi_objective and not sampler.multi_objective:
+            names = multi_objective_samplers()
+            raise EvomergeError(
+                f"a two-benchmark study is multi-objective: use --sampler {', '.join(names[:-1])} or {names[-1]}, not {self.sampler}"
+            )
+        from evomerge.search.executors import executor_class
 
-    def _check_executor(self) -> None:
-        if self.executor not in EXECUTORS:
-            raise EvomergeError(f"unknown --backend {self.executor!r}; choose from {', '.join(EXECUTORS)}")
-        ray_flags = {
-            "--ray-address": self.ray_address is not None,
-            "--gpus-per-trial": self.gpus_per_trial is not None,
-            "--cpus-per-trial": self.cpus_per_trial != 1.0,
-            "--concurrent": self.concurrent is not None,
-        }
-        if self.executor != "ray":
-            given = [flag for flag, set_ in ray_flags.items() if set_]
-            if given:
-                raise EvomergeError(f"{given[0]} applies to --backend ray only")
-            return
-        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
-            raise EvomergeError(f"--gpus-per-trial must be 0 or more, got {self.gpus_per_trial:g}")
-        if self.cpus_per_trial <= 0:
-            raise EvomergeError(f"--cpus-per-trial must be above 0, got {self.cpus_per_trial:g}")
-        if self.concurrent is not None and self.concurrent < 1:
-            raise EvomergeError(f"--concurrent must be at least 1, got {self.concurrent}")
+        executor_class(self.executor).check_settings(self)
+
 
 
 def open_storage(url: str):
@@ -217,33 +199,8 @@ def process_name() -> str:
 
 
 def make_sampler(settings: SearchSettings, grid: Optional[dict[str, list[float]]] = None, seed: Optional[int] = None):
-    """The study's sampler, seeded with `seed` (default --seed)."""
-    seed = settings.seed if seed is None else seed
-    if settings.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)
-    if settings.sampler == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=5, warn_independent_sampling=False)
-    if settings.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if settings.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=5)
-    if settings.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if settings.sampler == "grid":
-        if grid is None:
-            raise EvomergeError("the grid sampler needs every searched value to have a step")
-        return optuna.samplers.GridSampler(grid, seed=seed)
-    raise EvomergeError(f"unknown sampler {settings.sampler!r}")
-
-
-def make_pruner(settings: SearchSettings):
-    if not settings.prunes:
-        return optuna.pruners.NopPruner()
-    if settings.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
-    if settings.pruner == "hyperband":  # hedges: some brackets never prune
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=last_fidelity_step(settings), reduction_factor=PRUNING_FACTOR)
-    return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=PRUNING_FACTOR, min_early_stopping_rate=0)
+    """The study's sampler (`--sampler`, from the samplers' table), seeded with `seed` (default --seed)."""
+    return sampler_choice(settings.sampler).make(settings.seed if seed is None else seed, grid)
 
 
 def fidelity_step(index: int) -> int:

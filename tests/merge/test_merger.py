@@ -290,7 +290,7 @@ def merger_for(family):
         key = (arch, dtype, noise, stored)
         if key not in cache:
             paths = family(arch, stored or dtype, noise=noise)
-            cache[key] = Merger([str(paths[n]) for n in ("base", "c1", "c2")], device="cpu", dtype=dtype)
+            cache[key] = Merger.load([str(paths[n]) for n in ("base", "c1", "c2")], device="cpu", dtype=dtype)
         return cache[key]
 
     return get
@@ -374,16 +374,19 @@ def test_slerp_without_the_fused_kernel_equals_mergekit_yaml(oracle, family, mon
 
     monkeypatch.setattr(fused, "plan_weighted_pairs", lambda *tensors: None)
     paths = family("llama", dtype)
-    merger = Merger([str(paths[n]) for n in ("base", "c1", "c2")], device="cpu", dtype=dtype)
+    merger = Merger.load([str(paths[n]) for n in ("base", "c1", "c2")], device="cpu", dtype=dtype)
     for index in range(RECIPES_PER_METHOD):
         check_case(oracle, merger, contract_key("llama", dtype, "slerp", index))
-    assert all(pair.kernel is None for pair in merger._slerp_pairs.values())
+    from evomerge.merge.fast.slerp import SlerpPair
+
+    pairs = [prepared for prepared in merger.prepared.values() if isinstance(prepared, SlerpPair)]
+    assert pairs and all(pair.kernel is None for pair in pairs)
 
 
 @pytest.mark.slow
 def test_recipe_without_dtype_keeps_the_stored_dtype(oracle, family):
     paths = family("gemma", "bfloat16")
-    merger = Merger([str(paths[n]) for n in ("base", "c1", "c2")], device="cpu")
+    merger = Merger.load([str(paths[n]) for n in ("base", "c1", "c2")], device="cpu")
     assert merger.dtype == torch.bfloat16
     check_case(oracle, merger, "no-dtype")
 
@@ -688,17 +691,17 @@ def test_lm_head_is_planned_with_the_last_slice(merger_for, llama_paths):
 
 def test_merger_refuses_a_parent_listed_twice(llama_paths):
     with pytest.raises(ParentError, match="twice"):
-        Merger([llama_paths["base"], llama_paths["c1"], llama_paths["base"]], device="cpu")
+        Merger.load([llama_paths["base"], llama_paths["c1"], llama_paths["base"]], device="cpu")
 
 
 def test_merger_refuses_incompatible_parents(family):
     with pytest.raises(ParentError, match="different architectures"):
-        Merger([str(family("llama", "float32")["base"]), str(family("qwen2", "float32")["base"])], device="cpu")
+        Merger.load([str(family("llama", "float32")["base"]), str(family("qwen2", "float32")["base"])], device="cpu")
 
 
 def test_merger_keeps_the_stored_dtype_by_default(family):
     paths = family("gemma", "bfloat16")
-    merger = Merger([str(paths["base"]), str(paths["c1"])], device="cpu")
+    merger = Merger.load([str(paths["base"]), str(paths["c1"])], device="cpu")
     assert merger.dtype == torch.bfloat16
     assert all(t.dtype == torch.bfloat16 for t in merger.merged_state_dict().values())
     assert merger.device == torch.device("cpu")
@@ -751,7 +754,7 @@ def test_non_floating_buffers_are_kept_or_refused_like_mergekit(buffered_family,
     """Buffers the recipe's parents agree on come out as they are; buffers they disagree on are
     refused before any tensor is written; the floating tensors merge as without buffers."""
     p = buffered_family
-    merger = Merger([p["base"], p["c1"], p["c2"]], device="cpu", trust_remote_code=True)
+    merger = Merger.load([p["base"], p["c1"], p["c2"]], device="cpu", trust_remote_code=True)
     targets = merger.merged_state_dict()
     plain = merger_for("llama", "float32")
     for method, parameters in [("slerp", "{t: [0.2, 0.9]}"), ("ties", "{weight: 0.6, density: 0.5}")]:

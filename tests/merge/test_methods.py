@@ -243,6 +243,9 @@ def test_fast_task_arithmetic_methods_are_read_from_mergekits_registry():
     assert fast["ties"].sparsification_method == "magnitude" and fast["ties"].consensus_method == "sum"
     assert fast["dare_linear"].sparsification_method == "random" and fast["dare_linear"].consensus_method is None
     assert fast["task_arithmetic"].sparsification_method is None
+    from evomerge.merge.fast import FAST_METHODS
+
+    assert set(fast) <= set(FAST_METHODS), "a task arithmetic method the engine computes has no fast path entry"
 
 
 def task_arithmetic_cases():

@@ -192,7 +192,7 @@ def test_another_seed_moves_only_the_intervals(mapped, parents, tmp_path):
 def test_the_sweep_ends_are_the_parents_exactly(parents, dtype):
     """Why t = 0 and t = 1 reuse the parents' scores instead of scoring the merge again."""
     instruct, child = (str(parents["scales"]["xs"][name]) for name in ("instruct", "child"))
-    merger = Merger([instruct, child], device="cpu", dtype=dtype)
+    merger = Merger.load([instruct, child], device="cpu", dtype=dtype)
     for t, source in ((0.0, instruct), (1.0, child)):
         merger.apply(slerp_recipe(instruct, child, t, dtype))
         merged, expected = merger.merged_state_dict(), merger.parents[source].tensors

@@ -365,7 +365,7 @@ def test_merge_lora_writes_full_weights_equal_to_peft_merge(lora_runs, peft_merg
 def test_merge_engine_merges_the_lora_child_with_its_base(lora_runs, train_base, peft_merged):
     adapter, _ = lora_runs
     base_ref, child_ref = str(train_base), str(adapter.out)
-    merger = Merger([base_ref, child_ref], device="cpu", dtype="float32")
+    merger = Merger.load([base_ref, child_ref], device="cpu", dtype="float32")
 
     def slerp(t):
         return Recipe.from_dict(

@@ -1,0 +1,18 @@
+"""`--sampler gp`: a Gaussian process with expected improvement after 5 random trials."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import optuna
+
+from evomerge.search.samplers.base import SamplerChoice
+
+
+class GaussianProcessSampler(SamplerChoice):
+    name = "gp"
+    description = "a Gaussian process with expected improvement after 5 random trials"
+    multi_objective = False
+
+    def make(self, seed: int, grid: Optional[dict[str, list[float]]] = None) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=5)

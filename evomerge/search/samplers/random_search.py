@@ -1,0 +1,18 @@
+"""`--sampler random`: uniform random values: the baseline every sampler must beat."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import optuna
+
+from evomerge.search.samplers.base import SamplerChoice
+
+
+class RandomSearch(SamplerChoice):
+    name = "random"
+    description = "uniform random values: the baseline every sampler must beat"
+    multi_objective = True
+
+    def make(self, seed: int, grid: Optional[dict[str, list[float]]] = None) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.RandomSampler(seed=seed)

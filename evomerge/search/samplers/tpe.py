@@ -1,0 +1,18 @@
+"""`--sampler tpe`: TPE: a multivariate Parzen estimator after 5 random trials (Optuna's default)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import optuna
+
+from evomerge.search.samplers.base import SamplerChoice
+
+
+class TpeSampler(SamplerChoice):
+    name = "tpe"
+    description = "TPE: a multivariate Parzen estimator after 5 random trials (Optuna's default)"
+    multi_objective = True
+
+    def make(self, seed: int, grid: Optional[dict[str, list[float]]] = None) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=5)

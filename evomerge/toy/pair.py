@@ -1,0 +1,43 @@
+"""The pair of toy parents the paper would merge, at any scale: the demo's and the map's.
+
+SLERP's base is the toy's Instruct model (t = 0), the other parent its Instruct-CPT-SFT child;
+the map measures their kinship against the toy's Base, their common ancestor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+TOY_PAIR = ("instruct", "instruct-CPT-SFT")
+TOY_PARENTS = ("base", *TOY_PAIR)
+
+
+@dataclass(frozen=True)
+class ToyPair:
+    """One scale's pair: SLERP's base, the fine-tuned child, their ancestor and the domain benchmark."""
+
+    scale: str
+    base: Path
+    other: Path
+    ancestor: Optional[Path]
+    benchmark: Path
+
+
+def toy_pair(
+    scale: str,
+    root: Optional[Union[str, Path]] = None,
+    *,
+    device: str = "auto",
+    ancestor: bool = True,
+    say: Optional[Callable[[str], None]] = None,
+    on_step: Optional[Callable[[str, int, int, float], None]] = None,
+) -> ToyPair:
+    """Build (or reuse) the pair at `scale` under `root` (default results/toy), with the toy's Base
+    too when `ancestor`."""
+    from evomerge.toy.build import build_toy
+
+    build = build_toy(scale, root, device=device, parents=TOY_PARENTS if ancestor else TOY_PAIR, progress=say, on_step=on_step)
+    base, other = (build.parents[name] for name in TOY_PAIR)
+    return ToyPair(scale, base, other, build.parents["base"] if ancestor else None, build.domain_benchmark)
