@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -43,11 +44,11 @@ from evomerge.evaluate.scorer import ScoreResult
 from evomerge.search.objective import (
     TrialRunner,
     Values,
+    claim_recipe,
     copied_attrs,
     failure_reason,
     free_accelerator_memory,
     recipe_dtype_name,
-    record_recipe,
 )
 from evomerge.search.pruners import effective_pruner
 from evomerge.search.run import Prepared, check_stopped, open_study, record_failure_streak, trial_budget
@@ -455,7 +456,7 @@ class StudySearch(OptunaSearch):
                 continue
             trial = self._ot_trials[trial_id]
             self._beat(trial)
-            original = record_recipe(trial, config[RECIPE])
+            original = claim_recipe(trial, config[RECIPE], self.settings.storage_url(), wait=False)  # the driver must not block
             if original is None:
                 self.started += 1
                 return {RECIPE: config[RECIPE]}
@@ -577,13 +578,38 @@ class StudySearch(OptunaSearch):
 
 
 class Heartbeat(tune.Callback):
-    """Calls the searcher's heartbeat on every step of Tune's loop."""
+    """Calls the searcher's heartbeat on every step of Tune's loop, and turns a Ctrl-C that
+    arrived during the step before into a KeyboardInterrupt here, between steps (see
+    `interrupt_between_steps`)."""
 
     def __init__(self, searcher: StudySearch):
         self.searcher = searcher
+        self.interrupted = False
 
     def on_step_begin(self, iteration, trials, **info) -> None:
+        if self.interrupted:
+            raise KeyboardInterrupt
         self.searcher.beat()
+
+
+@contextmanager
+def interrupt_between_steps(heartbeat: Heartbeat) -> Iterator[None]:
+    """While Tune runs, Ctrl-C (or SIGTERM) is noted and raised at the start of Tune's next step,
+    not wherever the driver happens to be: raised inside a storage commit, it would leave the
+    study's database session broken just when the running trials must be marked failed. A second
+    Ctrl-C interrupts at once."""
+
+    def note(signum, frame) -> None:
+        if heartbeat.interrupted:
+            raise KeyboardInterrupt
+        heartbeat.interrupted = True
+
+    before = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 # Ray Tune's switches, set only while Tune runs:
@@ -638,6 +664,7 @@ def optimise_on_ray(
         )
         resources = session.resources
         trainable = tune.with_resources(tune.with_parameters(run_trial, job=runner.with_parent_scores(parent_scores)), resources.as_ray())
+        heartbeat = Heartbeat(searcher)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -654,12 +681,12 @@ def optimise_on_ray(
                 storage_path=ray_dir,
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),  # a failed trial, not a failed run
                 verbose=0,
-                callbacks=[Heartbeat(searcher)],
+                callbacks=[heartbeat],
             ),
         )
         log(f"Ray: {resources.concurrent} trial(s) at once, each with {resources.cpus:g} CPU(s) and {resources.gpus:g} GPU(s)")
         try:
-            with _tune_environment():
+            with _tune_environment(), interrupt_between_steps(heartbeat):
                 tuner.fit()
         except KeyboardInterrupt:
             searcher.abandon("interrupted (Ctrl-C)")

@@ -26,6 +26,7 @@ from evomerge.evaluate.harness import find_task, is_lm_eval_spec
 from evomerge.evaluate.scorer import ScoreResult
 from evomerge.devices import resolve_device, resolve_dtype
 from evomerge.merge.parents import ParentInfo, check_parents, inspect_parent
+from evomerge.search.locks import study_lock
 from evomerge.search.objective import TrialRunner, ensure_parent_scores
 from evomerge.search.study import (
     TAKEN,
@@ -106,7 +107,8 @@ def open_study(prepared: Prepared, compute_parent_scores: Callable[[], dict]) ->
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
         optuna.storages.fail_stale_trials(study)  # a trial whose process was killed has stopped beating
     parent_scores = ensure_parent_scores(study, compute_parent_scores)
-    enqueue_baseline(study, prepared.space, prepared.infos[0].num_layers)
+    with study_lock(prepared.settings.storage_url(), study.study_name):  # two processes opening it queue it once
+        enqueue_baseline(study, prepared.space, prepared.infos[0].num_layers)
     return study, parent_scores
 
 
