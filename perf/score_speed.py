@@ -51,16 +51,16 @@ def main() -> int:
         print(f"model: {n_params / 1e6:.1f}M parameters on {device}; {len(benchmark)} mc items")
 
         start = time.perf_counter()
-        builtin = Scorer(benchmark, tokenizer, protocol="loglik", batch_size=args.batch_size, chat=False)
+        builtin = Scorer.load(benchmark, tokenizer, protocol="loglik", batch_size=args.batch_size, chat=False)
         tokenise_s = time.perf_counter() - start
         builtin_s, builtin_result = median_time(lambda: builtin.score(model), args.repeats, device)
 
         task_dir = Path(tmp) / "tasks"
         task = export_lm_eval_task(benchmark, task_dir)
-        harness = HarnessScorer(task, tokenizer, task_dir, batch_size=args.batch_size)
+        harness = HarnessScorer.load(task, tokenizer, task_dir, batch_size=args.batch_size)
         lm_eval_s, lm_eval_result = median_time(lambda: harness.score(model), args.repeats, device)
 
-        paper = Scorer(benchmark, tokenizer, protocol="paper", batch_size=args.batch_size, chat=False)
+        paper = Scorer.load(benchmark, tokenizer, protocol="paper", batch_size=args.batch_size, chat=False)
         paper_s, _ = median_time(lambda: paper.score(model), args.repeats, device)
 
     same = builtin_result.accuracy == lm_eval_result.accuracy

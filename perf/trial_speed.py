@@ -60,7 +60,7 @@ def main() -> None:
 
         # (a) in memory: what every trial after the first costs in a study
         merger = Merger.load([instruct, child], device=device, dtype=torch.float32)
-        scorer = Scorer(benchmark, tokenizer, protocol="loglik", chat=False)
+        scorer = Scorer.load(benchmark, tokenizer, protocol="loglik", chat=False)
         merger.apply(recipe)  # the first trial also computes the angles once per study
         evomerge_s, memory_result = median_time(lambda: scorer.score(merger.apply(recipe)), args.repeats, device)
 

@@ -82,7 +82,7 @@ def in_process(setup, protocol: str, fraction: float = 1.0):
 
     model = AutoModelForCausalLM.from_pretrained(str(setup["model"])).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(setup["model"]))
-    return Scorer(load_benchmark(setup["bench"]), tokenizer, protocol, chat=False).score(model, fraction)
+    return Scorer.load(load_benchmark(setup["bench"]), tokenizer, protocol, chat=False).score(model, fraction)
 
 
 # ----- both protocols, both backends ------------------------------------------------------------
@@ -191,8 +191,8 @@ def chat_loglik_in_process(setup):
     model = AutoModelForCausalLM.from_pretrained(str(setup["chat"])).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(setup["chat"]))
     bench = load_benchmark(setup["bench"])
-    with_template = Scorer(bench, tokenizer, "loglik", chat=True).score(model).accuracy
-    plain = Scorer(bench, tokenizer, "loglik", chat=False).score(model).accuracy
+    with_template = Scorer.load(bench, tokenizer, "loglik", chat=True).score(model).accuracy
+    plain = Scorer.load(bench, tokenizer, "loglik", chat=False).score(model).accuracy
     assert with_template != plain, "the test model should score differently with and without its template"
     return {"chat": with_template, "plain": plain}
 

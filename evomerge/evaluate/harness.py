@@ -98,13 +98,20 @@ def find_task(task: str, tasks_dir: Optional[Union[str, Path]] = None):
 class HarnessScorer:
     """Scores a model through lm-eval's `simple_evaluate` on one task."""
 
-    def __init__(self, task: str, tokenizer, tasks_dir: Optional[Union[str, Path]] = None, batch_size: int = 16):
+    def __init__(self, task: str, tokenizer, task_manager, batch_size: int = 16):
+        """`task_manager`: lm-eval's TaskManager that knows `task` (see `load`)."""
         self.task = task.removeprefix(PREFIX)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.task_manager = find_task(self.task, tasks_dir)
+        self.task_manager = task_manager
         self._wrapped: dict[int, object] = {}
         self._documents: Optional[int] = None
+
+    @classmethod
+    def load(cls, task: str, tokenizer, tasks_dir: Optional[Union[str, Path]] = None, batch_size: int = 16) -> "HarnessScorer":
+        """Find the task (in `tasks_dir`, else lm-eval's own index); an EvomergeError if it is unknown."""
+        task = task.removeprefix(PREFIX)
+        return cls(task, tokenizer, find_task(task, tasks_dir), batch_size)
 
     def _lm(self, model):
         """One HFLM per resident model: the merge engine rewrites its weights in place."""

@@ -1,6 +1,6 @@
 """Score a resident model on a benchmark: tokenise once, batch, decode only what an answer needs.
 
-`Scorer(benchmark, tokenizer, protocol, batch_size)` tokenises every item once; `score(model,
+`Scorer.load(benchmark, tokenizer, protocol, batch_size)` tokenises every item once; `score(model,
 fraction)` runs on whatever weights the model holds now (the merge engine rewrites them in place
 between trials) and returns accuracy, per-category accuracy and the per-item correctness vector.
 
@@ -72,31 +72,55 @@ class _Encoded:
 
 
 class Scorer:
+    """Scores whatever weights a model holds now on one benchmark, with items tokenised once.
+
+    `Scorer.load(benchmark, tokenizer, protocol=…)` checks the options and tokenises every item;
+    the constructor only stores what it is given."""
+
     def __init__(
         self,
+        benchmark: Benchmark,
+        tokenizer,
+        encoded: Sequence[_Encoded],
+        *,
+        protocol: str,
+        batch_size: int,
+        chat: bool,
+        max_new_tokens: int,
+    ):
+        self.benchmark = benchmark
+        self.tokenizer = tokenizer
+        self.protocol = protocol
+        self.batch_size = batch_size
+        self.chat = chat
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+        self.eos_ids = {tokenizer.eos_token_id} - {None}
+        self._progress: Optional[Callable[[int, int], None]] = None
+        self._encoded = list(encoded)
+        self.max_new_tokens = max_new_tokens
+
+    @classmethod
+    def load(
+        cls,
         benchmark: Benchmark,
         tokenizer,
         protocol: str = "paper",
         batch_size: int = 16,
         chat: Optional[bool] = None,
         max_new_tokens: Optional[int] = None,
-    ):
+    ) -> "Scorer":
+        """Check the protocol against the items and the chat option against the tokenizer, then
+        tokenise every item (`chat`: the tokenizer's chat template; default: when it has one)."""
         if protocol not in prompts.PROTOCOLS:
             raise EvomergeError(f"unknown protocol {protocol!r}; expected {' or '.join(prompts.PROTOCOLS)}")
         if protocol == "loglik" and any(item.type == "exact" for item in benchmark.items):
             raise EvomergeError(f"{benchmark.name}: loglik scoring needs mc/tf items; exact items need --protocol paper")
-        self.benchmark = benchmark
-        self.tokenizer = tokenizer
-        self.protocol = protocol
-        self.batch_size = batch_size
-        self.chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
-        if self.chat and not getattr(tokenizer, "chat_template", None):
+        chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
+        if chat and not getattr(tokenizer, "chat_template", None):
             raise EvomergeError("--chat asked for, but the tokenizer has no chat template")
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
-        self.eos_ids = {tokenizer.eos_token_id} - {None}
-        self._progress: Optional[Callable[[int, int], None]] = None
-        self._encoded = [self._encode(item) for item in benchmark.items]
-        self.max_new_tokens = max_new_tokens or self._longest_answer_tokens() + DECODE_SLACK
+        encoded = [encode_item(item, tokenizer, protocol, chat) for item in benchmark.items]
+        max_new_tokens = max_new_tokens or longest_answer_tokens(benchmark, tokenizer) + DECODE_SLACK
+        return cls(benchmark, tokenizer, encoded, protocol=protocol, batch_size=batch_size, chat=chat, max_new_tokens=max_new_tokens)
 
     # ----- public --------------------------------------------------------------------------
 
@@ -129,27 +153,6 @@ class Scorer:
             [item.id for item in items], [item.category for item in items], correct, predictions, time.perf_counter() - start
         )
         return previous.extended(result) if previous is not None else result
-
-    # ----- tokenisation (once) ------------------------------------------------------------
-
-    def _encode(self, item: Item) -> _Encoded:
-        prompt_text = prompts.build_prompt(item, self.tokenizer, self.chat)
-        if self.protocol == "paper":
-            return _Encoded(self._tokens(prompt_text))
-        context, options = lm_eval_split(self.tokenizer, prompt_text, prompts.continuations(item))
-        return _Encoded(context, options)
-
-    def _tokens(self, text: str) -> list[int]:
-        # A chat template already starts with BOS; do not add a second one.
-        return self.tokenizer.encode(text, add_special_tokens=not self.chat)
-
-    def _longest_answer_tokens(self) -> int:
-        longest = 1
-        for item in self.benchmark.items:
-            answers = list(item.options) or [item.answer, *item.aliases]
-            for answer in answers:
-                longest = max(longest, len(self.tokenizer.encode(" " + answer, add_special_tokens=False)))
-        return longest
 
     # ----- paper protocol: greedy decoding ------------------------------------------------
 
@@ -221,6 +224,26 @@ class Scorer:
             input_ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
             attention_mask[row, width - len(tokens) :] = 1
         return input_ids.to(device), attention_mask.to(device)
+
+
+def encode_item(item: Item, tokenizer, protocol: str, chat: bool) -> _Encoded:
+    """One item tokenised for `protocol`: the paper's prompt, or loglik's context and options."""
+    prompt_text = prompts.build_prompt(item, tokenizer, chat)
+    if protocol == "paper":
+        # A chat template already starts with BOS; do not add a second one.
+        return _Encoded(tokenizer.encode(prompt_text, add_special_tokens=not chat))
+    context, options = lm_eval_split(tokenizer, prompt_text, prompts.continuations(item))
+    return _Encoded(context, options)
+
+
+def longest_answer_tokens(benchmark: Benchmark, tokenizer) -> int:
+    """The most tokens any item's answer (option, or answer and aliases) takes after a space."""
+    longest = 1
+    for item in benchmark.items:
+        answers = list(item.options) or [item.answer, *item.aliases]
+        for answer in answers:
+            longest = max(longest, len(tokenizer.encode(" " + answer, add_special_tokens=False)))
+    return longest
 
 
 def batches(indices: list[int], length: Callable[[int], int], batch_size: int) -> list[list[int]]:

@@ -205,22 +205,31 @@ class SurplusTrial(RuntimeError):
 
 
 class TrialRunner:
-    """Holds what every trial of a study shares in this process, and runs trials."""
+    """Holds what every trial of a study shares in this process, and runs trials.
 
-    def __init__(
-        self, settings: SearchSettings, infos: Sequence[ParentInfo], space: SearchSpace, *, merger: Optional[Merger] = None, tokenizer=None
-    ):
-        """`merger` and `tokenizer`: a caller's own, for these parents (`load_pair`), to share."""
+    `TrialRunner.load(settings, parent infos, space)` loads the parents and tokenises the
+    benchmarks; the constructor only stores what it is given. What a trial is measured against
+    (the parents' scores, stored on the study) is an argument of every call that needs it."""
+
+    def __init__(self, settings: SearchSettings, space: SearchSpace, merger: Merger, tokenizer, objectives: Sequence[Objective], dtype_name: str):
         self.settings = settings
         self.space = space
+        self.merger, self.tokenizer = merger, tokenizer
+        self.objectives: list[Objective] = list(objectives)
+        self.dtype_name = dtype_name  # the dtype the recipes name (the resident one)
+
+    @classmethod
+    def load(
+        cls, settings: SearchSettings, infos: Sequence[ParentInfo], space: SearchSpace, *, merger: Optional[Merger] = None, tokenizer=None
+    ) -> "TrialRunner":
+        """Load the parents (unless a caller shares its own `merger` and `tokenizer` for these
+        parents, from `load_pair`) and tokenise every benchmark's search items once."""
         if merger is None:
             merger, tokenizer = load_pair(infos, settings.base, device=settings.device, dtype=settings.dtype)
-        self.merger, self.tokenizer = merger, tokenizer
-        self.dtype_name = recipe_dtype_name(settings.dtype, infos)
-        self.objectives: list[Objective] = [
+        objectives = [
             make_objective(
                 benchmark,
-                self.tokenizer,
+                tokenizer,
                 protocol=settings.protocol,
                 backend=settings.backend,
                 batch_size=settings.batch_size,
@@ -230,7 +239,7 @@ class TrialRunner:
             )
             for benchmark in settings.benchmarks
         ]
-        self.parent_scores: Optional[ParentScores] = None
+        return cls(settings, space, merger, tokenizer, objectives, recipe_dtype_name(settings.dtype, infos))
 
     @cached_property
     def holdout_scorers(self) -> dict[int, Scorer]:
@@ -238,17 +247,12 @@ class TrialRunner:
         scores and the best recipe's, once per study, never by a trial."""
         settings = self.settings
         return {
-            index: Scorer(objective.holdout, self.tokenizer, protocol=objective.protocol, batch_size=settings.batch_size, chat=settings.chat)
+            index: Scorer.load(objective.holdout, self.tokenizer, protocol=objective.protocol, batch_size=settings.batch_size, chat=settings.chat)
             for index, objective in enumerate(self.objectives)
             if objective.holdout is not None
         }
 
     # ----- once per study --------------------------------------------------------------------
-
-    def use_parent_scores(self, by_parent: dict) -> ParentScores:
-        """Measure gain and synergy against these scores (as stored on the study)."""
-        self.parent_scores = ParentScores(by_parent)
-        return self.parent_scores
 
     def compute_parent_scores(self) -> dict:
         """Each parent alone: accuracy at every fidelity, per-item results, held-out accuracy."""
@@ -275,9 +279,17 @@ class TrialRunner:
 
     # ----- one trial -------------------------------------------------------------------------
 
-    def __call__(self, trial: optuna.Trial):
+    def objective(self, parent_scores: dict) -> Callable[[optuna.Trial], Values]:
+        """The function `study.optimize` calls per trial, measuring against `parent_scores` (as
+        stored on the study)."""
+        scores = ParentScores(parent_scores)
+        return lambda trial: self.run_trial(trial, scores)
+
+    def run_trial(self, trial: optuna.Trial, parent_scores: ParentScores) -> Values:
+        """One Optuna trial: suggest, claim the recipe (or copy a duplicate's outcome), evaluate;
+        a failure is recorded on the trial with its reason and raised."""
         try:
-            return self._run(trial)
+            return self._run(trial, parent_scores)
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
@@ -288,18 +300,19 @@ class TrialRunner:
             free_accelerator_memory()
             raise
 
-    def _run(self, trial: optuna.Trial):
+    def _run(self, trial: optuna.Trial, parent_scores: ParentScores):
         settings = self.settings
         self._refuse_surplus(trial)
         recipe = self.space.suggest(trial, settings.parents, settings.base, self.merger.num_layers, self.dtype_name)
         duplicate = claim_recipe(trial, recipe.to_yaml(), settings.storage_url())
         if duplicate is not None:
             return self._copy_result(trial, duplicate)
-        return self.evaluate(recipe, trial)
+        return self.evaluate(recipe, trial, parent_scores)
 
-    def evaluate(self, recipe: Recipe, trial: TrialRecord) -> Values:
+    def evaluate(self, recipe: Recipe, trial: TrialRecord, parent_scores: ParentScores) -> Values:
         """Merge the recipe, score it at each fidelity (only the new items each time), report each
-        partial value to `trial` and stop if it says prune, record everything; the trial's value(s)."""
+        partial value to `trial` and stop if it says prune, record everything (gain and synergy
+        against `parent_scores`); the trial's value(s)."""
         settings = self.settings
         trial.set_user_attr("worker", process_name())  # which process ran it
         start = time.perf_counter()
@@ -315,18 +328,18 @@ class TrialRunner:
             if math.isnan(result.accuracy):
                 raise FloatingPointError("the score is NaN")
             trial.set_user_attr(f"accuracy@{fidelity}", result.accuracy)
-            value = self._value(result.accuracy, 0, fidelity)
+            value = self._value(result.accuracy, 0, fidelity, parent_scores)
             if not settings.multi_objective and fidelity < 1.0:
                 # Recorded before the report: a trial stopped at this fraction keeps its time so far.
                 trial.set_user_attr("score_s", round(time.perf_counter() - score_start, 4))
                 trial.report(value, fidelity_step(step))
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at fraction {fidelity}")
-        self._record(trial, result, 0)
-        values = [self._value(result.accuracy, 0, 1.0)]
+        self._record(trial, result, 0, parent_scores)
+        values = [self._value(result.accuracy, 0, 1.0, parent_scores)]
         for index, objective in enumerate(self.objectives[1:], start=1):
             extra = objective.scorer.score(model, 1.0)
-            self._record(trial, extra, index)
+            self._record(trial, extra, index, parent_scores)
             values.append(extra.accuracy)  # retention of general skill: plain accuracy
         trial.set_user_attr("score_s", round(time.perf_counter() - score_start, 4))
         return values[0] if len(values) == 1 else tuple(values)
@@ -339,13 +352,13 @@ class TrialRunner:
             trial.study.stop()
             raise SurplusTrial(f"not run: the study already has its {total} trials")
 
-    def _value(self, accuracy: float, benchmark: int, fidelity: float) -> float:
+    def _value(self, accuracy: float, benchmark: int, fidelity: float, parent_scores: ParentScores) -> float:
         if self.settings.objective == "gain":
-            return accuracy - max(self.parent_scores.at(benchmark, fidelity))
+            return accuracy - max(parent_scores.at(benchmark, fidelity))
         return accuracy
 
-    def _record(self, trial: TrialRecord, result: ScoreResult, benchmark: int) -> None:
-        parents = self.parent_scores.at(benchmark, 1.0)
+    def _record(self, trial: TrialRecord, result: ScoreResult, benchmark: int, parent_scores: ParentScores) -> None:
+        parents = parent_scores.at(benchmark, 1.0)
         suffix = "" if benchmark == 0 else f"_b{benchmark}"
         trial.set_user_attr(f"accuracy{suffix}", result.accuracy)
         trial.set_user_attr(f"gain{suffix}", result.accuracy - max(parents))

@@ -42,6 +42,7 @@ from ray.tune.search.optuna import OptunaSearch
 from evomerge.errors import EvomergeError, first_line
 from evomerge.evaluate.scorer import ScoreResult
 from evomerge.search.objective import (
+    ParentScores,
     TrialRunner,
     Values,
     claim_recipe,
@@ -266,13 +267,10 @@ def resident_runner(job: WorkerJob) -> TrialRunner:
         torch.set_num_threads(job.threads)
         settings = SearchSettings.from_json(job.settings_json)
         infos = [inspect_parent(parent) for parent in settings.parents]
-        _resident.update(key=job.key, runner=TrialRunner(settings, infos, load_space(settings.space)))
+        _resident.update(key=job.key, runner=TrialRunner.load(settings, infos, load_space(settings.space)))
         _parent_loads += 1
         logger.info("worker pid %d loaded the parents (load %d in this process)", os.getpid(), _parent_loads)
-    runner = _resident["runner"]
-    if job.parent_scores is not None:
-        runner.use_parent_scores(job.parent_scores)
-    return runner
+    return _resident["runner"]
 
 
 class TuneReporter:
@@ -316,7 +314,7 @@ def run_trial(config: dict, job: WorkerJob) -> None:
     settings = SearchSettings.from_json(job.settings_json)
     reporter = TuneReporter(metric_names(settings))
     try:
-        values = resident_runner(job).evaluate(Recipe.from_yaml(config[RECIPE]), reporter)
+        values = resident_runner(job).evaluate(Recipe.from_yaml(config[RECIPE]), reporter, ParentScores(job.parent_scores))
     except Exception as error:
         free_accelerator_memory()
         reporter.fail(failure_reason(error))

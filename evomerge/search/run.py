@@ -133,9 +133,8 @@ def optimise(
     machine, started once the study is open) until the study has its total. `parent_scores`
     computes the parents' scores if the study has none (default: the runner scores them)."""
     settings = prepared.settings
-    runner = runner or TrialRunner(settings, prepared.infos, prepared.space)
+    runner = runner or TrialRunner.load(settings, prepared.infos, prepared.space)
     study, scores = open_study(prepared, parent_scores or runner.compute_parent_scores)
-    runner.use_parent_scores(scores)
     processes = start_workers(settings, workers, timeout) if workers else []
     try:
         budget = trial_budget(study, settings)
@@ -145,7 +144,7 @@ def optimise(
             callbacks = [MaxTrialsCallback(settings.trials, states=TAKEN), failure_guard]
             if on_trial is not None:
                 callbacks.append(on_trial)
-            study.optimize(runner, n_trials=budget, timeout=timeout, callbacks=callbacks, catch=(Exception,))
+            study.optimize(runner.objective(scores), n_trials=budget, timeout=timeout, callbacks=callbacks, catch=(Exception,))
         for process in processes:
             process.join()
     finally:

@@ -404,7 +404,7 @@ def _map_pair(pair: CheckedPair, settings: MapSettings, folder: Path, counter: _
     # One Merger and one tokenizer for the pair: the sweep, the paper's schedule and the search.
     merger, tokenizer = load_pair(infos, spec.base, device=settings.device, dtype=settings.dtype)
     dtype_name = recipe_dtype_name(settings.dtype, infos)
-    scorer = Scorer(pair.loaded, tokenizer, protocol=settings.protocol, batch_size=settings.batch_size)
+    scorer = Scorer.load(pair.loaded, tokenizer, protocol=settings.protocol, batch_size=settings.batch_size)
 
     profile = None
     if pair.ancestor is not None:
@@ -482,7 +482,7 @@ def _search_pair(pair, settings, folder, merger, tokenizer, parent_results, kin,
     search_settings = replace(pair.search.settings, storage=f"sqlite:///{study_folder.resolve() / 'study.db'}")
     prepared = replace(pair.search, settings=search_settings, storage=open_storage(search_settings.storage_url()))
     try:
-        runner = TrialRunner(search_settings, prepared.infos, prepared.space, merger=merger, tokenizer=tokenizer)
+        runner = TrialRunner.load(search_settings, prepared.infos, prepared.space, merger=merger, tokenizer=tokenizer)
         objective = runner.objectives[0]
         parent_scores = parent_scores_from_results(parent_results, objective.benchmark, objective.holdout, search_settings.fidelities)
         before = counter.done

@@ -313,8 +313,8 @@ def score_parents(build: ToyBuild, device: str = "auto", protocol: str = "paper"
 
     tokenizer = AutoTokenizer.from_pretrained(str(build.world / "tokenizer"))
     scorers = {
-        "domain": Scorer(load_benchmark(build.domain_benchmark), tokenizer, protocol=protocol, batch_size=32),
-        "general": Scorer(load_benchmark(build.general_benchmark), tokenizer, protocol=protocol, batch_size=32),
+        "domain": Scorer.load(load_benchmark(build.domain_benchmark), tokenizer, protocol=protocol, batch_size=32),
+        "general": Scorer.load(load_benchmark(build.general_benchmark), tokenizer, protocol=protocol, batch_size=32),
     }
     facts = FactProbe(build.world, tokenizer)
     report = {}

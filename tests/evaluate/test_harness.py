@@ -27,7 +27,7 @@ def task_dir(bench, tmp_path_factory):
 @pytest.fixture(scope="module")
 def harness(task_dir, char_tokenizer):
     folder, name = task_dir
-    return HarnessScorer(f"lm-eval:{name}", char_tokenizer, tasks_dir=folder, batch_size=8)
+    return HarnessScorer.load(f"lm-eval:{name}", char_tokenizer, tasks_dir=folder, batch_size=8)
 
 
 def assert_same_scores(harness_result, builtin_result):
@@ -81,7 +81,7 @@ def test_lm_eval_spec_prefix():
 
 
 def test_lm_eval_equals_builtin_loglik_per_item(bench, model, char_tokenizer, harness):
-    builtin = Scorer(bench, char_tokenizer, "loglik", batch_size=8, chat=False).score(model)
+    builtin = Scorer.load(bench, char_tokenizer, "loglik", batch_size=8, chat=False).score(model)
     through_lm_eval = harness.score(model)
     assert 0 < sum(builtin.correct) < len(bench), "a model that gets everything right or wrong proves little"
     assert through_lm_eval.n == 40
@@ -90,7 +90,7 @@ def test_lm_eval_equals_builtin_loglik_per_item(bench, model, char_tokenizer, ha
 
 @pytest.mark.parametrize("fraction, n", [(0.5, 20), (0.33, 14)])  # ⌈0.33·40⌉ = 14 on both sides
 def test_lm_eval_equals_builtin_loglik_at_fraction(bench, model, char_tokenizer, harness, fraction, n):
-    builtin = Scorer(bench, char_tokenizer, "loglik", batch_size=8, chat=False).score(model, fraction)
+    builtin = Scorer.load(bench, char_tokenizer, "loglik", batch_size=8, chat=False).score(model, fraction)
     through_lm_eval = harness.score(model, fraction)
     assert through_lm_eval.n == builtin.n == n
     assert through_lm_eval.item_ids == [item.id for item in bench.items[:n]]
@@ -103,15 +103,15 @@ def test_lm_eval_continues_from_a_smaller_fraction(bench, model, char_tokenizer,
     half = harness.score(model, 0.5)
     whole = harness.score(model, 1.0, previous=half)
     assert whole.n == 40 and whole.item_ids == [item.id for item in bench.items]
-    assert_same_scores(whole, Scorer(bench, char_tokenizer, "loglik", batch_size=8, chat=False).score(model))
+    assert_same_scores(whole, Scorer.load(bench, char_tokenizer, "loglik", batch_size=8, chat=False).score(model))
 
 
 def test_lm_eval_equals_builtin_with_single_token_options(bench, model, word_tokenizer, task_dir):
     folder, name = task_dir
-    scorer = Scorer(bench, word_tokenizer, "loglik", batch_size=8, chat=False)
+    scorer = Scorer.load(bench, word_tokenizer, "loglik", batch_size=8, chat=False)
     assert all(len(option) == 1 for e in scorer._encoded for option in e.options)
     builtin = scorer.score(model)
-    through_lm_eval = HarnessScorer(name, word_tokenizer, tasks_dir=folder, batch_size=8).score(model)
+    through_lm_eval = HarnessScorer.load(name, word_tokenizer, tasks_dir=folder, batch_size=8).score(model)
     assert_same_scores(through_lm_eval, builtin)
 
 
@@ -119,7 +119,7 @@ def test_lm_eval_sees_weights_rewritten_in_place(bench, fresh_model, chat_model_
     """The HFLM wrapper is made once per resident model; a trial rewrites the weights in place."""
     from transformers import AutoModelForCausalLM
 
-    scorer = Scorer(bench, char_tokenizer, "loglik", batch_size=8, chat=False)
+    scorer = Scorer.load(bench, char_tokenizer, "loglik", batch_size=8, chat=False)
     first = harness.score(fresh_model, 0.5)
     assert_same_scores(first, scorer.score(fresh_model, 0.5))
     other = AutoModelForCausalLM.from_pretrained(str(chat_model_dir)).eval()
@@ -145,13 +145,13 @@ def test_custom_task_does_not_index_builtin_tasks(harness, task_dir):
 
 def test_missing_tasks_dir_is_a_clear_error(char_tokenizer, tmp_path):
     with pytest.raises(EvomergeError, match="tasks-dir"):
-        HarnessScorer("lm-eval:whatever", char_tokenizer, tasks_dir=tmp_path / "nope")
+        HarnessScorer.load("lm-eval:whatever", char_tokenizer, tasks_dir=tmp_path / "nope")
 
 
 def test_unknown_task_is_a_clear_error(char_tokenizer, task_dir):
     folder, _ = task_dir
     with pytest.raises(EvomergeError) as raised:
-        HarnessScorer("lm-eval:no_such_task_xyz", char_tokenizer, tasks_dir=folder)
+        HarnessScorer.load("lm-eval:no_such_task_xyz", char_tokenizer, tasks_dir=folder)
     message = str(raised.value)
     assert "no_such_task_xyz" in message and str(folder) in message and "\n" not in message
 
@@ -225,10 +225,10 @@ def test_lm_eval_equals_builtin_with_bpe_mixed_single_and_multi_token_options(be
 
     folder, name = task_dir
     bpe_model = AutoModelForCausalLM.from_pretrained(str(bpe_model_dir)).eval()
-    scorer = Scorer(bench, bpe_tokenizer, "loglik", batch_size=8, chat=False)
+    scorer = Scorer.load(bench, bpe_tokenizer, "loglik", batch_size=8, chat=False)
     lengths = {tuple(len(o) for o in e.options) for e in scorer._encoded}
     assert any(all(n == 1 for n in ls) for ls in lengths), "some items should take the single-token path"
     assert any(any(n > 1 for n in ls) for ls in lengths), "some items should take the multi-token path"
     builtin = scorer.score(bpe_model)
     assert 0 < sum(builtin.correct) < len(bench)
-    assert_same_scores(HarnessScorer(name, bpe_tokenizer, tasks_dir=folder, batch_size=8).score(bpe_model), builtin)
+    assert_same_scores(HarnessScorer.load(name, bpe_tokenizer, tasks_dir=folder, batch_size=8).score(bpe_model), builtin)

@@ -65,7 +65,7 @@ def paper_replies(bench, model, char_tokenizer):
     """Replies and predictions at batch sizes 1, 3 and 8."""
     out = {}
     for batch_size in (1, 3, 8):
-        scorer = Scorer(bench, char_tokenizer, "paper", batch_size=batch_size, chat=False)
+        scorer = Scorer.load(bench, char_tokenizer, "paper", batch_size=batch_size, chat=False)
         out[batch_size] = (scorer, replies_by_item(scorer, model), scorer.score(model))
     return out
 
@@ -99,12 +99,12 @@ def test_paper_predictions_are_the_parsed_replies(paper_replies):
 
 
 def test_paper_chat_template_is_used_when_the_tokenizer_has_one(bench, chat_tokenizer):
-    default = Scorer(bench, chat_tokenizer, "paper")
+    default = Scorer.load(bench, chat_tokenizer, "paper")
     assert default.chat is True
     text = chat_tokenizer.decode(default._encoded[0].prompt)
     assert text == protocol.build_prompt(bench.items[0], chat_tokenizer, chat=True)
     assert text.startswith("<|user|> ") and text.endswith("<|assistant|>The correct answer is:")
-    plain = Scorer(bench, chat_tokenizer, "paper", chat=False)
+    plain = Scorer.load(bench, chat_tokenizer, "paper", chat=False)
     assert plain.chat is False
     assert chat_tokenizer.decode(plain._encoded[0].prompt) == protocol.build_prompt(bench.items[0])
 
@@ -113,7 +113,7 @@ def test_chat_model_scores_through_its_template(bench, chat_model_dir, chat_toke
     from transformers import AutoModelForCausalLM
 
     chat_model = AutoModelForCausalLM.from_pretrained(str(chat_model_dir)).eval()
-    scorer = Scorer(bench, chat_tokenizer, "paper", batch_size=8)
+    scorer = Scorer.load(bench, chat_tokenizer, "paper", batch_size=8)
     result = scorer.score(chat_model, 0.25)
     assert result.n == 10
     replies = replies_by_item(scorer, chat_model)
@@ -125,7 +125,7 @@ def test_chat_model_scores_through_its_template(bench, chat_model_dir, chat_toke
 
 def test_scores_are_deterministic(bench, model, char_tokenizer):
     for name in ("paper", "loglik"):
-        scorer = Scorer(bench, char_tokenizer, name, batch_size=8, chat=False)
+        scorer = Scorer.load(bench, char_tokenizer, name, batch_size=8, chat=False)
         first, second = scorer.score(model), scorer.score(model)
         assert (first.accuracy, first.correct, first.predictions, first.item_ids) == (
             second.accuracy,
@@ -133,7 +133,7 @@ def test_scores_are_deterministic(bench, model, char_tokenizer):
             second.predictions,
             second.item_ids,
         ), name
-        again = Scorer(bench, char_tokenizer, name, batch_size=8, chat=False).score(model)
+        again = Scorer.load(bench, char_tokenizer, name, batch_size=8, chat=False).score(model)
         assert again.predictions == first.predictions, f"{name}: a new scorer gives other predictions"
 
 
@@ -142,7 +142,7 @@ def test_scores_are_deterministic(bench, model, char_tokenizer):
 
 @pytest.fixture(scope="module")
 def loglik_result(bench, model, char_tokenizer):
-    scorer = Scorer(bench, char_tokenizer, "loglik", batch_size=8, chat=False)
+    scorer = Scorer.load(bench, char_tokenizer, "loglik", batch_size=8, chat=False)
     return scorer, scorer.score(model)
 
 
@@ -172,7 +172,7 @@ def test_per_category_accuracy_matches_a_hand_count(bench, loglik_result):
 
 def test_items_without_category_are_left_out_of_per_category(model, char_tokenizer):
     items = [Item(f"t{i}", f"Claim {i}.", "tf", "True", category="general" if i < 2 else None) for i in range(5)]
-    result = Scorer(make_benchmark("few", items), char_tokenizer, "loglik", chat=False).score(model)
+    result = Scorer.load(make_benchmark("few", items), char_tokenizer, "loglik", chat=False).score(model)
     assert set(result.per_category) == {"general"}
     general = [ok for item, ok in zip(result.item_ids, result.correct) if item in ("t0", "t1")]
     assert result.per_category["general"] == pytest.approx(sum(general) / 2)
@@ -180,7 +180,7 @@ def test_items_without_category_are_left_out_of_per_category(model, char_tokeniz
 
 @pytest.mark.parametrize("name", ["paper", "loglik"])
 def test_fraction_scores_the_prefix_of_the_full_result(bench, model, char_tokenizer, name):
-    scorer = Scorer(bench, char_tokenizer, name, batch_size=8, chat=False)
+    scorer = Scorer.load(bench, char_tokenizer, name, batch_size=8, chat=False)
     full = scorer.score(model)
     for fraction, n in ((0.5, 20), (0.1, 4), (0.01, 1)):
         part = scorer.score(model, fraction)
@@ -212,7 +212,7 @@ def assert_loglik_picks_the_best_option(scorer: Scorer, model, tokenizer):
 
 
 def test_loglik_multi_token_options_match_hand_computation(bench, model, char_tokenizer):
-    scorer = Scorer(bench, char_tokenizer, "loglik", batch_size=8, chat=False)
+    scorer = Scorer.load(bench, char_tokenizer, "loglik", batch_size=8, chat=False)
     assert all(len(option) >= 2 for e in scorer._encoded for option in e.options), "char tokens: ' A' is two"
     for index, item in enumerate(bench.items):
         assert scorer._encoded[index].prompt == char_tokenizer.encode(protocol.build_prompt(item))
@@ -222,20 +222,20 @@ def test_loglik_multi_token_options_match_hand_computation(bench, model, char_to
 
 
 def test_loglik_single_token_fast_path_matches_hand_computation(bench, model, word_tokenizer):
-    scorer = Scorer(bench, word_tokenizer, "loglik", batch_size=8, chat=False)
+    scorer = Scorer.load(bench, word_tokenizer, "loglik", batch_size=8, chat=False)
     assert all(len(option) == 1 for e in scorer._encoded for option in e.options), "word tokens: ' A' is one"
     assert all(word_tokenizer.unk_token_id not in o for e in scorer._encoded for o in e.options)
     result = assert_loglik_picks_the_best_option(scorer, model, word_tokenizer)
     assert len(set(result.predictions)) >= 3
     # A batch of 1 and a batch of 8 agree on the fast path too.
-    single = Scorer(bench, word_tokenizer, "loglik", batch_size=1, chat=False).score(model)
+    single = Scorer.load(bench, word_tokenizer, "loglik", batch_size=1, chat=False).score(model)
     assert single.predictions == result.predictions
 
 
 def test_loglik_batch_size_does_not_change_predictions(bench, model, char_tokenizer, loglik_result):
     _, reference = loglik_result
     for batch_size in (1, 5):
-        result = Scorer(bench, char_tokenizer, "loglik", batch_size=batch_size, chat=False).score(model)
+        result = Scorer.load(bench, char_tokenizer, "loglik", batch_size=batch_size, chat=False).score(model)
         assert result.predictions == reference.predictions, batch_size
 
 
@@ -243,16 +243,16 @@ def test_loglik_batch_size_does_not_change_predictions(bench, model, char_tokeni
 
 
 def test_default_max_new_tokens_is_the_longest_answer_plus_slack(bench, mc_bench, char_tokenizer, word_tokenizer):
-    assert Scorer(bench, char_tokenizer, "paper").max_new_tokens == len(" False") + DECODE_SLACK
-    assert Scorer(mc_bench, char_tokenizer, "paper").max_new_tokens == len(" A") + DECODE_SLACK
-    assert Scorer(bench, word_tokenizer, "paper").max_new_tokens == 1 + DECODE_SLACK
+    assert Scorer.load(bench, char_tokenizer, "paper").max_new_tokens == len(" False") + DECODE_SLACK
+    assert Scorer.load(mc_bench, char_tokenizer, "paper").max_new_tokens == len(" A") + DECODE_SLACK
+    assert Scorer.load(bench, word_tokenizer, "paper").max_new_tokens == 1 + DECODE_SLACK
     exact = make_benchmark("exact", [Item("e", "Mineral?", "exact", "aragonite", aliases=("calcium carbonate",))])
-    assert Scorer(exact, char_tokenizer, "paper").max_new_tokens == len(" calcium carbonate") + DECODE_SLACK
-    assert Scorer(bench, char_tokenizer, "paper", max_new_tokens=2).max_new_tokens == 2
+    assert Scorer.load(exact, char_tokenizer, "paper").max_new_tokens == len(" calcium carbonate") + DECODE_SLACK
+    assert Scorer.load(bench, char_tokenizer, "paper", max_new_tokens=2).max_new_tokens == 2
 
 
 def test_max_new_tokens_is_honoured(bench, fresh_model, char_tokenizer, count_forward):
-    scorer = Scorer(bench, char_tokenizer, "paper", batch_size=8, chat=False, max_new_tokens=3)
+    scorer = Scorer.load(bench, char_tokenizer, "paper", batch_size=8, chat=False, max_new_tokens=3)
     replies = replies_by_item(scorer, fresh_model)
     for index, (item, reply) in enumerate(zip(bench.items, replies)):
         reference = reference_generate(fresh_model, char_tokenizer, scorer._encoded[index].prompt, 3)  # ≤ 3 tokens
@@ -265,7 +265,7 @@ def test_max_new_tokens_is_honoured(bench, fresh_model, char_tokenizer, count_fo
 
 def test_decode_runs_no_forward_pass_beyond_the_last_token(bench, fresh_model, char_tokenizer, count_forward):
     """N new tokens need N forward passes (the prompt's pass gives the first token)."""
-    scorer = Scorer(bench, char_tokenizer, "paper", batch_size=8, chat=False, max_new_tokens=4)
+    scorer = Scorer.load(bench, char_tokenizer, "paper", batch_size=8, chat=False, max_new_tokens=4)
     counter = count_forward(fresh_model)
     result = scorer.score(fresh_model)
     assert result.predictions.count(None) >= 30, "this check needs rows that never answer"
@@ -276,7 +276,7 @@ def test_decode_runs_no_forward_pass_beyond_the_last_token(bench, fresh_model, c
 
 
 def test_decoding_stops_early_when_every_row_has_answered(mc_bench, answer_model, char_tokenizer, count_forward):
-    scorer = Scorer(mc_bench, char_tokenizer, "paper", batch_size=8, chat=False)
+    scorer = Scorer.load(mc_bench, char_tokenizer, "paper", batch_size=8, chat=False)
     assert scorer.max_new_tokens == 5
     assert replies_by_item(scorer, answer_model) == ["A."] * len(mc_bench), "the edited model should say 'A.'"
     counter = count_forward(answer_model)
@@ -291,7 +291,7 @@ def test_decoding_stops_early_when_every_row_has_answered(mc_bench, answer_model
 
 def test_scorer_reads_the_weights_the_model_holds_now(mc_bench, fresh_model, answer_model, char_tokenizer):
     """The merge engine rewrites the resident model in place between trials: no stale state."""
-    scorer = Scorer(mc_bench, char_tokenizer, "paper", batch_size=8, chat=False)
+    scorer = Scorer.load(mc_bench, char_tokenizer, "paper", batch_size=8, chat=False)
     before = scorer.score(fresh_model)
     assert before.predictions != ["A"] * 28
     with torch.no_grad():
@@ -311,14 +311,14 @@ def test_scoring_runs_in_inference_mode_and_reports_progress(bench, fresh_model,
 
     fresh_model.forward = watched
     progress = []
-    Scorer(bench, char_tokenizer, "paper", batch_size=8, chat=False).score(fresh_model, progress=lambda d, t: progress.append((d, t)))
+    Scorer.load(bench, char_tokenizer, "paper", batch_size=8, chat=False).score(fresh_model, progress=lambda d, t: progress.append((d, t)))
     assert modes and all(modes)
     assert progress[-1] == (5, 5) and [d for d, _ in progress] == sorted(d for d, _ in progress)
 
 
 def test_loglik_progress_reaches_the_total(bench, model, char_tokenizer):
     progress = []
-    Scorer(bench, char_tokenizer, "loglik", batch_size=8, chat=False).score(model, progress=lambda d, t: progress.append((d, t)))
+    Scorer.load(bench, char_tokenizer, "loglik", batch_size=8, chat=False).score(model, progress=lambda d, t: progress.append((d, t)))
     total = progress[-1][1]
     assert progress[-1] == (total, total), (
         f"EVAL BUG: loglik progress is reported before each batch, so it ends at {progress[-1]} and never "
@@ -336,7 +336,7 @@ def test_exact_items_score_in_paper_mode(model, char_tokenizer):
         Item("e3", "Protein of silk?", "exact", "fibroin", category="general"),
         Item("t1", "Silk is a protein.", "tf", "True", category="general"),
     ]
-    scorer = Scorer(make_benchmark("mixed", items), char_tokenizer, "paper", chat=False)
+    scorer = Scorer.load(make_benchmark("mixed", items), char_tokenizer, "paper", chat=False)
     ordered = scorer.benchmark.items
     # The real model's replies, whatever they are, are read as the protocol reads them.
     result = scorer.score(model)
@@ -361,15 +361,15 @@ def test_exact_items_score_in_paper_mode(model, char_tokenizer):
 def test_scorer_rejects_exact_items_in_loglik_mode(char_tokenizer):
     items = [Item("e1", "Mineral of nacre?", "exact", "aragonite"), Item("t1", "Silk is a protein.", "tf", "True")]
     with pytest.raises(EvomergeError, match="exact"):
-        Scorer(make_benchmark("mixed", items), char_tokenizer, "loglik")
+        Scorer.load(make_benchmark("mixed", items), char_tokenizer, "loglik")
 
 
 def test_scorer_rejects_chat_without_a_template_and_unknown_protocol(bench, char_tokenizer):
     with pytest.raises(EvomergeError, match="chat template"):
-        Scorer(bench, char_tokenizer, "paper", chat=True)
+        Scorer.load(bench, char_tokenizer, "paper", chat=True)
     with pytest.raises(EvomergeError, match="protocol"):
-        Scorer(bench, char_tokenizer, "greedy")
-    assert Scorer(bench, char_tokenizer, "paper").chat is False, "no template: plain prompts by default"
+        Scorer.load(bench, char_tokenizer, "greedy")
+    assert Scorer.load(bench, char_tokenizer, "paper").chat is False, "no template: plain prompts by default"
 
 
 def test_loglik_matches_hand_computation_with_a_real_bpe_tokenizer(bench, bpe_model_dir):
@@ -377,7 +377,7 @@ def test_loglik_matches_hand_computation_with_a_real_bpe_tokenizer(bench, bpe_mo
 
     tokenizer = AutoTokenizer.from_pretrained(str(bpe_model_dir))
     bpe_model = AutoModelForCausalLM.from_pretrained(str(bpe_model_dir)).eval()
-    scorer = Scorer(bench, tokenizer, "loglik", batch_size=8, chat=False)
+    scorer = Scorer.load(bench, tokenizer, "loglik", batch_size=8, chat=False)
     single = [all(len(o) == 1 for o in e.options) for e in scorer._encoded]
     assert any(single) and not all(single), "a batch should mix single- and multi-token items"
     assert_loglik_picks_the_best_option(scorer, bpe_model, tokenizer)
@@ -386,9 +386,9 @@ def test_loglik_matches_hand_computation_with_a_real_bpe_tokenizer(bench, bpe_mo
 def test_chat_context_gets_one_bos_in_both_protocols(bench, bos_chat_tokenizer):
     """A chat template that starts with BOS (Llama-3-Instruct and others) already gives the BOS."""
     bos = bos_chat_tokenizer.bos_token_id
-    paper = Scorer(bench, bos_chat_tokenizer, "paper", chat=True)
+    paper = Scorer.load(bench, bos_chat_tokenizer, "paper", chat=True)
     assert paper._encoded[0].prompt[0] == bos and paper._encoded[0].prompt[1] != bos
-    loglik = Scorer(bench, bos_chat_tokenizer, "loglik", chat=True)
+    loglik = Scorer.load(bench, bos_chat_tokenizer, "loglik", chat=True)
     assert loglik._encoded[0].prompt[:2] != [bos, bos], (
         "EVAL BUG: loglik mode with a chat template encodes the rendered prompt (which starts with BOS) with "
         f"add_special_tokens, giving two BOS tokens: {loglik._encoded[0].prompt[:4]}"
@@ -410,7 +410,7 @@ def test_growing_fractions_continue_instead_of_rescoring(bench, fresh_model, cha
         return original(*args, **kwargs)
 
     fresh_model.forward = counted
-    scorer = Scorer(bench, char_tokenizer, name, batch_size=8, chat=False)
+    scorer = Scorer.load(bench, char_tokenizer, name, batch_size=8, chat=False)
     full = scorer.score(fresh_model)
     rows_for_full, rows[:] = sum(rows), []
     result = None

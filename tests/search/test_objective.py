@@ -147,7 +147,7 @@ def test_holdout_items_are_never_seen_by_the_search_and_are_scored_at_the_end(ma
     assert scores["trial"] == best.number and scores["search_accuracy"] == best.user_attrs["accuracy"]
     # Independently: the best recipe scored by a fresh scorer on the held-out items only.
     model = runner.merger.apply(Recipe.from_yaml(best.user_attrs["recipe"]), seed=0)
-    fresh = Scorer(objective.holdout, runner.tokenizer, protocol="paper").score(model, 1.0)
+    fresh = Scorer.load(objective.holdout, runner.tokenizer, protocol="paper").score(model, 1.0)
     assert scores["holdout_accuracy"] == fresh.accuracy
     assert study.user_attrs["holdout_scores"] == scores
 

@@ -14,5 +14,5 @@ class BuiltinBackend(ScorerBackend):
     def objective(self, benchmark, tokenizer, *, protocol="paper", batch_size=16, chat=None, tasks_dir=None, holdout=0.0) -> Objective:
         # Items marked `split: holdout` are held out even without --holdout.
         search, held = load_benchmark(benchmark).split_holdout(holdout)
-        scorer = Scorer(search, tokenizer, protocol=protocol, batch_size=batch_size, chat=chat)
+        scorer = Scorer.load(search, tokenizer, protocol=protocol, batch_size=batch_size, chat=chat)
         return Objective(scorer, search, held if len(held) else None, self.name, protocol)

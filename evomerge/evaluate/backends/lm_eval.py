@@ -21,7 +21,7 @@ class LmEvalBackend(ScorerBackend):
         if is_lm_eval_spec(benchmark):
             if holdout:
                 raise EvomergeError("--holdout applies to evomerge benchmarks; an lm-eval task has its own splits")
-            return Objective(HarnessScorer(benchmark, tokenizer, tasks_dir, batch_size), None, None, self.name, "loglik")
+            return Objective(HarnessScorer.load(benchmark, tokenizer, tasks_dir, batch_size), None, None, self.name, "loglik")
         if protocol != "loglik":
             raise EvomergeError("the lm-eval backend scores by log-likelihood: use --protocol loglik")
         search, held = load_benchmark(benchmark).split_holdout(holdout)
@@ -30,7 +30,7 @@ class LmEvalBackend(ScorerBackend):
         use_chat = bool(getattr(tokenizer, "chat_template", None)) if chat is None else chat
         try:
             task = export_lm_eval_task(search, folder, tokenizer if use_chat else None)
-            scorer = HarnessScorer(task, tokenizer, folder, batch_size)
+            scorer = HarnessScorer.load(task, tokenizer, folder, batch_size)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
