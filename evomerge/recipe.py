@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from evomerge.config import parse_yaml
 from evomerge.devices import DTYPE_CHOICES
 from evomerge.errors import EvomergeError, RecipeError
 
@@ -48,14 +49,9 @@ def outside_range(name: str, value: float) -> Optional[str]:
 
 
 def load_yaml(text: str, source: str, error: type[EvomergeError] = RecipeError) -> Any:
-    """YAML through the safe loader; malformed YAML raises `error` naming the source and line, on one line."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as problem:
-        mark = getattr(problem, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        what = getattr(problem, "problem", None) or str(problem).splitlines()[0]
-        raise error(f"{source}:{line}: malformed YAML: {what}") from None
+    """YAML through evomerge's one loader (`config.parse_yaml`); malformed YAML raises `error`
+    naming the source and line, on one line."""
+    return parse_yaml(text, source, error).data
 
 
 def mergekit_method(name: str):

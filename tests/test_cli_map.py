@@ -55,7 +55,7 @@ def write_pairs(folder: Path, name: str, text: str) -> Path:
         (None, ["--search", "-1"], ["--search"]),
         (None, ["--resamples", "5"], ["--resamples"]),
         (None, ["--benchmark", "no_such_benchmark"], ["no_such_benchmark"]),
-        ("pairs: [", [], ["not valid YAML"]),
+        ("pairs: [", [], ["malformed YAML", "line 1"]),
         ("- a\n- b\n", [], ["expected a mapping"]),
         ("pairs: []\n", [], ["non-empty list"]),
         ("pair: []\n", [], ["unknown key 'pair'"]),

@@ -27,11 +27,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 import yaml
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from evomerge.analysis.metrics import DEFAULT_RESAMPLES, Bootstrap, Kinship, MapRow, kinship, merge_metrics
 from evomerge.analysis.plots import draw_all
 from evomerge.analysis.report import highlights, summary_rows, write_items_csv, write_kinship_csv, write_map_csv, write_report
-from evomerge.errors import EvomergeError, first_line
+from evomerge.config import load_yaml_file, validate
+from evomerge.errors import EvomergeError
 from evomerge.evaluate.benchmark import Benchmark, load_benchmark, shipped_benchmarks
 from evomerge.evaluate.harness import is_lm_eval_spec
 from evomerge.evaluate.scorer import ScoreResult, Scorer
@@ -49,8 +51,6 @@ if TYPE_CHECKING:
 DEFAULT_SWEEP = "0:1:0.1"
 MAX_SWEEP_POINTS = 201
 MIN_RESAMPLES = 100
-PAIR_KEYS = ("label", "parents", "base", "ancestor", "params", "benchmark")
-FILE_KEYS = ("pairs", "benchmark")
 _SAFE_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,59}$")
 
 Progress = Callable[[int, int, str], None]  # (done, total, what is running now)
@@ -118,81 +118,107 @@ def parse_sweep(text: str) -> list[float]:
     return sorted(set(values))
 
 
-def load_pairs(path: Path) -> list[PairSpec]:
-    """The pairs file: `pairs: [{label, parents: [A, B], base, ancestor, params, benchmark}]` and an
-    optional top-level `benchmark`, for the pairs that name none. Relative paths are read from the
-    file's folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise EvomergeError(f"pairs file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise EvomergeError(f"{path}: not valid YAML ({first_line(error)})") from None
-    except UnicodeDecodeError:
-        raise EvomergeError(f"{path}: not UTF-8 text") from None
-    if not isinstance(data, dict):
-        raise EvomergeError(f"{path}: expected a mapping with 'pairs:' (a list of {{label, parents, base}})")
-    unknown = [key for key in data if key not in FILE_KEYS]
-    if unknown:
-        raise EvomergeError(f"{path}: unknown key {unknown[0]!r}; allowed: {', '.join(FILE_KEYS)}")
-    entries = data.get("pairs")
-    if not isinstance(entries, list) or not entries:
-        raise EvomergeError(f"{path}: 'pairs' must be a non-empty list of {{label, parents, base}}")
-    folder = path.parent
-    benchmark = _benchmark_reference(data.get("benchmark"), folder, f"{path}: benchmark")
-    pairs: list[PairSpec] = []
-    for index, entry in enumerate(entries):
-        pair = _parse_pair(entry, folder, f"{path}: pairs[{index}]")
-        pairs.append(replace(pair, benchmark=pair.benchmark or benchmark))
-    labels = [pair.label for pair in pairs]
-    duplicate = next((label for label in labels if labels.count(label) > 1), None)
-    if duplicate is not None:
-        raise EvomergeError(f"{path}: label {duplicate!r} is used twice")
-    return pairs
+class PairEntry(BaseModel):
+    """One entry of a pairs file, as written (paths not yet resolved)."""
 
+    model_config = ConfigDict(extra="forbid")
+    label: str
+    parents: list[str]
+    base: Optional[str] = None
+    ancestor: Optional[str] = None
+    params: Optional[float] = None
+    benchmark: Optional[str] = None
 
-def _parse_pair(entry, folder: Path, where: str) -> PairSpec:
-    if not isinstance(entry, dict):
-        raise EvomergeError(f"{where}: expected a mapping with label, parents and base")
-    unknown = [key for key in entry if key not in PAIR_KEYS]
-    if unknown:
-        raise EvomergeError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(PAIR_KEYS)}")
-    label = entry.get("label")
-    if label is None or not _SAFE_LABEL.match(str(label)):
-        raise EvomergeError(f"{where}: 'label' must be a short name of letters, digits, _ . - (got {label!r})")
-    label = str(label)
-    parents = entry.get("parents")
-    if not isinstance(parents, list) or len(parents) != 2 or not all(isinstance(p, str) and p.strip() for p in parents):
-        raise EvomergeError(f"{where} ({label}): 'parents' must list exactly two model folders")
-    resolved = tuple(_path(p, folder) for p in parents)
-    if resolved[0] == resolved[1]:
-        raise EvomergeError(f"{where} ({label}): the two parents are the same folder")
-    base = entry.get("base", parents[0])
-    if not isinstance(base, str) or _path(base, folder) not in resolved:
-        raise EvomergeError(
-            f"{where} ({label}): 'base' must be one of the two parents (SLERP's t = 0 end); "
-            "put a common pre-trained model under 'ancestor'"
-        )
-    ancestor = entry.get("ancestor")
-    if ancestor is not None and (not isinstance(ancestor, str) or not ancestor.strip()):
-        raise EvomergeError(f"{where} ({label}): 'ancestor' must be a model folder")
-    params = entry.get("params")
-    if params is not None:
+    @field_validator("label", mode="before")
+    @classmethod
+    def _label(cls, value):
+        if value is None or not _SAFE_LABEL.match(str(value)):
+            raise ValueError(f"'label' must be a short name of letters, digits, _ . - (got {value!r})")
+        return str(value)
+
+    @field_validator("parents", mode="before")
+    @classmethod
+    def _parents(cls, value):
+        if not isinstance(value, list) or len(value) != 2 or not all(isinstance(p, str) and p.strip() for p in value):
+            raise ValueError("'parents' must list exactly two model folders")
+        return value
+
+    @field_validator("base", "ancestor", "benchmark", mode="before")
+    @classmethod
+    def _reference(cls, value, info):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ValueError(f"'{info.field_name}' must be a model folder" if info.field_name != "benchmark" else "'benchmark' must be a benchmark name or a JSONL path")
+        return value
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params(cls, value):
+        if value is None:
+            return None
         try:
-            params = float(params)  # PyYAML reads 1.2e6 (no dot before e) as a string
+            number = float(value)  # PyYAML reads 1.2e6 (no dot before e) as a string
         except (TypeError, ValueError):
-            params = None
-        if params is None or not params > 0 or math.isinf(params):
-            raise EvomergeError(f"{where} ({label}): 'params' must be a positive number, got {entry.get('params')!r}")
-    return PairSpec(
-        label=label,
-        parents=resolved,
-        base=_path(base, folder),
-        ancestor=_path(ancestor, folder) if ancestor else None,
-        params=params,
-        benchmark=_benchmark_reference(entry.get("benchmark"), folder, f"{where} ({label}): benchmark"),
-    )
+            number = None
+        if number is None or not number > 0 or math.isinf(number) or isinstance(value, bool):
+            raise ValueError(f"'params' must be a positive number, got {value!r}")
+        return number
+
+
+class PairsFile(BaseModel):
+    """A pairs file: `pairs: [{label, parents: [A, B], base, ancestor, params, benchmark}]` and an
+    optional `benchmark` for the pairs that name none."""
+
+    model_config = ConfigDict(extra="forbid")
+    pairs: list[PairEntry]
+    benchmark: Optional[str] = None
+
+    @field_validator("pairs", mode="before")
+    @classmethod
+    def _non_empty(cls, value):
+        if not isinstance(value, list) or not value:
+            raise ValueError("'pairs' must be a non-empty list of {label, parents, base}")
+        return value
+
+
+def load_pairs(path: Path) -> list[PairSpec]:
+    """The pairs file (`PairsFile`), its paths read from the file's folder; every problem raises
+    an EvomergeError naming the file and line."""
+    path = Path(path)
+    document = load_yaml_file(path, EvomergeError, what="pairs file")
+    if not isinstance(document.data, dict):
+        raise EvomergeError(f"{path}: expected a mapping with 'pairs:' (a list of {{label, parents, base}})")
+    parsed = validate(PairsFile, document)
+    folder = path.parent
+    benchmark = _benchmark_reference(parsed.benchmark, folder)
+    pairs: list[PairSpec] = []
+    for index, entry in enumerate(parsed.pairs):
+
+        def where(key: str) -> str:
+            return f"{document.where(('pairs', index, key))} ({entry.label})"
+
+        resolved = tuple(_path(p, folder) for p in entry.parents)
+        if resolved[0] == resolved[1]:
+            raise EvomergeError(f"{where('parents')}: the two parents are the same folder")
+        base = entry.base if entry.base is not None else entry.parents[0]
+        if _path(base, folder) not in resolved:
+            raise EvomergeError(
+                f"{where('base')}: 'base' must be one of the two parents (SLERP's t = 0 end); put a common pre-trained model under 'ancestor'"
+            )
+        pairs.append(
+            PairSpec(
+                label=entry.label,
+                parents=resolved,
+                base=_path(base, folder),
+                ancestor=_path(entry.ancestor, folder) if entry.ancestor else None,
+                params=entry.params,
+                benchmark=_benchmark_reference(entry.benchmark, folder) or benchmark,
+            )
+        )
+    labels = [pair.label for pair in pairs]
+    duplicate = next((index for index, label in enumerate(labels) if labels.index(label) != index), None)
+    if duplicate is not None:
+        raise EvomergeError(f"{document.where(('pairs', duplicate, 'label'))}: label {labels[duplicate]!r} is used twice")
+    return pairs
 
 
 def _path(reference: str, folder: Path) -> str:
@@ -200,12 +226,10 @@ def _path(reference: str, folder: Path) -> str:
     return str(path if path.is_absolute() else folder / path)
 
 
-def _benchmark_reference(value, folder: Path, where: str) -> Optional[str]:
+def _benchmark_reference(value: Optional[str], folder: Path) -> Optional[str]:
     """A shipped benchmark's name stays a name; anything else is a path next to the pairs file."""
     if value is None:
         return None
-    if not isinstance(value, str) or not value.strip():
-        raise EvomergeError(f"{where} must be a benchmark name or a JSONL path")
     if value in shipped_benchmarks() or is_lm_eval_spec(value):
         return value
     return _path(value, folder)

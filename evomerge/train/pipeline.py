@@ -16,22 +16,62 @@ is validated before the first stage starts.
 
 from __future__ import annotations
 
-from dataclasses import fields
+import typing
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-import yaml
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
+from evomerge.config import load_yaml_file, validate
 from evomerge.errors import EvomergeError
 from evomerge.train.data import load_records
 from evomerge.train.trainers import TrainResult, TrainSettings, check_model_folder, default_label, train
 
 # A stage's label (and so its folder) is its parent's label + its strategy: not a key of its own.
-STAGE_KEYS = {f.name for f in fields(TrainSettings)} - {"model", "out", "overwrite", "label"} | {"name", "from"}
+NOT_STAGE_KEYS = ("model", "out", "overwrite", "label")
+STAGE_KEYS = {f.name for f in fields(TrainSettings)} - set(NOT_STAGE_KEYS) | {"name", "from"}
 
 
 class PipelineError(EvomergeError):
     pass
+
+
+def _stage_model() -> type[BaseModel]:
+    """A stage's keys and types: TrainSettings' own fields (less those the pipeline sets), its
+    `name`, and `from` (the stage it trains on)."""
+    hints = typing.get_type_hints(TrainSettings)
+    defined = {}
+    for f in fields(TrainSettings):
+        if f.name in NOT_STAGE_KEYS:
+            continue
+        required = f.default is MISSING and f.default_factory is MISSING
+        defined[f.name] = (hints[f.name], ... if required else None)
+    defined["name"] = (Optional[str], None)
+    defined["from_"] = (Optional[str], Field(None, alias="from"))
+    return create_model("StageConfig", __config__=ConfigDict(extra="forbid", populate_by_name=False), **defined)
+
+
+StageConfig = _stage_model()
+
+
+class PipelineFile(BaseModel):
+    """A pipeline file: the starting model, the output root, and the stages in order."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: Optional[str] = None
+    out: Optional[str] = None
+    stages: list[StageConfig]
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _stages(cls, value):
+        if not isinstance(value, list) or not value:
+            raise ValueError("a pipeline needs 'model', 'out' and a non-empty list of 'stages'")
+        for stage in value:
+            if not isinstance(stage, dict) or "strategy" not in stage or "data" not in stage:
+                raise ValueError("a stage needs 'strategy' and 'data'")
+        return value
 
 
 def load_pipeline(
@@ -40,30 +80,20 @@ def load_pipeline(
     """(starting model, output root, stages) with paths resolved and every stage checked;
     `model` and `out` replace the file's own (a shipped pipeline on your model)."""
     path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"pipeline file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        raise PipelineError(f"{path}:{' line ' + str(mark.line + 1) if mark else ''}: malformed YAML") from None
-    if not isinstance(data, dict) or not isinstance(data.get("stages"), list) or not data["stages"]:
+    document = load_yaml_file(path, PipelineError, what="pipeline file")
+    if not isinstance(document.data, dict):
         raise PipelineError(f"{path}: a pipeline needs 'model', 'out' and a non-empty list of 'stages'")
+    parsed = validate(PipelineFile, document, PipelineError)
     for key, override in (("model", model), ("out", out)):
-        if override is None and not isinstance(data.get(key), str):
+        if override is None and not isinstance(getattr(parsed, key), str):
             raise PipelineError(f"{path}: '{key}' must be a path")
     folder = path.parent
-    model = Path(model).resolve() if model is not None else _resolve(folder, data["model"])
+    model = Path(model).resolve() if model is not None else _resolve(folder, parsed.model)
     check_model_folder(model)
     stages, names = [], set()
-    for index, raw in enumerate(data["stages"]):
-        where = f"{path}: stages[{index}]"
-        if not isinstance(raw, dict) or "strategy" not in raw or "data" not in raw:
-            raise PipelineError(f"{where}: a stage needs 'strategy' and 'data'")
-        unknown = set(raw) - STAGE_KEYS
-        if unknown:
-            raise PipelineError(f"{where}: unknown key {sorted(unknown)[0]!r}")
-        stage = _typed(dict(raw), where)
+    for index, (raw, config) in enumerate(zip(document.data["stages"], parsed.stages)):
+        where = document.where(("stages", index))
+        stage = {key: value for key, value in config.model_dump(by_alias=True).items() if key in raw}
         stage["name"] = str(stage.get("name") or stage["strategy"])
         if stage["name"] in names:
             raise PipelineError(f"{where}: two stages are named {stage['name']!r}; give one a 'name'")
@@ -79,7 +109,7 @@ def load_pipeline(
             raise PipelineError(
                 f"{path}: stage {stage['name']!r} writes a LoRA adapter, which a later stage cannot train from; add merge_lora: true"
             )
-    return model, (Path(out).resolve() if out is not None else _resolve(folder, data["out"])), stages
+    return model, (Path(out).resolve() if out is not None else _resolve(folder, parsed.out)), stages
 
 
 def run_pipeline(
@@ -113,28 +143,6 @@ def _parents(stages: list[dict]) -> list[Optional[str]]:
     """The name of the stage each stage trains on: the one named in `from`, else the one before
     (None: the starting model)."""
     return [stage.get("from", stages[index - 1]["name"] if index else None) for index, stage in enumerate(stages)]
-
-
-_NUMBERS = {f.name: f.type for f in fields(TrainSettings) if f.type in ("float", "int", "Optional[float]")}
-
-
-def _typed(stage: dict, where: str) -> dict:
-    """Numbers as numbers: YAML reads `2e-5` (no dot) as a string; `three` is an error."""
-    for key, kind in _NUMBERS.items():
-        if key in stage and stage[key] is not None:
-            value = stage[key]
-            try:
-                number = float(value) if not isinstance(value, bool) else None
-            except (TypeError, ValueError):
-                number = None
-            if number is None:
-                raise PipelineError(f"{where}: {key} must be a number, got {value!r}")
-            if kind == "int":
-                if number != int(number):
-                    raise PipelineError(f"{where}: {key} must be a whole number, got {value!r}")
-                number = int(number)
-            stage[key] = number
-    return stage
 
 
 def _resolve(folder: Path, value: str) -> Path:
