@@ -40,10 +40,12 @@ class YamlDocument:
             path = path[:-1]
         return None
 
-    def where(self, path: Sequence[Key] = ()) -> str:
-        """'source: line N: a.b[2]' for `path` (as much of it as is known)."""
+    def where(self, path: Sequence[Key] = (), shown: Optional[Sequence[Key]] = None) -> str:
+        """'source: line N: a.b[2]' for `path` (its line, as much of it as is known); `shown`:
+        another path to name instead (the mapping that holds an unknown key, say)."""
         line = self.line_of(path)
-        parts = [self.source] + ([f"line {line}"] if line is not None else []) + ([dotted(path)] if path else [])
+        shown = path if shown is None else shown
+        parts = [self.source] + ([f"line {line}"] if line is not None else []) + ([dotted(shown)] if shown else [])
         return ": ".join(parts)
 
 
@@ -108,7 +110,9 @@ def validate(model: type[Model], document: YamlDocument, error: type[EvomergeErr
         # An unknown key first: it is usually the misspelling of the key reported missing.
         first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         path = tuple(part for part in first["loc"] if isinstance(part, (str, int)))
-        raise error(f"{document.where(path)}: {problem_text(first)}") from None
+        # An unknown key is named in the message: the place shown is the mapping that holds it.
+        shown = path[:-1] if first["type"] == "extra_forbidden" else path
+        raise error(f"{document.where(path, shown)}: {problem_text(first)}") from None
 
 
 def problem_text(error: dict) -> str:

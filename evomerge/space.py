@@ -26,8 +26,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Optional, Protocol, Union
 
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from evomerge.config import YamlDocument, load_yaml_file, validate
 from evomerge.errors import EvomergeError, RecipeError
-from evomerge.recipe import PAPER_T, Recipe, load_yaml, mergekit_method, outside_range
+from evomerge.recipe import PAPER_T, Recipe, mergekit_method, outside_range
 
 
 class SpaceError(EvomergeError):
@@ -209,6 +212,7 @@ def shipped_spaces() -> list[str]:
 
 
 def load_space(name_or_path: Union[str, Path]) -> SearchSpace:
+    """A shipped space by name, or a space YAML file (read with evomerge's one YAML loader)."""
     text = str(name_or_path)
     if text in shipped_spaces():
         path = Path(str(resources.files("evomerge") / "data" / "search_spaces" / f"{text}.yaml"))
@@ -216,80 +220,146 @@ def load_space(name_or_path: Union[str, Path]) -> SearchSpace:
         path = Path(text).expanduser()
         if not path.is_file():
             raise SpaceError(f"unknown search space {text!r}; shipped: {', '.join(shipped_spaces())}, or give a YAML path")
-    data = load_yaml(path.read_text(encoding="utf-8"), str(path), SpaceError)
-    return parse_space(data, str(path), default_name=path.stem)
+    return space_from_document(load_yaml_file(path, SpaceError, what="search space"), default_name=path.stem)
 
 
 def parse_space(data: Any, source: str, default_name: str = "space") -> SearchSpace:
-    if not isinstance(data, dict):
-        raise SpaceError(f"{source}: a search space is a mapping with 'method' and 'parameters'")
-    unknown = set(data) - {"name", "description", "method", "parameters", "options"}
-    if unknown:
-        raise SpaceError(f"{source}: unknown key {sorted(unknown)[0]!r}")
-    method = data.get("method")
-    if not isinstance(method, str):
-        raise SpaceError(f"{source}: 'method' (a mergekit merge method) is missing")
-    raw_parameters = data.get("parameters")
-    if not isinstance(raw_parameters, dict) or not raw_parameters:
-        raise SpaceError(f"{source}: 'parameters' must map each parameter to how it is searched")
-    parameters = [_parse_parameter(name, spec, f"{source}: parameters.{name}") for name, spec in raw_parameters.items()]
-    options = data.get("options") or {}
-    if not isinstance(options, dict):
-        raise SpaceError(f"{source}: 'options' must be a mapping of fixed shared settings")
-    return SearchSpace(str(data.get("name") or default_name), method, parameters, str(data.get("description") or ""), source, options)
+    """A space from plain data (as a YAML file would hold it); `source` names it in errors."""
+    return space_from_document(YamlDocument(data, source), default_name)
 
 
-def _parse_parameter(name: str, spec: Any, where: str) -> ParameterSpec:
-    if isinstance(spec, dict) and ("filters" in spec or "per_model" in spec or "default" in spec):
-        unknown = set(spec) - {"filters", "default", "per_model"}
-        if unknown:
-            raise SpaceError(f"{where}: unknown key {sorted(unknown)[0]!r}")
-        filters = spec.get("filters") or {}
-        if not isinstance(filters, dict):
-            raise SpaceError(f"{where}.filters must map a tensor-name filter to a value spec")
-        parsed_filters = tuple((str(f), _parse_value(name, v, f"{where}.filters.{f}")) for f, v in filters.items())
-        default = _parse_value(name, spec["default"], f"{where}.default") if "default" in spec else None
-        if default is None and not parsed_filters:
-            raise SpaceError(f"{where}: give 'default' or 'filters'")
-        if parsed_filters and default is None:
-            raise SpaceError(f"{where}: filtered values need a 'default' for the tensors no filter matches")
-        return ParameterSpec(name, default, parsed_filters, bool(spec.get("per_model", False)))
-    return ParameterSpec(name, _parse_value(name, spec, where))
+# ----- the file's schema (pydantic), checked at the edge ---------------------------------
 
 
-def _parse_value(name: str, spec: Any, where: str) -> ValueSpec:
-    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        return _checked(name, ValueSpec(fixed=float(spec)), where)
-    if not isinstance(spec, dict):
-        raise SpaceError(f"{where}: expected a number or a mapping like {{low: 0, high: 1, step: 0.05}}")
-    unknown = set(spec) - {"value", "low", "high", "step", "log", "anchors", "group_size"}
-    if unknown:
-        raise SpaceError(f"{where}: unknown key {sorted(unknown)[0]!r}")
-    if "value" in spec:
-        return _checked(name, ValueSpec(fixed=_number(spec["value"], where)), where)
-    if "low" not in spec or "high" not in spec:
-        raise SpaceError(f"{where}: a searched value needs 'low' and 'high'")
-    low, high = _number(spec["low"], where), _number(spec["high"], where)
-    if not low < high:
-        raise SpaceError(f"{where}: low ({low}) must be below high ({high})")
-    step = _number(spec["step"], where) if spec.get("step") is not None else None
-    if step is not None and (step <= 0 or step > high - low):
-        raise SpaceError(f"{where}: step {step} must be positive and at most high - low")
-    anchors, group_size = int(spec.get("anchors", 0)), int(spec.get("group_size", 0))
-    if anchors and group_size:
-        raise SpaceError(f"{where}: give 'anchors' or 'group_size', not both")
-    if anchors < 0 or anchors == 1 or group_size < 0:
-        raise SpaceError(f"{where}: anchors must be ≥ 2 and group_size ≥ 1")
-    log = bool(spec.get("log", False))
-    if log and (low <= 0 or step is not None):
-        raise SpaceError(f"{where}: a log range needs low > 0 and no step")
-    return _checked(name, ValueSpec(None, low, high, step, log, anchors, group_size), where)
-
-
-def _number(value: Any, where: str) -> float:
+def _number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpaceError(f"{where}: expected a number, got {value!r}")
+        raise ValueError(f"expected a number, got {value!r}")
     return float(value)
+
+
+class ValueConfig(BaseModel):
+    """How one value is searched: fixed (`0.5` or `{value: 0.5}`), a range (`{low, high, step?,
+    log?}`), a gradient of N anchors, or one value per layer group."""
+
+    model_config = ConfigDict(extra="forbid")
+    value: Optional[float] = None
+    low: Optional[float] = None
+    high: Optional[float] = None
+    step: Optional[float] = None
+    log: bool = False
+    anchors: int = 0
+    group_size: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, (int, float)) and not isinstance(data, bool):
+            return {"value": data}
+        if not isinstance(data, dict):
+            raise ValueError("expected a number or a mapping like {low: 0, high: 1, step: 0.05}")
+        return data
+
+    @field_validator("value", "low", "high", "step", mode="before")
+    @classmethod
+    def _numbers(cls, value: Any) -> Optional[float]:
+        return None if value is None else _number(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ValueConfig":
+        if self.value is not None:
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a searched value needs 'low' and 'high'")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.step is not None and (self.step <= 0 or self.step > self.high - self.low):
+            raise ValueError(f"step {self.step} must be positive and at most high - low")
+        if self.anchors and self.group_size:
+            raise ValueError("give 'anchors' or 'group_size', not both")
+        if self.anchors < 0 or self.anchors == 1 or self.group_size < 0:
+            raise ValueError("anchors must be ≥ 2 and group_size ≥ 1")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("a log range needs low > 0 and no step")
+        return self
+
+    def spec(self) -> ValueSpec:
+        if self.value is not None:
+            return ValueSpec(fixed=self.value)
+        return ValueSpec(None, self.low, self.high, self.step, self.log, self.anchors, self.group_size)
+
+
+class ParameterConfig(BaseModel):
+    """One parameter: a value spec, or `{filters: {tensor filter: spec}, default: spec, per_model: bool}`."""
+
+    model_config = ConfigDict(extra="forbid")
+    filters: dict[str, ValueConfig] = {}
+    default: Optional[ValueConfig] = None
+    per_model: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain(cls, data: Any) -> Any:
+        if isinstance(data, dict) and ("filters" in data or "per_model" in data or "default" in data):
+            if data.get("filters") is not None and not isinstance(data["filters"], dict):
+                raise ValueError("filters must map a tensor-name filter to a value spec")
+            return {**data, "filters": data.get("filters") or {}}
+        return {"default": data}
+
+    @model_validator(mode="after")
+    def _has_default(self) -> "ParameterConfig":
+        if self.default is None and not self.filters:
+            raise ValueError("give 'default' or 'filters'")
+        if self.filters and self.default is None:
+            raise ValueError("filtered values need a 'default' for the tensors no filter matches")
+        return self
+
+
+class SpaceFile(BaseModel):
+    """A search space file: the mergekit method, how each parameter is searched, fixed options."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Optional[str] = None
+    description: Optional[str] = None
+    method: str
+    parameters: dict[str, ParameterConfig]
+    options: Optional[dict[str, Any]] = None
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise ValueError("'method' (a mergekit merge method) is missing")
+        return value
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _parameters(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or not value:
+            raise ValueError("'parameters' must map each parameter to how it is searched")
+        return value
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _options(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, dict):
+            raise ValueError("'options' must be a mapping of fixed shared settings")
+        return value
+
+
+def space_from_document(document: YamlDocument, default_name: str = "space") -> SearchSpace:
+    """The `SearchSpace` a (parsed) space file describes; SpaceError naming the file and line."""
+    if not isinstance(document.data, dict):
+        raise SpaceError(f"{document.source}: a search space is a mapping with 'method' and 'parameters'")
+    if "method" not in document.data:
+        raise SpaceError(f"{document.source}: 'method' (a mergekit merge method) is missing")
+    parsed = validate(SpaceFile, document, SpaceError)
+    parameters = []
+    for name, config in parsed.parameters.items():
+        path = ("parameters", name)
+        default = _checked(name, config.default.spec(), document.where(path)) if config.default else None
+        filters = tuple((str(f), _checked(name, v.spec(), document.where(path + ("filters", f)))) for f, v in config.filters.items())
+        parameters.append(ParameterSpec(name, default, filters, config.per_model))
+    return SearchSpace(parsed.name or default_name, parsed.method, parameters, parsed.description or "", document.source, parsed.options or {})
 
 
 def _checked(name: str, spec: ValueSpec, where: str) -> ValueSpec:
