@@ -394,13 +394,13 @@ def search(
     `gpus_per_trial`, `cpus_per_trial`, `concurrent`). `progress`: a `SearchProgress` to follow
     the trials. Ctrl-C exports what the study has and re-raises."""
     from evomerge.evaluate.harness import is_lm_eval_spec
-    from evomerge.search.study import SearchSettings
+    from evomerge.search.study import settings_from
 
     parent_list = comma_list(parents)
     benchmarks = comma_list(benchmark)
     if holdout is None:
         holdout = 0.0 if any(is_lm_eval_spec(b) for b in benchmarks) else 0.2
-    settings = SearchSettings(
+    settings = settings_from(
         parents=parent_list,
         benchmarks=benchmarks,
         base=str(base) if base else (parent_list[0] if parent_list else None),

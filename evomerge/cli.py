@@ -25,6 +25,9 @@ from rich.table import Table
 from evomerge import __version__, api
 from evomerge.demo import DEMO_TRIALS
 from evomerge.errors import EvomergeError
+from evomerge.search.executors import EXECUTORS
+from evomerge.search.pruners import PRUNERS
+from evomerge.search.samplers import SAMPLERS
 
 app = typer.Typer(
     help="Search for the merge recipe that makes fine-tuned LLMs beat both parents on a domain benchmark.",
@@ -311,13 +314,13 @@ def search(
     benchmark: str = typer.Option(..., help="NAME|PATH|lm-eval:TASK; two, comma-separated (domain,general), for a multi-objective study."),
     base: Optional[str] = typer.Option(None, help="The base parent (SLERP's t=0, task vectors' origin). Default: the first parent."),
     space: str = typer.Option("slerp_gradient", help="A shipped search space (see `evomerge spaces`) or a YAML path."),
-    sampler: str = typer.Option("tpe", help="tpe, cmaes, random, grid, gp or nsga2."),
+    sampler: str = typer.Option("tpe", help=f"{', '.join(SAMPLERS)}."),
     trials: int = typer.Option(30, help="Total trials of the study: rerunning the command continues it up to this number."),
     timeout: Optional[str] = typer.Option(None, help="Stop starting trials after this long (90s, 30m, 2h)."),
     study: Optional[str] = typer.Option(None, help="Study name (a folder under results/). Default: derived from parents and space."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL (sqlite:///…, postgresql://…, journal:PATH). Default: results/<study>/study.db."),
     jobs: int = typer.Option(1, min=1, help="Worker processes on this machine, all on the same study."),
-    pruner: str = typer.Option("halving", help="halving (successive halving: the best third goes on at each fraction), hyperband, median or none."),
+    pruner: str = typer.Option("halving", help="; ".join(f"{name}: {choice.description}" for name, choice in PRUNERS.items()) + "."),
     fidelities: str = typer.Option("0.25,0.5,1", help="Benchmark fractions a trial is scored on, reporting each to the pruner."),
     holdout: Optional[float] = typer.Option(
         None, help="Fraction of items the search never sees; the best recipe is scored on them at the end. Default 0.2 (0 for lm-eval tasks)."
@@ -329,7 +332,7 @@ def search(
     protocol: Protocol = typer.Option(Protocol.paper, help="paper or loglik scoring."),
     batch_size: int = typer.Option(16, min=1, help="Items per forward pass."),
     tasks_dir: Optional[Path] = typer.Option(None, help="Folder of custom lm-eval task YAMLs."),
-    backend: str = typer.Option("optuna", help="Where trials run: optuna (this machine, --jobs processes) or ray (a Ray cluster, one GPU per trial)."),
+    backend: str = typer.Option("optuna", help="Where trials run: " + "; ".join(f"{name}: {e.description}" for name, e in EXECUTORS.items()) + "."),
     ray_address: Optional[str] = typer.Option(
         None, help="With --backend ray: auto or HOST:PORT of a running cluster this machine is a node of. Default: a local Ray with this machine's CPUs and GPUs."
     ),

@@ -13,12 +13,15 @@ import os
 import re
 import socket
 import warnings
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, field, fields, replace
 from pathlib import Path
 from typing import Optional
 
 import optuna
 from optuna.trial import TrialState
+
+from pydantic import ValidationError
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from evomerge.errors import EvomergeError, first_line
 from evomerge.search.pruners import PRUNERS, make_pruner, pruner_choice
@@ -37,9 +40,11 @@ HEARTBEAT_S = int(os.environ.get("EVOMERGE_HEARTBEAT_S", "30"))
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
-@dataclass
+@pydantic_dataclass
 class SearchSettings:
-    """Everything a search needs, as plain data (stored on the study as JSON)."""
+    """Everything a search needs, as plain data (stored on the study as JSON). A pydantic
+    dataclass: values are checked and coerced to these types when it is made (`settings_from`
+    turns a type problem into an EvomergeError naming the option); `check` does the rest."""
 
     parents: list[str]
     benchmarks: list[str]
@@ -136,6 +141,18 @@ class SearchSettings:
 
         executor_class(self.executor).check_settings(self)
 
+
+
+def settings_from(**values) -> SearchSettings:
+    """`SearchSettings(**values)`, with a value of the wrong type reported as one EvomergeError
+    naming the option (`trials="many"` → "--trials: Input should be a valid integer …")."""
+    try:
+        return SearchSettings(**values)
+    except ValidationError as problem:
+        first = problem.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "settings"
+        flag = {"executor": "backend", "benchmarks": "benchmark"}.get(name, name)
+        raise EvomergeError(f"--{flag.replace('_', '-')}: {first['msg']} (got {first.get('input')!r})") from None
 
 
 def open_storage(url: str):

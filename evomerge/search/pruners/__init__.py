@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import optuna
-
 from evomerge.errors import EvomergeError
 from evomerge.search.pruners.base import PrunerChoice
 from evomerge.search.pruners.halving import HalvingPruner
@@ -20,6 +18,8 @@ from evomerge.search.pruners.median import MedianPruner
 from evomerge.search.pruners.none import NoPruner
 
 if TYPE_CHECKING:
+    import optuna
+
     from evomerge.search.study import SearchSettings
 
 PRUNERS: dict[str, type[PrunerChoice]] = {

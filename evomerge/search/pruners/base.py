@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import optuna
-
 if TYPE_CHECKING:
+    import optuna
+
     from evomerge.search.study import SearchSettings
 
 

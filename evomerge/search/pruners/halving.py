@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-import optuna
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import optuna
 
 from evomerge.search.pruners.base import PrunerChoice
 
@@ -13,6 +16,8 @@ class HalvingPruner(PrunerChoice):
     description = "successive halving: the best third goes on at each fraction"
 
     def optuna(self, settings) -> optuna.pruners.BasePruner:
+        import optuna
+
         from evomerge.search.study import PRUNING_FACTOR
 
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=PRUNING_FACTOR, min_early_stopping_rate=0)

@@ -3,7 +3,10 @@ against pruning too early); Ray runs ASHA."""
 
 from __future__ import annotations
 
-import optuna
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import optuna
 
 from evomerge.search.pruners.halving import HalvingPruner
 
@@ -13,6 +16,8 @@ class HyperbandPruner(HalvingPruner):
     description = "Hyperband: brackets of successive halving, some never prune"
 
     def optuna(self, settings) -> optuna.pruners.BasePruner:
+        import optuna
+
         from evomerge.search.study import PRUNING_FACTOR, last_fidelity_step
 
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=last_fidelity_step(settings), reduction_factor=PRUNING_FACTOR)

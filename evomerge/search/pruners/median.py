@@ -3,7 +3,10 @@ the same fraction (Ray: the median stopping rule)."""
 
 from __future__ import annotations
 
-import optuna
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import optuna
 
 from evomerge.search.pruners.base import PrunerChoice
 
@@ -13,6 +16,8 @@ class MedianPruner(PrunerChoice):
     description = "below the median of earlier trials at the same fraction"
 
     def optuna(self, settings) -> optuna.pruners.BasePruner:
+        import optuna
+
         return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
 
     def tune(self, settings, *, time_attr: str, metric: str):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import optuna
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import optuna
 
 from evomerge.search.pruners.base import PrunerChoice
 
@@ -12,6 +15,8 @@ class NoPruner(PrunerChoice):
     description = "no pruning: every trial is scored on every item"
 
     def optuna(self, settings) -> optuna.pruners.BasePruner:
+        import optuna
+
         return optuna.pruners.NopPruner()
 
     def tune(self, settings, *, time_attr: str, metric: str):

@@ -8,9 +8,10 @@ and both executors read this table.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import optuna
+if TYPE_CHECKING:
+    import optuna
 
 from evomerge.errors import EvomergeError
 from evomerge.search.samplers.base import SamplerChoice

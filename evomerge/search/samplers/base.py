@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import optuna
+if TYPE_CHECKING:
+    import optuna
 
 
 class SamplerChoice:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import optuna
+if TYPE_CHECKING:
+    import optuna
 
 from evomerge.search.samplers.base import SamplerChoice
 
@@ -15,4 +16,6 @@ class CmaEsSampler(SamplerChoice):
     multi_objective = False
 
     def make(self, seed: int, grid: Optional[dict[str, list[float]]] = None) -> optuna.samplers.BaseSampler:
+        import optuna
+
         return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=5, warn_independent_sampling=False)

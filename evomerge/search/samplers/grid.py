@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import optuna
+if TYPE_CHECKING:
+    import optuna
 
 from evomerge.errors import EvomergeError
 from evomerge.search.samplers.base import SamplerChoice
@@ -16,6 +17,8 @@ class GridSearch(SamplerChoice):
     needs_grid = True
 
     def make(self, seed: int, grid: Optional[dict[str, list[float]]] = None) -> optuna.samplers.BaseSampler:
+        import optuna
+
         if grid is None:
             raise EvomergeError("the grid sampler needs every searched value to have a step")
         return optuna.samplers.GridSampler(grid, seed=seed)

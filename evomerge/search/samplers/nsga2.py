@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import optuna
+if TYPE_CHECKING:
+    import optuna
 
 from evomerge.search.samplers.base import SamplerChoice
 
@@ -15,4 +16,6 @@ class Nsga2Sampler(SamplerChoice):
     multi_objective = True
 
     def make(self, seed: int, grid: Optional[dict[str, list[float]]] = None) -> optuna.samplers.BaseSampler:
+        import optuna
+
         return optuna.samplers.NSGAIISampler(seed=seed)
