@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from evomerge.analysis.metrics import DEFAULT_RESAMPLES, Bootstrap, Kinship, MapRow, kinship, merge_metrics
 from evomerge.analysis.plots import draw_all
@@ -73,9 +74,10 @@ class PairSpec:
         return self.parents[1] if self.base == self.parents[0] else self.parents[0]
 
 
-@dataclass
+@pydantic_dataclass
 class MapSettings:
-    """Everything a map needs, as plain data (written to the output's summary.json)."""
+    """Everything a map needs, as plain data (written to the output's summary.json); a pydantic
+    dataclass, so its values have these types from the start."""
 
     out: Path
     pairs: list[PairSpec] = field(default_factory=list)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
+
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -25,8 +27,11 @@ DEFAULT_BETA = {"dpo": 0.05, "orpo": 0.1}
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-@dataclass
+@pydantic_dataclass
 class TrainSettings:
+    """One training stage's settings (a pydantic dataclass: values have these types from the start;
+    `validate` checks what TRL, transformers or peft would only reject mid-run)."""
+
     strategy: str
     model: str
     data: str
