@@ -479,13 +479,17 @@ def export(study: str, *, storage: Optional[str] = None, rank: int = 1, out: Opt
     return Exported(target, trial.number, trial.values[0], recipe_of(trial))
 
 
-def dashboard(storage: str, *, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve optuna-dashboard on a study storage until interrupted (live while a search runs)."""
+def dashboard(storage: str, *, host: str = "127.0.0.1", port: int = 8080, on_ready: Optional[Callable[[str], None]] = None) -> None:
+    """Serve optuna-dashboard on a study storage until interrupted (live while a search runs);
+    `on_ready(url)` once the storage is open, before serving."""
     from optuna_dashboard import run_server
 
     from evomerge.search.study import open_existing_storage
 
-    run_server(open_existing_storage(storage), host=host, port=port)
+    opened = open_existing_storage(storage)  # a missing study file is an EvomergeError, before serving
+    if on_ready is not None:
+        on_ready(f"http://{host}:{port}/")
+    run_server(opened, host=host, port=port)
 
 
 @dataclass

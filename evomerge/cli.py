@@ -158,30 +158,54 @@ def demo(
     Builds (or reuses) the xs toy parents, searches merges of Instruct × Instruct-CPT-SFT on the toy
     domain benchmark (default space, pruning, held-out items), and prints the parents' scores, the
     paper's recipe, the best found and where the results went."""
-    say = lambda message: console.print(message, highlight=False)  # noqa: E731
-    with training_progress() as on_step:
-        # The training bar closes when the search's own progress starts.
-        found = api.demo(trials, device=device, toy_dir=toy_dir, say=say, on_step=on_step, progress=SearchBar())
+    training = TrainingBar()
+    found = api.demo(
+        trials,
+        device=device,
+        toy_dir=toy_dir,
+        say=lambda message: console.print(message, highlight=False),
+        on_step=training.on_step,
+        progress=SearchBar(before=training.stop),  # one live display at a time: training's ends first
+    )
+    training.stop()
     print_search(found)
     stdout.print(f"Open the dashboard: evomerge dashboard --storage {found.storage}")
     stdout.print(f"Materialise the best merge: evomerge merge {found.results_dir / 'best-recipe.yaml'} --out results/demo-merged")
 
 
+class TrainingBar:
+    """A progress bar per training stage, shown from the first step until `stop`."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.tasks: dict[str, int] = {}
+
+    def on_step(self, name: str, step: int, total: int, loss: float) -> None:
+        """The `on_step(name, step, total, loss)` callback of training."""
+        if self.bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn())
+            self.bar = Progress(*columns, console=console, transient=False)
+            self.bar.start()
+        if name not in self.tasks:
+            self.tasks[name] = self.bar.add_task(escape(name), total=total, loss="–")
+        self.bar.update(self.tasks[name], completed=step, total=total, loss=f"{loss:.3f}")
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
 @contextmanager
 def training_progress():
-    """A progress bar per training stage; yields the `on_step(name, step, total, loss)` callback."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
-        tasks: dict[str, int] = {}
-
-        def on_step(name: str, step: int, total: int, loss: float) -> None:
-            if name not in tasks:
-                tasks[name] = bar.add_task(name, total=total, loss="–")
-            bar.update(tasks[name], completed=step, total=total, loss=f"{loss:.3f}")
-
-        yield on_step
+    """A `TrainingBar` for the block; yields its `on_step(name, step, total, loss)` callback."""
+    bar = TrainingBar()
+    try:
+        yield bar.on_step
+    finally:
+        bar.stop()
 
 
 @app.command()
@@ -381,11 +405,14 @@ def search(
 class SearchBar:
     """The search's progress on stderr: the study's place, then a bar of its trials."""
 
-    def __init__(self) -> None:
+    def __init__(self, before: Optional[Callable[[], None]] = None) -> None:
+        self.before = before  # called when the search starts (to end another live display)
         self.bar = None
         self.task = None
 
     def started(self, settings) -> None:
+        if self.before is not None:
+            self.before()
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         console.print(f"Study [bold]{escape(settings.study)}[/] in {escape(settings.storage_url())}")
@@ -500,11 +527,7 @@ def dashboard(
     port: int = typer.Option(8080, help="Port."),
 ) -> None:
     """Serve optuna-dashboard on a study storage (live while a search runs)."""
-    from evomerge.search.study import open_existing_storage
-
-    open_existing_storage(storage)  # a missing study file is one clean line, before the banner
-    stdout.print(f"Optuna dashboard on http://{host}:{port}/ (Ctrl-C to stop)")
-    api.dashboard(storage, host=host, port=port)
+    api.dashboard(storage, host=host, port=port, on_ready=lambda url: stdout.print(f"Optuna dashboard on {url} (Ctrl-C to stop)"))
 
 
 @app.command()
