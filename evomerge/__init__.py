@@ -10,7 +10,7 @@ The public API (see `evomerge.api` and the README's "From Python"):
     evomerge.worker, export, spaces, benchmarks, export_benchmark, toy, demo, dashboard
     evomerge.Recipe, evomerge.EvomergeError (every bad input raises a subclass of it)
 
-`merge`, `evaluate`, `train` and `search` are these functions, not the subpackages of the same
+`merge`, `evaluate`, `train`, `search`, `toy` and `demo` are these functions, not the modules of the same
 name: the subpackages are imported here first, so `from evomerge.merge.merger import Merger` (any
 `from … import …` of them) works as before and the package's attributes stay the functions.
 (`import evomerge.merge.merger as m` does not: it reads `evomerge.merge` as an attribute.)
@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 import importlib as _importlib
 
 # The subpackages first: importing one later would rebind the package attribute of its name.
-for _subpackage in ("evaluate", "merge", "search", "train"):
+for _subpackage in ("demo", "evaluate", "merge", "search", "toy", "train"):
     _importlib.import_module(f"{__name__}.{_subpackage}")
 
 from evomerge.api import (  # noqa: E402

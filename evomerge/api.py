@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
+from evomerge.demo import DEMO_TRIALS
 from evomerge.errors import EvomergeError
 
 if TYPE_CHECKING:
@@ -582,7 +583,7 @@ def toy(
 
 
 def demo(
-    trials: Optional[int] = None,
+    trials: int = DEMO_TRIALS,
     *,
     device: str = "auto",
     toy_dir: PathLike = DEFAULT_TOY_DIR,
@@ -595,12 +596,12 @@ def demo(
     held-out items) in results/demo."""
     import shutil
 
-    from evomerge.demo import DEMO_SCALE, DEMO_TRIALS, build_demo_parents, demo_settings
+    from evomerge.demo import DEMO_SCALE, build_demo_parents, demo_settings
 
     say = say or (lambda _message: None)
     say(f"Toy domain, scale {DEMO_SCALE}: building or reusing the parents under {toy_dir}/ …")
     build = build_demo_parents(Path(toy_dir), device, progress=say, on_step=on_step)
-    settings = demo_settings(build, DEMO_TRIALS if trials is None else trials, device)
+    settings = demo_settings(build, trials, device)
     shutil.rmtree(settings.results_dir, ignore_errors=True)  # a fresh search on every run; parents are reused
     say(f"Searching merges of {' × '.join(build.parents)} on {build.domain_benchmark.name} …")
     return run_settings(settings, progress=progress)

@@ -76,6 +76,10 @@ def command_defaults(name: str) -> dict:
         ("train", evomerge.train, {}),
         ("worker", evomerge.worker, {}),
         ("export", evomerge.export, {}),
+        ("toy", evomerge.toy, {}),
+        ("demo", evomerge.demo, {}),
+        ("dashboard", evomerge.dashboard, {}),
+        ("map", evomerge.scale_map, {}),
     ],
 )
 def test_keywords_carry_the_commands_names_and_defaults(command, function, renamed):
