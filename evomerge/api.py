@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
 from evomerge.demo import DEMO_TRIALS
 from evomerge.errors import EvomergeError

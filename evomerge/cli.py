@@ -9,7 +9,6 @@ import functools
 from contextlib import contextmanager
 import os
 import sys
-import time
 from enum import Enum
 from pathlib import Path
 from typing import Callable, Optional

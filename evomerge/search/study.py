@@ -24,8 +24,8 @@ from pydantic import ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from evomerge.errors import EvomergeError, first_line
-from evomerge.search.pruners import PRUNERS, make_pruner, pruner_choice
-from evomerge.search.samplers import SAMPLERS, multi_objective_samplers, sampler_choice
+from evomerge.search.pruners import PRUNERS, make_pruner, pruner_choice  # noqa: F401 (PRUNERS: re-exported)
+from evomerge.search.samplers import SAMPLERS, multi_objective_samplers, sampler_choice  # noqa: F401 (SAMPLERS: re-exported)
 
 # A trial reports its k-th partial fraction at step PRUNING_FACTOR**k (1, 3, …): successive halving
 # then judges every partial fraction, keeping the best third each time (Ray's ASHA uses the same
