@@ -1,13 +1,15 @@
 """What one trial does: suggest → Recipe → merge in place → score at growing fractions → value.
 
-A `TrialRunner` lives once per process: the parents stay resident in one `Merger`, the benchmark
-items are tokenised once per scorer, and the parents' own scores are computed once per study and
-stored on it. A trial that raises (a merge error, out of memory, a NaN score) is recorded as failed
+A `TrialRunner` lives once per process (`TrialRunner.load`): the parents stay resident in one
+`Merger`, the benchmark items are tokenised once per scorer, and the parents' own scores are
+computed once per study and stored on it; every call that measures against them takes them as an
+argument. A trial that raises (a merge error, out of memory, a NaN score) is recorded as failed
 with its reason; Optuna's `catch` then lets the study go on.
 
-`TrialRunner.evaluate` is the part both executors share: merge one recipe, score it at each
-fidelity, report each to whatever decides pruning, record. The Optuna backend hands it the
-`optuna.Trial` itself; the Ray backend hands it a reporter that sends the same values to Ray Tune.
+`TrialRunner.evaluate(recipe, trial, parent_scores)` is the part both executors share: merge one
+recipe, score it at each fidelity, report each to whatever decides pruning, record. The Optuna
+backend hands it the `optuna.Trial` itself (through `runner.objective(parent_scores)`, what
+`study.optimize` calls); the Ray backend hands it a reporter that sends the same values to Ray Tune.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ before the study is created; weights load once per process; the study is opened 
 scored, the paper's recipe queued) by one process before any other joins it; `--trials` is the
 study's total, so rerunning the same command continues it; Ctrl-C stops cleanly after marking the
 running trial.
+
+`run_search(settings)` is a whole search as `evomerge search`, `evomerge worker` and
+`evomerge.search()` run it: the executor that `--backend` names (`search/executors/`), the held-out
+score, the results folder, and a `SearchProgress` told what happens.
 """
 
 from __future__ import annotations
