@@ -15,8 +15,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import math
-import os
-import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from typing import Callable, Mapping, Optional, Protocol, Sequence, Union
 import optuna
 from optuna.trial import TrialState
 
+from evomerge.errors import interrupt_reason
 from evomerge.evaluate.benchmark import Benchmark
 from evomerge.evaluate.objective import Objective, make_objective
 from evomerge.evaluate.scorer import ScoreResult, Scorer, make_result
@@ -33,7 +32,7 @@ from evomerge.merge.merger import Merger
 from evomerge.merge.parents import ParentInfo
 from evomerge.recipe import Recipe
 from evomerge.search.locks import study_lock
-from evomerge.search.study import FINISHED, PARENT_SCORES_ATTR, SearchSettings, fidelity_step, process_name, study_is_full
+from evomerge.search.study import FINISHED, PARENT_SCORES_ATTR, SearchSettings, fidelity_step, process_is_gone, process_name, study_is_full
 from evomerge.space import SearchSpace
 
 Values = Union[float, tuple[float, ...]]
@@ -180,20 +179,6 @@ def wait_while_running(study: optuna.Study, other: optuna.trial.FrozenTrial) -> 
             return
 
 
-def process_is_gone(name: str) -> bool:
-    """Whether a process named as `process_name` gives it ran on this machine and has ended."""
-    host, _, pid = name.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False  # another machine's: its heartbeat tells
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
-
-
 def copied_attrs(original: optuna.trial.FrozenTrial) -> dict:
     """What a duplicate records: the earlier trial's outcome and which trial that was."""
     attrs = {key: value for key, value in original.user_attrs.items() if key not in NOT_COPIED}
@@ -280,8 +265,8 @@ class TrialRunner:
             return self._run(trial)
         except optuna.TrialPruned:
             raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+        except KeyboardInterrupt as interrupt:
+            trial.set_user_attr("fail_reason", interrupt_reason(interrupt))
             raise
         except Exception as error:
             trial.set_user_attr("fail_reason", failure_reason(error))
@@ -290,6 +275,7 @@ class TrialRunner:
 
     def _run(self, trial: optuna.Trial):
         settings = self.settings
+        trial.set_user_attr("worker", process_name())  # first: a rerun can tell a killed process's trial
         self._refuse_surplus(trial)
         recipe = self.space.suggest(trial, settings.parents, settings.base, self.merger.num_layers, self.dtype_name)
         duplicate = claim_recipe(trial, recipe.to_yaml(), settings.storage_url())

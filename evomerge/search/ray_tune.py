@@ -39,7 +39,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from evomerge.errors import EvomergeError, first_line
+from evomerge.errors import EvomergeError, Terminated, first_line, interrupt_reason
 from evomerge.evaluate.scorer import ScoreResult
 from evomerge.search.objective import (
     TrialRunner,
@@ -590,11 +590,11 @@ class Heartbeat(tune.Callback):
 
     def __init__(self, searcher: StudySearch):
         self.searcher = searcher
-        self.interrupted = False
+        self.interrupt: Optional[KeyboardInterrupt] = None  # the signal noted, not yet raised
 
     def on_step_begin(self, iteration, trials, **info) -> None:
-        if self.interrupted:
-            raise KeyboardInterrupt
+        if self.interrupt is not None:
+            raise self.interrupt
         self.searcher.beat()
 
 
@@ -606,9 +606,10 @@ def interrupt_between_steps(heartbeat: Heartbeat) -> Iterator[None]:
     Ctrl-C interrupts at once."""
 
     def note(signum, frame) -> None:
-        if heartbeat.interrupted:
-            raise KeyboardInterrupt
-        heartbeat.interrupted = True
+        interrupt = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        if heartbeat.interrupt is not None:
+            raise interrupt
+        heartbeat.interrupt = interrupt
 
     before = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -694,8 +695,8 @@ def optimise_on_ray(
         try:
             with _tune_environment(), interrupt_between_steps(heartbeat):
                 tuner.fit()
-        except KeyboardInterrupt:
-            searcher.abandon("interrupted (Ctrl-C)")
+        except KeyboardInterrupt as interrupt:
+            searcher.abandon(interrupt_reason(interrupt))
             raise
         searcher.abandon("not run: the Ray run ended first")  # normally none is left
         log(f"Ray: {searcher.started} trial(s) ran; parents loaded {loads.total} time(s) in {len(loads.by_pid)} worker process(es)")
