@@ -206,7 +206,9 @@ def demo(
     import shutil
 
     from evomerge.demo import DEMO_SCALE, build_demo_parents, demo_settings
+    from evomerge.merge.merger import resolve_device
 
+    resolve_device(device)  # before anything is printed or built
     console.print(f"Toy domain, scale {DEMO_SCALE}: building or reusing the parents under {toy_dir}/ …")
     with training_progress() as on_step:
         build = build_demo_parents(toy_dir, device, progress=console.print, on_step=on_step)

@@ -191,12 +191,12 @@ def load_parent(
     """Load an inspected parent's tensors, cast to `dtype` if given, on `device`."""
     if info.adapter_base is not None:
         tensors = _merge_adapter(info)
-        _require_finite(tensors, info.path)
+        require_finite(tensors, info.path)
     else:
         tensors = {}
         for weight_file in info.weight_files:
             loaded = _load_weight_file(weight_file)
-            _require_finite(loaded, weight_file)
+            require_finite(loaded, weight_file)
             tensors.update(loaded)
     for tensor_name, tensor in tensors.items():
         if dtype is not None and tensor.is_floating_point():
@@ -208,7 +208,24 @@ def load_parent(
 # ----- helpers ----------------------------------------------------------------------------
 
 
-def _require_finite(tensors: dict[str, torch.Tensor], source: Path) -> None:
+def check_finite(info: ParentInfo) -> None:
+    """Read a parent's weights one tensor at a time and refuse NaN or inf, naming the file and the
+    tensor: for a caller that must refuse bad weights before it creates anything (a search, before
+    its study exists), without holding them all in memory."""
+    if info.adapter_base is not None:
+        check_finite(info.adapter_base)
+    for weight_file in info.weight_files:
+        if weight_file.suffix == ".bin":
+            require_finite(_load_pickle(weight_file), weight_file)
+            continue
+        from safetensors import safe_open
+
+        with safe_open(str(weight_file), framework="pt") as handle:
+            for tensor_name in handle.keys():
+                require_finite({tensor_name: handle.get_tensor(tensor_name)}, weight_file)
+
+
+def require_finite(tensors: dict[str, torch.Tensor], source: Path) -> None:
     """Refuse weights holding NaN or inf: every merge of them would score nothing, quietly."""
     for tensor_name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):

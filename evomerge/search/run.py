@@ -9,6 +9,7 @@ running trial.
 
 from __future__ import annotations
 
+import datetime
 import math
 import multiprocessing
 import os
@@ -27,10 +28,11 @@ from evomerge.evaluate.benchmark import Benchmark, fraction_count, load_benchmar
 from evomerge.evaluate.harness import find_task, is_lm_eval_spec
 from evomerge.evaluate.scorer import ScoreResult
 from evomerge.merge.merger import resolve_device, resolve_dtype
-from evomerge.merge.parents import ParentInfo, check_parents, fingerprint, inspect_parent
+from evomerge.merge.parents import ParentInfo, check_finite, check_parents, fingerprint, inspect_parent
 from evomerge.search.locks import study_lock
-from evomerge.search.objective import TrialRunner, ensure_parent_scores
+from evomerge.search.objective import CLAIM_ATTR, TrialRunner, ensure_parent_scores
 from evomerge.search.study import (
+    HEARTBEAT_S,
     TAKEN,
     SearchSettings,
     best_trial,
@@ -73,6 +75,8 @@ def check_search(settings: SearchSettings, infos: Optional[Sequence[ParentInfo]]
     if infos is None:
         infos = [inspect_parent(parent) for parent in settings.parents]
         check_parents(infos)
+        for info in infos:
+            check_finite(info)
     space.check_parents(settings.parents, settings.base)
     for benchmark in settings.benchmarks:
         if is_lm_eval_spec(benchmark):
@@ -173,11 +177,21 @@ def open_study(prepared: Prepared, compute_parent_scores: Callable[[], dict]) ->
 
 
 def fail_orphaned_trials(study: optuna.Study) -> int:
-    """Fail the running trials whose process on this machine has ended (a `kill -9`, a crash), so
-    that they neither hold a place in --trials nor block their recipe; how many."""
-    orphans = [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if process_is_gone(t.user_attrs.get("worker", ""))
-    ]
+    """Fail the running trials whose process has ended (a `kill -9`, a crash), so that they
+    neither hold a place in --trials nor block their recipe; how many. A trial names its process
+    within milliseconds of starting ("worker" in this process, "claimed_by" on Ray's driver): one
+    whose process on this machine is gone is failed at once, and one that never named its process
+    (killed in those milliseconds, so it has no heartbeat either) once it is older than the
+    heartbeat's grace period."""
+    unnamed_before = datetime.datetime.now() - datetime.timedelta(seconds=2 * HEARTBEAT_S)
+
+    def orphaned(trial: optuna.trial.FrozenTrial) -> bool:
+        owner = trial.user_attrs.get("worker") or trial.user_attrs.get(CLAIM_ATTR)
+        if owner is None:
+            return trial.datetime_start is not None and trial.datetime_start < unnamed_before
+        return process_is_gone(owner)
+
+    orphans = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if orphaned(t)]
     for trial in orphans:
         try:
             study.tell(trial.number, state=TrialState.FAIL)
