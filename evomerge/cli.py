@@ -85,6 +85,9 @@ def user_errors(command: Callable) -> Callable:
         except KeyboardInterrupt as interrupt:
             console.print(f"Stopped: {interrupt_reason(interrupt)}.", style="yellow")
             raise typer.Exit(interrupt_exit_code(interrupt))
+        except OSError as error:  # a full disk, a folder without write permission: not a bug to trace
+            console.print(Text.assemble(("error:", "bold red"), f" {error}"))
+            raise typer.Exit(1)
 
     return wrapper
 
@@ -109,7 +112,9 @@ def quiet_libraries() -> None:
 
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress bar reports the trials
+    # Our progress bar reports the trials and each failed trial keeps its reason; Optuna would log
+    # every failure with a traceback (and an interrupt with two).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning, module="optuna")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # TRL sets transformers 5's renamed training argument itself; nothing a user can act on.
