@@ -123,7 +123,7 @@ def parse_parent_overrides(values: list[str]) -> dict[str, str]:
 @app.command()
 @user_errors
 def merge(
-    recipe_path: Path = typer.Argument(..., metavar="RECIPE.yaml", help="A mergekit YAML recipe."),
+    recipe_path: str = typer.Argument(..., metavar="NAME|RECIPE.yaml", help="A shipped recipe's name (see `evomerge recipes`) or a mergekit YAML."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the merged model to."),
     engine: Engine = typer.Option(Engine.evomerge, help="evomerge: in-memory engine; mergekit: mergekit's own pipeline."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -137,12 +137,12 @@ def merge(
 
     Both engines give identical tensors; the evomerge engine is much faster. Example:
 
-        evomerge merge recipes/paper_slerp.yaml --parent ./instruct=models/instruct --parent ./fine-tuned=models/cpt-sft --out merged/
+        evomerge merge paper_slerp --parent ./instruct=models/instruct --parent ./fine-tuned=models/cpt-sft --out merged/
     """
     from evomerge.merge.writer import check_output, write_merged
     from evomerge.recipe import Recipe
 
-    recipe = Recipe.load(recipe_path)
+    recipe = Recipe.load(recipe_path)  # a shipped recipe's name or a file
     renames = parse_parent_overrides(parent)
     if renames:
         recipe = recipe.with_models(renames)
@@ -602,6 +602,22 @@ def spaces() -> None:
 
 @app.command()
 @user_errors
+def recipes() -> None:
+    """The shipped merge recipes (`evomerge merge NAME`) and training pipelines (`evomerge train --pipeline NAME`)."""
+    from evomerge.shipped import shipped_recipes
+
+    table = Table()
+    for column in ("name", "use with", "description"):
+        table.add_column(column, no_wrap=column != "description")  # commands stay whole to copy
+    for entry in shipped_recipes():
+        use = f"evomerge merge {entry.name}" if entry.kind == "merge" else f"evomerge train --pipeline {entry.name}"
+        table.add_row(entry.name, use, entry.description)
+    stdout.print(table)
+    stdout.print(f"Files: {shipped_recipes()[0].path.parent}/ (copy one to change it)")
+
+
+@app.command()
+@user_errors
 def export(
     study: str = typer.Option(..., help="Study name."),
     storage: Optional[str] = typer.Option(None, help="Storage URL (default: results/<study>/study.db)."),
@@ -642,7 +658,7 @@ def train(
     model: Optional[Path] = typer.Option(None, help="The model folder to train from (with --pipeline: replaces its 'model')."),
     data: Optional[Path] = typer.Option(None, help="Local JSONL: cpt {text}; sft {messages} or {prompt, completion}; dpo/orpo {prompt, chosen, rejected}."),
     out: Optional[Path] = typer.Option(None, help="Folder for the trained model or adapter (with --pipeline: the root for every stage)."),
-    pipeline: Optional[Path] = typer.Option(None, help="A YAML chain of stages (see recipes/train/); replaces the flags above."),
+    pipeline: Optional[str] = typer.Option(None, help="A shipped pipeline's name (see `evomerge recipes`) or a YAML chain of stages; replaces the flags above."),
     lora: bool = typer.Option(False, help="Train a LoRA adapter instead of all weights."),
     lora_r: int = typer.Option(8, help="LoRA rank."),
     lora_alpha: int = typer.Option(16, help="LoRA alpha."),

@@ -23,6 +23,7 @@ from typing import Callable, Optional, Union
 import yaml
 
 from evomerge.errors import EvomergeError
+from evomerge.shipped import resolve_pipeline
 from evomerge.train.data import load_records
 from evomerge.train.trainers import TrainResult, TrainSettings, check_model_folder, default_label, train
 
@@ -38,10 +39,9 @@ def load_pipeline(
     path: Union[str, Path], model: Optional[Union[str, Path]] = None, out: Optional[Union[str, Path]] = None
 ) -> tuple[Path, Path, list[dict]]:
     """(starting model, output root, stages) with paths resolved and every stage checked;
-    `model` and `out` replace the file's own (a shipped pipeline on your model)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"pipeline file not found: {path}")
+    `model` and `out` replace the file's own (a shipped pipeline on your model); `path` may be a
+    shipped pipeline's name (`small_cpu`)."""
+    path = resolve_pipeline(path, PipelineError)  # a shipped pipeline's name, or a file
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
