@@ -19,6 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from evomerge import __version__
@@ -49,7 +50,7 @@ def user_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except EvomergeError as error:
-            console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)  # "[train]" is text, not markup
             raise typer.Exit(2)
 
     return wrapper
@@ -642,6 +643,9 @@ def dashboard(
     port: int = typer.Option(8080, help="Port."),
 ) -> None:
     """Serve optuna-dashboard on a study storage (live while a search runs)."""
+    from evomerge.extras import require
+
+    require("optuna_dashboard", "evomerge dashboard")
     from optuna_dashboard import run_server
 
     from evomerge.search.study import open_existing_storage

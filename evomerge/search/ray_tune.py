@@ -31,8 +31,13 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Mapping, Optional
 
 import optuna
-import ray
 from optuna.trial import TrialState
+
+from evomerge.extras import require
+
+require("ray", "--backend ray")  # one line naming the extra, not an ImportError, without Ray
+
+import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 from ray.tune.search import Searcher

@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import torch
 
 from evomerge.errors import EvomergeError
+from evomerge.extras import require
 from evomerge.files import LINEAGE_FILE, staged_folder
 from evomerge.train.data import STRATEGIES, file_hash, load_records
 
@@ -118,6 +119,7 @@ def default_label(parent_dir: Path, strategy: str) -> str:
 def check(settings: TrainSettings) -> list[dict]:
     """Everything that can be checked before training: strategy, data, model folder, output,
     LoRA options (against the model's modules, built on the meta device: no weights read)."""
+    require("trl", "evomerge train")
     settings.validate()
     records = load_records(settings.data, settings.strategy)
     model_dir = Path(settings.model).resolve()
