@@ -678,6 +678,9 @@ def train(
     seed: int = typer.Option(0, help="Seed (data order, initialisation of LoRA)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
+    chat_template: Optional[str] = typer.Option(
+        None, "--chat-template", help="For messages: chatml, a Jinja file, or a model folder to copy it from. Default: the model's, else ChatML."
+    ),
 ) -> None:
     """Make parents the way the source paper did: continued pre-training, SFT, DPO or ORPO with TRL.
 
@@ -715,6 +718,7 @@ def train(
             lora_targets=comma_list(lora_targets),
             merge_lora=merge_lora,
             overwrite=overwrite,
+            chat_template=chat_template,
         )
         check(settings)
     stage = [f"{strategy} on {model}"]  # the bar being advanced: one per stage
@@ -732,6 +736,8 @@ def train(
         else:
             results = [train_stage(settings, on_log=on_log)]
     for result in results:
+        if result.note:
+            console.print(result.note, highlight=False, soft_wrap=True)
         first, last = result.lineage["first_loss"], result.lineage["last_loss"]
         losses = f"loss {first:.4f} → {last:.4f}" if first is not None else "no loss logged"
         stdout.print(f"{result.lineage['label']}: {result.out} ({losses})")

@@ -90,7 +90,7 @@ def main() -> None:
             fused.plan_weighted_pairs = plan_weighted_pairs
         torch_state = torch_merger.merged_state_dict()
         paths_equal = all(torch.equal(with_kernel[name], torch_state[name]) for name in with_kernel)
-        del torch_merger, torch_state, with_kernel
+        torch_merger = torch_state = with_kernel = None  # frees their memory before mergekit runs
 
         from mergekit.merge_methods import PerGroupValues, merge_state_dicts
 
