@@ -18,22 +18,50 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # evomerge never downloads weights
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from evomerge import __version__
 from evomerge.demo import DEMO_TRIALS
-from evomerge.errors import EvomergeError
+from evomerge.errors import EvomergeError, interrupt_exit_code, interrupt_reason, sigterm_as_interrupt
+
+# Click's base of every usage error (typer vendors click; reached through a public name).
+ClickException = next(base for base in typer.BadParameter.__mro__ if base.__name__ == "ClickException")
+
+
+class OneLineErrors(TyperGroup):
+    """Click's usage errors (a missing option, a value of the wrong type) as one line on stderr
+    with exit code 2, like every other bad input, instead of a usage box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except ClickException as error:
+            where = error.ctx.command_path if getattr(error, "ctx", None) is not None else "evomerge"
+            console.print(Text.assemble(("error:", "bold red"), f" {error.format_message()} (see {where} --help)"))
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            console.print("Aborted.", style="yellow")
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
 
 app = typer.Typer(
+    cls=OneLineErrors,
     help="Search for the merge recipe that makes fine-tuned LLMs beat both parents on a domain benchmark.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-stdout = Console()
+# Markup off: paths, recipes and error messages print as the text they are ("[0]" in a folder
+# name is not a style). Styles are given explicitly. Soft wrap: a long path or command stays on
+# one line, to be copied, whatever the width.
+console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
+stdout = Console(markup=False, highlight=False, soft_wrap=True)
 
 
 class Engine(str, Enum):
@@ -42,16 +70,21 @@ class Engine(str, Enum):
 
 
 def user_errors(command: Callable) -> Callable:
-    """Turn an EvomergeError into one line on stderr and exit code 2."""
+    """Turn an EvomergeError into one line on stderr and exit code 2; Ctrl-C and SIGTERM into one
+    line and exit code 130 or 143, without a library's traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         quiet_libraries()
         try:
-            return command(*args, **kwargs)
+            with sigterm_as_interrupt():
+                return command(*args, **kwargs)
         except EvomergeError as error:
-            console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)  # "[train]" is text, not markup
+            console.print(Text.assemble(("error:", "bold red"), f" {error}"))
             raise typer.Exit(2)
+        except KeyboardInterrupt as interrupt:
+            console.print(f"Stopped: {interrupt_reason(interrupt)}.", style="yellow")
+            raise typer.Exit(interrupt_exit_code(interrupt))
 
     return wrapper
 
@@ -173,7 +206,9 @@ def demo(
     import shutil
 
     from evomerge.demo import DEMO_SCALE, build_demo_parents, demo_settings
+    from evomerge.merge.merger import resolve_device
 
+    resolve_device(device)  # before anything is printed or built
     console.print(f"Toy domain, scale {DEMO_SCALE}: building or reusing the parents under {toy_dir}/ …")
     with training_progress() as on_step:
         build = build_demo_parents(toy_dir, device, progress=console.print, on_step=on_step)
@@ -190,7 +225,7 @@ def training_progress():
     """A progress bar per training stage; yields the `on_step(name, step, total, loss)` callback."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn())
+    columns = (TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as bar:
         tasks: dict[str, int] = {}
 
@@ -306,7 +341,7 @@ def evaluate(
     table.add_column("accuracy", justify="right")
     for category, accuracy in result.per_category.items():
         table.add_row(category, f"{accuracy:.3f}")
-    table.add_row("[bold]all[/]", f"[bold]{result.accuracy:.3f}[/]")
+    table.add_row(Text("all", style="bold"), Text(f"{result.accuracy:.3f}", style="bold"))
     stdout.print(table)
     stdout.print(f"{result.n} items in {result.seconds:.1f} s ({result.n / max(result.seconds, 1e-9):.1f} items/s)")
     if json_output:
@@ -385,6 +420,7 @@ def search(
     base: Optional[str] = typer.Option(None, help="The base parent (SLERP's t=0, task vectors' origin). Default: the first parent."),
     space: str = typer.Option("slerp_gradient", help="A shipped search space (see `evomerge spaces`) or a YAML path."),
     sampler: str = typer.Option("tpe", help="tpe, cmaes, random, grid, gp or nsga2."),
+    grid_limit: int = typer.Option(100_000, help="With --sampler grid: refuse a grid of more points than this (the grid is held in memory)."),
     trials: int = typer.Option(30, help="Total trials of the study: rerunning the command continues it up to this number."),
     timeout: Optional[str] = typer.Option(None, help="Stop starting trials after this long (90s, 30m, 2h)."),
     study: Optional[str] = typer.Option(None, help="Study name (a folder under results/). Default: derived from parents and space."),
@@ -432,6 +468,7 @@ def search(
         base=base or (parent_list[0] if parent_list else None),
         space=space,
         sampler=sampler,
+        grid_limit=grid_limit,
         pruner=pruner,
         fidelities=parse_fractions(fidelities),
         holdout=holdout,
@@ -464,6 +501,13 @@ def default_study_name(parents: list[str], space: str) -> str:
 
 def run_search_command(settings, timeout: Optional[float], jobs: int) -> None:
     """Shared by `search` and `worker`: run, show progress, export, print the summary."""
+    from evomerge.search.run import nothing_left_on_bad_input
+
+    with nothing_left_on_bad_input(settings):
+        _run_search(settings, timeout, jobs)
+
+
+def _run_search(settings, timeout: Optional[float], jobs: int) -> None:
     import time as clock
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -487,10 +531,10 @@ def run_search_command(settings, timeout: Optional[float], jobs: int) -> None:
             ray_session.close()  # the preflight started Ray, then the storage could not be opened
         raise
     folder = settings.results_dir
-    console.print(f"Study [bold]{settings.study}[/] in {settings.storage_url()}")
+    console.print(Text.assemble("Study ", (settings.study, "bold"), f" in {settings.storage_url()}"))
     console.print(f"Dashboard: evomerge dashboard --storage {settings.storage_url()}")
     columns = (
-        TextColumn("[bold]trials"),
+        TextColumn("trials", style="bold"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("best {task.fields[best]} · pruned {task.fields[pruned]} · failed {task.fields[failed]}"),
@@ -524,10 +568,10 @@ def run_search_command(settings, timeout: Optional[float], jobs: int) -> None:
                 # The extra worker processes start once the study is open (its parents scored).
                 study, runner = optimise(prepared, timeout=timeout, on_trial=on_trial, workers=jobs - 1)
             holdout = score_holdout(study, runner)
-    except KeyboardInterrupt:
-        console.print("[yellow]Interrupted: the running trial is marked failed; exporting what exists.[/]")
-        _export_after_interrupt(settings, folder, clock.perf_counter() - start)
-        raise typer.Exit(130)
+    except KeyboardInterrupt as interrupt:
+        console.print("Interrupted: the running trial is marked failed; exporting what exists.", style="yellow")
+        _export_after_interrupt(settings, folder, clock.perf_counter() - start, interrupt_reason(interrupt))
+        raise typer.Exit(interrupt_exit_code(interrupt))
     finally:
         if ray_session is not None:
             ray_session.close()
@@ -535,13 +579,13 @@ def run_search_command(settings, timeout: Optional[float], jobs: int) -> None:
     print_summary(summary, folder, holdout)
 
 
-def _export_after_interrupt(settings, folder: Path, wall_s: float) -> None:
+def _export_after_interrupt(settings, folder: Path, wall_s: float, reason: str) -> None:
     from evomerge.search.export import export_all
     from evomerge.search.study import load_existing_study
 
     try:
         study = load_existing_study(settings.study, settings.storage_url())
-        export_all(study, folder, wall_s)
+        export_all(study, folder, wall_s, stopped_because=reason)
     except Exception as error:  # nothing to export yet
         console.print(f"Nothing exported: {error}")
 
@@ -555,7 +599,7 @@ def print_summary(summary: dict, folder: Path, holdout: Optional[dict]) -> None:
     if summary["baseline_accuracy"] is not None:
         table.add_row("paper's recipe", f"{summary['baseline_accuracy']:.3f}")
     if summary["best_accuracy"] is not None:
-        table.add_row(f"best found (trial {summary['best_trial']})", f"[bold]{summary['best_accuracy']:.3f}[/]")
+        table.add_row(f"best found (trial {summary['best_trial']})", Text(f"{summary['best_accuracy']:.3f}", style="bold"))
         table.add_row("gain over the best parent", f"{summary['gain']:+.3f}")
         table.add_row("synergy over the parents' mean", f"{summary['synergy']:+.3f}")
     if holdout:
@@ -802,7 +846,7 @@ def map_command(
     else:
         check_options(settings)  # a bad flag is reported before any toy parent is built
         settings.pairs = toy_pairs(scales, toy_dir, device=device, say=lambda message: console.print(message, highlight=False))
-    columns = (TextColumn("[bold]map"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    columns = (TextColumn("map", style="bold"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("checking", total=None)
         result = run_map(settings, progress=lambda done, total, what: bar.update(task, completed=done, total=total, description=what))

@@ -16,25 +16,32 @@ import gc
 import hashlib
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable, Mapping, Optional, Protocol, Sequence, Union
 
 import optuna
+from optuna.trial import TrialState
 
+from evomerge.errors import interrupt_reason
 from evomerge.evaluate.benchmark import Benchmark
 from evomerge.evaluate.objective import Objective, make_objective
 from evomerge.evaluate.scorer import ScoreResult, Scorer, make_result
 from evomerge.merge.merger import Merger
 from evomerge.merge.parents import ParentInfo
 from evomerge.recipe import Recipe
-from evomerge.search.study import PARENT_SCORES_ATTR, SearchSettings, fidelity_step, process_name, study_is_full
+from evomerge.search.locks import study_lock
+from evomerge.search.study import FINISHED, PARENT_SCORES_ATTR, SearchSettings, fidelity_step, process_is_gone, process_name, study_is_full
 from evomerge.space import SearchSpace
 
 Values = Union[float, tuple[float, ...]]
 # What a duplicate does not copy from the trial it repeats: its own recipe bookkeeping, timings
 # and the process that ran it (a duplicate runs nowhere).
-NOT_COPIED = ("recipe", "recipe_key", "baseline", "duplicate_of", "merge_s", "score_s", "worker")
+NOT_COPIED = ("recipe", "recipe_key", "baseline", "duplicate_of", "merge_s", "score_s", "worker", "claimed_by")
+# Set on the one trial that evaluates a recipe (by its process's name), under the study's lock.
+CLAIM_ATTR = "claimed_by"
+WAIT_POLL_S = 0.5
 
 
 class TrialRecord(Protocol):
@@ -116,22 +123,60 @@ def parent_scores_from_results(
     return by_parent
 
 
-def record_recipe(trial, recipe_yaml: str) -> Optional[optuna.trial.FrozenTrial]:
-    """Store a trial's recipe and its key; the earlier finished trial with the same recipe, if any
-    (an identical recipe is not evaluated twice)."""
+def record_recipe(trial, recipe_yaml: str) -> str:
+    """Store a trial's recipe and its key; the key."""
     key = recipe_key(recipe_yaml)
     trial.set_user_attr("recipe", recipe_yaml)
     trial.set_user_attr("recipe_key", key)
-    return find_duplicate(trial.study, trial.number, key)
+    return key
 
 
-def find_duplicate(study: optuna.Study, number: int, key: str) -> Optional[optuna.trial.FrozenTrial]:
-    """A finished trial of the study, other than `number`, with the same recipe."""
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    for other in study.get_trials(deepcopy=False, states=states):
-        if other.number != number and other.user_attrs.get("recipe_key") == key:
-            return other
-    return None
+def same_recipe(study: optuna.Study, number: int, key: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's other running or finished trials with this recipe key, oldest first."""
+    states = (TrialState.RUNNING,) + FINISHED
+    return [t for t in study.get_trials(deepcopy=False, states=states) if t.number != number and t.user_attrs.get("recipe_key") == key]
+
+
+def claim_recipe(trial, recipe_yaml: str, storage_url: str, *, wait: bool = True) -> Optional[optuna.trial.FrozenTrial]:
+    """Decide who evaluates a recipe, atomically across every process on the study: None when
+    this trial claimed it (evaluate it), else the finished trial with the same recipe (copy its
+    outcome). The check and the claim happen under the study's lock, so two workers proposing the
+    same recipe at once never both evaluate it. With `wait`, a recipe another running trial has
+    claimed is waited for; if that trial fails, the recipe is claimed again. Without it (a driver
+    that must not block) that trial is not waited for and this one claims the recipe too."""
+    key = record_recipe(trial, recipe_yaml)
+    study = trial.study
+    while True:
+        with study_lock(storage_url, study.study_name):
+            others = same_recipe(study, trial.number, key)
+            finished = [t for t in others if t.state in FINISHED]
+            if finished:
+                return finished[0]
+            claimed = [t for t in others if t.state == TrialState.RUNNING and CLAIM_ATTR in t.user_attrs]
+            if not claimed or not wait:
+                trial.set_user_attr(CLAIM_ATTR, process_name())
+                return None
+        wait_while_running(study, claimed[0])
+
+
+def wait_while_running(study: optuna.Study, other: optuna.trial.FrozenTrial) -> None:
+    """Wait until another process's trial is no longer running. A killed process's trial stops
+    running when its heartbeat goes stale (RDB storages fail it here), or, without heartbeats
+    (a journal file), when its process on this machine no longer exists."""
+    while True:
+        time.sleep(WAIT_POLL_S)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        current = next(t for t in study.get_trials(deepcopy=False) if t.number == other.number)
+        if current.state != TrialState.RUNNING:
+            return
+        if process_is_gone(current.user_attrs.get(CLAIM_ATTR, "")):
+            try:
+                study.tell(current.number, state=TrialState.FAIL)
+            except (RuntimeError, ValueError):  # it finished after all (or another waiter failed it)
+                pass
+            return
 
 
 def copied_attrs(original: optuna.trial.FrozenTrial) -> dict:
@@ -220,8 +265,8 @@ class TrialRunner:
             return self._run(trial)
         except optuna.TrialPruned:
             raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+        except KeyboardInterrupt as interrupt:
+            trial.set_user_attr("fail_reason", interrupt_reason(interrupt))
             raise
         except Exception as error:
             trial.set_user_attr("fail_reason", failure_reason(error))
@@ -230,9 +275,10 @@ class TrialRunner:
 
     def _run(self, trial: optuna.Trial):
         settings = self.settings
+        trial.set_user_attr("worker", process_name())  # first: a rerun can tell a killed process's trial
         self._refuse_surplus(trial)
         recipe = self.space.suggest(trial, settings.parents, settings.base, self.merger.num_layers, self.dtype_name)
-        duplicate = record_recipe(trial, recipe.to_yaml())
+        duplicate = claim_recipe(trial, recipe.to_yaml(), settings.storage_url())
         if duplicate is not None:
             return self._copy_result(trial, duplicate)
         return self.evaluate(recipe, trial)

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -43,16 +44,16 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 from ray.tune.search import Searcher
 
-from evomerge.errors import EvomergeError, first_line
+from evomerge.errors import EvomergeError, Terminated, first_line, interrupt_reason
 from evomerge.evaluate.scorer import ScoreResult
 from evomerge.search.objective import (
     TrialRunner,
     Values,
+    claim_recipe,
     copied_attrs,
     failure_reason,
     free_accelerator_memory,
     recipe_dtype_name,
-    record_recipe,
 )
 from evomerge.search.run import Prepared, check_stopped, open_study, record_failure_streak, trial_budget
 from evomerge.search.study import (
@@ -477,7 +478,7 @@ class StudySearch(Searcher):
                 continue
             trial = self._trials[trial_id]
             self._beat(trial)
-            original = record_recipe(trial, config[RECIPE])
+            original = claim_recipe(trial, config[RECIPE], self.settings.storage_url(), wait=False)  # the driver must not block
             if original is None:
                 self.started += 1
                 return {RECIPE: config[RECIPE]}
@@ -605,13 +606,39 @@ class StudySearch(Searcher):
 
 
 class Heartbeat(tune.Callback):
-    """Calls the searcher's heartbeat on every step of Tune's loop."""
+    """Calls the searcher's heartbeat on every step of Tune's loop, and turns a Ctrl-C that
+    arrived during the step before into a KeyboardInterrupt here, between steps (see
+    `interrupt_between_steps`)."""
 
     def __init__(self, searcher: StudySearch):
         self.searcher = searcher
+        self.interrupt: Optional[KeyboardInterrupt] = None  # the signal noted, not yet raised
 
     def on_step_begin(self, iteration, trials, **info) -> None:
+        if self.interrupt is not None:
+            raise self.interrupt
         self.searcher.beat()
+
+
+@contextmanager
+def interrupt_between_steps(heartbeat: Heartbeat) -> Iterator[None]:
+    """While Tune runs, Ctrl-C (or SIGTERM) is noted and raised at the start of Tune's next step,
+    not wherever the driver happens to be: raised inside a storage commit, it would leave the
+    study's database session broken just when the running trials must be marked failed. A second
+    Ctrl-C interrupts at once."""
+
+    def note(signum, frame) -> None:
+        interrupt = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        if heartbeat.interrupt is not None:
+            raise interrupt
+        heartbeat.interrupt = interrupt
+
+    before = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 # Ray Tune's switches, set only while Tune runs:
@@ -666,6 +693,7 @@ def optimise_on_ray(
         )
         resources = session.resources
         trainable = tune.with_resources(tune.with_parameters(run_trial, job=runner.with_parent_scores(parent_scores)), resources.as_ray())
+        heartbeat = Heartbeat(searcher)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -682,15 +710,15 @@ def optimise_on_ray(
                 storage_path=ray_dir,
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),  # a failed trial, not a failed run
                 verbose=0,
-                callbacks=[Heartbeat(searcher)],
+                callbacks=[heartbeat],
             ),
         )
         log(f"Ray: {resources.concurrent} trial(s) at once, each with {resources.cpus:g} CPU(s) and {resources.gpus:g} GPU(s)")
         try:
-            with _tune_environment():
+            with _tune_environment(), interrupt_between_steps(heartbeat):
                 tuner.fit()
-        except KeyboardInterrupt:
-            searcher.abandon("interrupted (Ctrl-C)")
+        except KeyboardInterrupt as interrupt:
+            searcher.abandon(interrupt_reason(interrupt))
             raise
         searcher.abandon("not run: the Ray run ended first")  # normally none is left
         log(f"Ray: {searcher.started} trial(s) ran; parents loaded {loads.total} time(s) in {len(loads.by_pid)} worker process(es)")

@@ -220,8 +220,13 @@ def toy_pairs(
 ) -> list[PairSpec]:
     """The toy domain's pair at each scale (Instruct × Instruct-CPT-SFT, base = Instruct, kinship
     against the toy's Base, the toy's domain benchmark), built if needed."""
-    from evomerge.toy.build import build_toy
+    from evomerge.merge.merger import resolve_device
+    from evomerge.toy.build import SCALES, build_toy
 
+    unknown = [scale for scale in scales if scale not in SCALES]
+    if unknown:  # before the first scale is built
+        raise EvomergeError(f"unknown toy scale {unknown[0]!r}; choose from {', '.join(SCALES)}")
+    resolve_device(device)
     pairs = []
     for scale in scales:
         build = build_toy(scale, root, device=device, parents=TOY_PARENTS, progress=say)
