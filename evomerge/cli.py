@@ -162,7 +162,7 @@ def parse_parent_overrides(values: list[str]) -> dict[str, str]:
 @app.command()
 @user_errors
 def merge(
-    recipe_path: Path = typer.Argument(..., metavar="RECIPE.yaml", help="A mergekit YAML recipe."),
+    recipe_path: str = typer.Argument(..., metavar="NAME|RECIPE.yaml", help="A shipped recipe's name (see `evomerge recipes`) or a mergekit YAML."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the merged model to."),
     engine: Engine = typer.Option(Engine.evomerge, help="evomerge: in-memory engine; mergekit: mergekit's own pipeline."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -176,12 +176,12 @@ def merge(
 
     Both engines give identical tensors; the evomerge engine is much faster. Example:
 
-        evomerge merge recipes/paper_slerp.yaml --parent ./instruct=models/instruct --parent ./fine-tuned=models/cpt-sft --out merged/
+        evomerge merge paper_slerp --parent ./instruct=models/instruct --parent ./fine-tuned=models/cpt-sft --out merged/
     """
     from evomerge.merge.writer import check_output, write_merged
     from evomerge.recipe import Recipe
 
-    recipe = Recipe.load(recipe_path)
+    recipe = Recipe.load(recipe_path)  # a shipped recipe's name or a file
     renames = parse_parent_overrides(parent)
     if renames:
         recipe = recipe.with_models(renames)
@@ -652,6 +652,22 @@ def spaces() -> None:
 
 @app.command()
 @user_errors
+def recipes() -> None:
+    """The shipped merge recipes (`evomerge merge NAME`) and training pipelines (`evomerge train --pipeline NAME`)."""
+    from evomerge.shipped import shipped_recipes
+
+    table = Table()
+    for column in ("name", "use with", "description"):
+        table.add_column(column, no_wrap=column != "description")  # commands stay whole to copy
+    for entry in shipped_recipes():
+        use = f"evomerge merge {entry.name}" if entry.kind == "merge" else f"evomerge train --pipeline {entry.name}"
+        table.add_row(entry.name, use, entry.description)
+    stdout.print(table)
+    stdout.print(f"Files: {shipped_recipes()[0].path.parent}/ (copy one to change it)")
+
+
+@app.command()
+@user_errors
 def export(
     study: str = typer.Option(..., help="Study name."),
     storage: Optional[str] = typer.Option(None, help="Storage URL (default: results/<study>/study.db)."),
@@ -676,6 +692,9 @@ def dashboard(
     port: int = typer.Option(8080, help="Port."),
 ) -> None:
     """Serve optuna-dashboard on a study storage (live while a search runs)."""
+    from evomerge.extras import require
+
+    require("optuna_dashboard", "evomerge dashboard")
     from optuna_dashboard import run_server
 
     from evomerge.search.study import open_existing_storage
@@ -692,7 +711,7 @@ def train(
     model: Optional[Path] = typer.Option(None, help="The model folder to train from (with --pipeline: replaces its 'model')."),
     data: Optional[Path] = typer.Option(None, help="Local JSONL: cpt {text}; sft {messages} or {prompt, completion}; dpo/orpo {prompt, chosen, rejected}."),
     out: Optional[Path] = typer.Option(None, help="Folder for the trained model or adapter (with --pipeline: the root for every stage)."),
-    pipeline: Optional[Path] = typer.Option(None, help="A YAML chain of stages (see recipes/train/); replaces the flags above."),
+    pipeline: Optional[str] = typer.Option(None, help="A shipped pipeline's name (see `evomerge recipes`) or a YAML chain of stages; replaces the flags above."),
     lora: bool = typer.Option(False, help="Train a LoRA adapter instead of all weights."),
     lora_r: int = typer.Option(8, help="LoRA rank."),
     lora_alpha: int = typer.Option(16, help="LoRA alpha."),
@@ -708,6 +727,9 @@ def train(
     seed: int = typer.Option(0, help="Seed (data order, initialisation of LoRA)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
+    chat_template: Optional[str] = typer.Option(
+        None, "--chat-template", help="For messages: chatml, a Jinja file, or a model folder to copy it from. Default: the model's, else ChatML."
+    ),
 ) -> None:
     """Make parents the way the source paper did: continued pre-training, SFT, DPO or ORPO with TRL.
 
@@ -745,6 +767,7 @@ def train(
             lora_targets=comma_list(lora_targets),
             merge_lora=merge_lora,
             overwrite=overwrite,
+            chat_template=chat_template,
         )
         check(settings)
     stage = [f"{strategy} on {model}"]  # the bar being advanced: one per stage
@@ -762,6 +785,8 @@ def train(
         else:
             results = [train_stage(settings, on_log=on_log)]
     for result in results:
+        if result.note:
+            console.print(result.note, highlight=False, soft_wrap=True)
         first, last = result.lineage["first_loss"], result.lineage["last_loss"]
         losses = f"loss {first:.4f} → {last:.4f}" if first is not None else "no loss logged"
         stdout.print(f"{result.lineage['label']}: {result.out} ({losses})")

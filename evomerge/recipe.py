@@ -151,9 +151,10 @@ class Recipe(BaseModel):
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "Recipe":
-        path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"recipe file not found: {path}")
+        """A recipe from a YAML file, or a shipped recipe by name (`paper_slerp`)."""
+        from evomerge.shipped import resolve_recipe
+
+        path = resolve_recipe(path, RecipeError)
         return cls.from_yaml(path.read_text(encoding="utf-8"), source=str(path))
 
     def to_dict(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from evomerge.errors import EvomergeError, first_line
+from evomerge.extras import require
 
 SAMPLERS = ("tpe", "cmaes", "random", "grid", "gp", "nsga2")
 PRUNERS = ("halving", "hyperband", "median", "none")
@@ -170,6 +171,8 @@ def open_storage(url: str):
             return JournalStorage(JournalFileBackend(str(path)))
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        if url.startswith(("postgresql:", "postgresql+psycopg2:")):  # SQLAlchemy's default driver for postgresql://
+            require("psycopg2", "a PostgreSQL storage")
         from optuna.exceptions import ExperimentalWarning
         from optuna.storages import RDBStorage
 
