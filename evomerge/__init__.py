@@ -7,7 +7,7 @@ The public API (see `evomerge.api` and the README's "From Python"):
     evomerge.evaluate(model=..., benchmark=...)                → Evaluation (accuracy, n, …)
     evomerge.train(strategy, model, data, out) / train(pipeline=...) → [TrainResult]
     evomerge.scale_map(pairs=... | toy=...)                    → MapResult
-    evomerge.worker, export, spaces, benchmarks, export_benchmark, toy, demo, dashboard
+    evomerge.worker, export, spaces, recipes, benchmarks, export_benchmark, toy, demo, dashboard
     evomerge.Recipe, evomerge.EvomergeError (every bad input raises a subclass of it)
 
 `merge`, `evaluate`, `train`, `search`, `toy` and `demo` are these functions, not the modules of the same
@@ -31,6 +31,7 @@ from evomerge.api import (  # noqa: E402
     Exported,
     MergeResult,
     SearchResult,
+    ShippedFile,
     SpaceInfo,
     benchmarks,
     dashboard,
@@ -39,6 +40,7 @@ from evomerge.api import (  # noqa: E402
     export,
     export_benchmark,
     merge,
+    recipes,
     scale_map,
     search,
     spaces,
@@ -73,6 +75,7 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "SearchResult",
+    "ShippedFile",
     "SpaceInfo",
     "__version__",
     "benchmarks",
@@ -82,6 +85,7 @@ __all__ = [
     "export",
     "export_benchmark",
     "merge",
+    "recipes",
     "scale_map",
     "search",
     "spaces",

@@ -120,7 +120,7 @@ def merge(
     """Merge the parents a recipe names and write a loadable model folder (config, safetensors,
     the base parent's tokenizer, the recipe as mergekit_config.yml) to `out`.
 
-    `recipe`: a `Recipe` or a mergekit YAML's path. `engine`: "evomerge" (in memory) or "mergekit"
+    `recipe`: a `Recipe`, a shipped recipe's name (see `recipes()`) or a mergekit YAML's path. `engine`: "evomerge" (in memory) or "mergekit"
     (mergekit's own pipeline); both write the same tensors. `seed`: DARE's masks, as
     `mergekit-yaml --random-seed`. `parent`: {recipe's model name: real folder}, as `--parent
     NAME=PATH`. The folder appears only once the merge has finished."""
@@ -242,15 +242,18 @@ def train(
     seed: int = 0,
     device: str = "auto",
     overwrite: bool = False,
+    chat_template: Optional[str] = None,
     on_stage: Optional[Callable[[int, int, dict], None]] = None,
     on_log: Optional[Callable[[int, int, float], None]] = None,
 ) -> list[TrainResult]:
     """Make parents the way the source paper did: continued pre-training ("cpt"), "sft", "dpo" or
     "orpo" with TRL, full weights or LoRA; one stage from the arguments, or a chain of stages from a
-    `pipeline` YAML (then `model` and `out` replace the file's own). Every data file and option is
+    `pipeline` (a shipped pipeline's name or a YAML file; then `model` and `out` replace its own).
+    `chat_template` (for messages): "chatml", a Jinja file, or a model folder to copy it from. Every data file and option is
     checked before the first stage trains. Each output folder records its lineage
     (evomerge_lineage.json, with a label such as "instruct-CPT-SFT"). One `TrainResult` per stage;
-    `on_stage(index, count, stage)` before each stage, `on_log(step, total, loss)` as it trains."""
+    `on_stage(index, count, stage)` before each stage, `on_log(step, total, loss)` as it trains;
+    a result's `note` is a line worth telling the user (a chat template chosen for them)."""
     from evomerge.train.pipeline import load_pipeline, run_pipeline
     from evomerge.train.trainers import TrainSettings, check
     from evomerge.train.trainers import train as train_stage
@@ -281,6 +284,7 @@ def train(
         lora_targets=comma_list(lora_targets),
         merge_lora=merge_lora,
         overwrite=overwrite,
+        chat_template=chat_template,
     )
     check(settings)
     if on_stage is not None:
@@ -359,6 +363,7 @@ def search(
     base: Optional[str] = None,
     space: str = "slerp_gradient",
     sampler: str = "tpe",
+    grid_limit: int = 100_000,
     trials: int = 30,
     timeout: Union[str, float, None] = None,
     study: Optional[str] = None,
@@ -390,7 +395,8 @@ def search(
     scored on the `holdout` items (default 0.2; 0 for lm-eval tasks) and results/<study>/ gets
     best-recipe.yaml, trials.csv, summary.json and plots. `parents`: two or more model folders
     (the first is the `base` unless given); `benchmark`: one, or two (domain, general) for a
-    multi-objective study. `space`: a shipped space (see `spaces()`) or a YAML path. `backend`:
+    multi-objective study. `space`: a shipped space (see `spaces()`) or a YAML path; `grid_limit`:
+    with sampler="grid", the most points a grid may have. `backend`:
     "optuna" (this machine, `jobs` processes) or "ray" (a Ray cluster; `ray_address`,
     `gpus_per_trial`, `cpus_per_trial`, `concurrent`). `progress`: a `SearchProgress` to follow
     the trials. Ctrl-C exports what the study has and re-raises."""
@@ -407,6 +413,7 @@ def search(
         base=str(base) if base else (parent_list[0] if parent_list else None),
         space=str(space),
         sampler=sampler,
+        grid_limit=grid_limit,
         pruner=pruner,
         fidelities=parse_fractions(fidelities),
         holdout=holdout,
@@ -483,6 +490,9 @@ def export(study: str, *, storage: Optional[str] = None, rank: int = 1, out: Opt
 def dashboard(storage: str, *, host: str = "127.0.0.1", port: int = 8080, on_ready: Optional[Callable[[str], None]] = None) -> None:
     """Serve optuna-dashboard on a study storage until interrupted (live while a search runs);
     `on_ready(url)` once the storage is open, before serving."""
+    from evomerge.extras import require
+
+    require("optuna_dashboard", "evomerge dashboard")
     from optuna_dashboard import run_server
 
     from evomerge.search.study import open_existing_storage
@@ -512,6 +522,24 @@ def spaces() -> list[SpaceInfo]:
         loaded = load_space(name)
         infos.append(SpaceInfo(name, loaded.method, loaded.dimension(32, 2), loaded.description))
     return infos
+
+
+@dataclass
+class ShippedFile:
+    """A recipe or training pipeline that ships with evomerge, usable by its name."""
+
+    name: str
+    kind: str  # "merge" (`merge(NAME, …)`) or "train" (`train(pipeline=NAME, …)`)
+    path: Path
+    description: str
+
+
+def recipes() -> list[ShippedFile]:
+    """The shipped merge recipes (`merge("paper_slerp", …)`) and training pipelines
+    (`train(pipeline="small_cpu", …)`), merge recipes first."""
+    from evomerge.shipped import shipped_recipes
+
+    return [ShippedFile(entry.name, entry.kind, entry.path, entry.description) for entry in shipped_recipes()]
 
 
 # ----- benchmarks ------------------------------------------------------------------------------
@@ -597,7 +625,9 @@ def demo(
     import shutil
 
     from evomerge.demo import DEMO_SCALE, build_demo_parents, demo_settings
+    from evomerge.devices import resolve_device
 
+    resolve_device(device)  # before anything is said or built
     say = say or (lambda _message: None)
     say(f"Toy domain, scale {DEMO_SCALE}: building or reusing the parents under {toy_dir}/ …")
     build = build_demo_parents(Path(toy_dir), device, progress=say, on_step=on_step)
@@ -702,6 +732,7 @@ __all__ = [
     "Exported",
     "MergeResult",
     "SearchResult",
+    "ShippedFile",
     "SpaceInfo",
     "benchmarks",
     "dashboard",
@@ -710,6 +741,7 @@ __all__ = [
     "export",
     "export_benchmark",
     "merge",
+    "recipes",
     "scale_map",
     "search",
     "spaces",

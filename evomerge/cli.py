@@ -9,6 +9,7 @@ import functools
 from contextlib import contextmanager
 import os
 import sys
+import time
 from enum import Enum
 from pathlib import Path
 from typing import Callable, Optional
@@ -17,25 +18,54 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # evomerge never downloads weights
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from evomerge import __version__, api
 from evomerge.demo import DEMO_TRIALS
-from evomerge.errors import EvomergeError
+from evomerge.errors import EvomergeError, interrupt_exit_code, interrupt_reason, sigterm_as_interrupt
 from evomerge.search.executors import EXECUTORS
 from evomerge.search.pruners import PRUNERS
 from evomerge.search.samplers import SAMPLERS
 
+# Click's base of every usage error (typer vendors click; reached through a public name).
+ClickException = next(base for base in typer.BadParameter.__mro__ if base.__name__ == "ClickException")
+
+
+class OneLineErrors(TyperGroup):
+    """Click's usage errors (a missing option, a value of the wrong type) as one line on stderr
+    with exit code 2, like every other bad input, instead of a usage box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except ClickException as error:
+            where = error.ctx.command_path if getattr(error, "ctx", None) is not None else "evomerge"
+            console.print(Text.assemble(("error:", "bold red"), f" {error.format_message()} (see {where} --help)"))
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            console.print("Aborted.", style="yellow")
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     help="Search for the merge recipe that makes fine-tuned LLMs beat both parents on a domain benchmark.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-stdout = Console()
+# Markup off: paths, recipes and error messages print as the text they are ("[0]" in a folder
+# name is not a style). Styles are given explicitly. Soft wrap: a long path or command stays on
+# one line, to be copied, whatever the width.
+console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
+stdout = Console(markup=False, highlight=False, soft_wrap=True)
 
 
 class Engine(str, Enum):
@@ -44,18 +74,24 @@ class Engine(str, Enum):
 
 
 def user_errors(command: Callable) -> Callable:
-    """Turn an EvomergeError into one line on stderr and exit code 2, Ctrl-C into exit code 130."""
+    """Turn an EvomergeError into one line on stderr and exit code 2; Ctrl-C and SIGTERM into one
+    line and exit code 130 or 143, without a library's traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         quiet_libraries()
         try:
-            return command(*args, **kwargs)
+            with sigterm_as_interrupt():
+                return command(*args, **kwargs)
         except EvomergeError as error:
-            console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+            console.print(Text.assemble(("error:", "bold red"), f" {error}"))
             raise typer.Exit(2)
-        except KeyboardInterrupt:  # a search has marked its running trials failed and exported
-            raise typer.Exit(130)
+        except KeyboardInterrupt as interrupt:
+            console.print(f"Stopped: {interrupt_reason(interrupt)}.", style="yellow")
+            raise typer.Exit(interrupt_exit_code(interrupt))
+        except OSError as error:  # a full disk, a folder without write permission: not a bug to trace
+            console.print(Text.assemble(("error:", "bold red"), f" {error}"))
+            raise typer.Exit(1)
 
     return wrapper
 
@@ -80,7 +116,9 @@ def quiet_libraries() -> None:
 
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress bar reports the trials
+    # Our progress bar reports the trials and each failed trial keeps its reason; Optuna would log
+    # every failure with a traceback (and an interrupt with two).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning, module="optuna")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # TRL sets transformers 5's renamed training argument itself; nothing a user can act on.
@@ -113,7 +151,7 @@ def parse_parent_overrides(values: list[str]) -> dict[str, str]:
 @app.command()
 @user_errors
 def merge(
-    recipe_path: Path = typer.Argument(..., metavar="RECIPE.yaml", help="A mergekit YAML recipe."),
+    recipe_path: str = typer.Argument(..., metavar="NAME|RECIPE.yaml", help="A shipped recipe's name (see `evomerge recipes`) or a mergekit YAML."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write the merged model to."),
     engine: Engine = typer.Option(Engine.evomerge, help="evomerge: in-memory engine; mergekit: mergekit's own pipeline."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -127,10 +165,9 @@ def merge(
 
     Both engines give identical tensors; the evomerge engine is much faster. Example:
 
-        evomerge merge recipes/paper_slerp.yaml --parent ./instruct=models/instruct --parent ./fine-tuned=models/cpt-sft --out merged/
+        evomerge merge paper_slerp --parent ./instruct=models/instruct --parent ./fine-tuned=models/cpt-sft --out merged/
     """
-    recipe_name = recipe_path.name
-    with console.status(f"Merging the parents of {recipe_name} ({engine.value} engine)…"):
+    with console.status(f"Merging the parents of {Path(recipe_path).name} ({engine.value} engine)…"):
         result = api.merge(
             recipe_path,
             out,
@@ -184,11 +221,11 @@ class TrainingBar:
         if self.bar is None:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn())
+            columns = (TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn())
             self.bar = Progress(*columns, console=console, transient=False)
             self.bar.start()
         if name not in self.tasks:
-            self.tasks[name] = self.bar.add_task(escape(name), total=total, loss="–")
+            self.tasks[name] = self.bar.add_task(name, total=total, loss="–")
         self.bar.update(self.tasks[name], completed=step, total=total, loss=f"{loss:.3f}")
 
     def stop(self) -> None:
@@ -296,7 +333,7 @@ def evaluate(
     table.add_column("accuracy", justify="right")
     for category, accuracy in result.per_category.items():
         table.add_row(category, f"{accuracy:.3f}")
-    table.add_row("[bold]all[/]", f"[bold]{result.accuracy:.3f}[/]")
+    table.add_row(Text("all", style="bold"), Text(f"{result.accuracy:.3f}", style="bold"))
     stdout.print(table)
     stdout.print(f"{result.n} items in {result.seconds:.1f} s ({result.n / max(result.seconds, 1e-9):.1f} items/s)")
     if json_output:
@@ -338,6 +375,7 @@ def search(
     base: Optional[str] = typer.Option(None, help="The base parent (SLERP's t=0, task vectors' origin). Default: the first parent."),
     space: str = typer.Option("slerp_gradient", help="A shipped search space (see `evomerge spaces`) or a YAML path."),
     sampler: str = typer.Option("tpe", help=f"{', '.join(SAMPLERS)}."),
+    grid_limit: int = typer.Option(100_000, help="With --sampler grid: refuse a grid of more points than this (the grid is held in memory)."),
     trials: int = typer.Option(30, help="Total trials of the study: rerunning the command continues it up to this number."),
     timeout: Optional[str] = typer.Option(None, help="Stop starting trials after this long (90s, 30m, 2h)."),
     study: Optional[str] = typer.Option(None, help="Study name (a folder under results/). Default: derived from parents and space."),
@@ -376,6 +414,7 @@ def search(
         base=base,
         space=space,
         sampler=sampler,
+        grid_limit=grid_limit,
         trials=trials,
         timeout=timeout,
         study=study,
@@ -414,10 +453,10 @@ class SearchBar:
             self.before()
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        console.print(f"Study [bold]{escape(settings.study)}[/] in {escape(settings.storage_url())}")
-        console.print(f"Dashboard: evomerge dashboard --storage {escape(settings.storage_url())}")
+        console.print(Text.assemble("Study ", (settings.study, "bold"), f" in {settings.storage_url()}"))
+        console.print(f"Dashboard: evomerge dashboard --storage {settings.storage_url()}")
         columns = (
-            TextColumn("[bold]trials"),
+            TextColumn("trials", style="bold"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("best {task.fields[best]} · pruned {task.fields[pruned]} · failed {task.fields[failed]}"),
@@ -428,11 +467,8 @@ class SearchBar:
         self.task = self.bar.add_task("search", total=settings.trials, best="–", pruned=0, failed=0)
 
     def say(self, message: str) -> None:
-        if message.startswith("Interrupted"):
-            message = f"[yellow]{escape(message)}[/]"
-        else:
-            message = escape(message)
-        (self.bar.console if self.bar is not None else console).print(message)
+        style = "yellow" if message.startswith("Interrupted") else None
+        (self.bar.console if self.bar is not None else console).print(message, style=style)
 
     def trial_finished(self, study, _trial) -> None:
         from optuna.trial import TrialState
@@ -458,15 +494,15 @@ class SearchBar:
 
 def print_search(found: "api.SearchResult") -> None:
     """The study's table: parents, the paper's recipe, the best found, its gain, the held-out score."""
-    table = Table(title=f"Study {escape(found.study)}")
+    table = Table(title=f"Study {found.study}")
     table.add_column("")
     table.add_column("accuracy", justify="right")
     for name, accuracy in found.parent_scores.items():
-        table.add_row(f"parent {escape(name)}", f"{accuracy:.3f}")
+        table.add_row(f"parent {name}", f"{accuracy:.3f}")
     if found.baseline_accuracy is not None:
         table.add_row("paper's recipe", f"{found.baseline_accuracy:.3f}")
     if found.best_accuracy is not None:
-        table.add_row(f"best found (trial {found.best_trial})", f"[bold]{found.best_accuracy:.3f}[/]")
+        table.add_row(f"best found (trial {found.best_trial})", Text(f"{found.best_accuracy:.3f}", style="bold"))
         interval = f" [{found.gain_interval[0]:+.3f}, {found.gain_interval[1]:+.3f}]" if found.gain_interval else ""
         table.add_row("gain over the best parent", f"{found.gain:+.3f}{interval}")
         table.add_row("synergy over the parents' mean", f"{found.synergy:+.3f}")
@@ -478,7 +514,7 @@ def print_search(found: "api.SearchResult") -> None:
         f"Trials: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, {counts.get('fail', 0)} failed, "
         f"{found.duplicates_skipped} duplicates not re-evaluated."
     )
-    stdout.print(f"Results: {escape(str(found.results_dir))}/ (best-recipe.yaml, trials.csv, summary.json, plots)")
+    stdout.print(f"Results: {found.results_dir}/ (best-recipe.yaml, trials.csv, summary.json, plots)")
 
 
 @app.command()
@@ -503,6 +539,21 @@ def spaces() -> None:
     for info in api.spaces():
         table.add_row(info.name, info.method, str(info.dimension), info.description)
     stdout.print(table)
+
+
+@app.command()
+@user_errors
+def recipes() -> None:
+    """The shipped merge recipes (`evomerge merge NAME`) and training pipelines (`evomerge train --pipeline NAME`)."""
+    table = Table()
+    for column in ("name", "use with", "description"):
+        table.add_column(column, no_wrap=column != "description")  # commands stay whole to copy
+    shipped = api.recipes()
+    for entry in shipped:
+        use = f"evomerge merge {entry.name}" if entry.kind == "merge" else f"evomerge train --pipeline {entry.name}"
+        table.add_row(entry.name, use, entry.description)
+    stdout.print(table)
+    stdout.print(f"Files: {shipped[0].path.parent}/ (copy one to change it)")
 
 
 @app.command()
@@ -536,7 +587,7 @@ def train(
     model: Optional[Path] = typer.Option(None, help="The model folder to train from (with --pipeline: replaces its 'model')."),
     data: Optional[Path] = typer.Option(None, help="Local JSONL: cpt {text}; sft {messages} or {prompt, completion}; dpo/orpo {prompt, chosen, rejected}."),
     out: Optional[Path] = typer.Option(None, help="Folder for the trained model or adapter (with --pipeline: the root for every stage)."),
-    pipeline: Optional[Path] = typer.Option(None, help="A YAML chain of stages (see recipes/train/); replaces the flags above."),
+    pipeline: Optional[str] = typer.Option(None, help="A shipped pipeline's name (see `evomerge recipes`) or a YAML chain of stages; replaces the flags above."),
     lora: bool = typer.Option(False, help="Train a LoRA adapter instead of all weights."),
     lora_r: int = typer.Option(8, help="LoRA rank."),
     lora_alpha: int = typer.Option(16, help="LoRA alpha."),
@@ -552,6 +603,9 @@ def train(
     seed: int = typer.Option(0, help="Seed (data order, initialisation of LoRA)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty output folder."),
+    chat_template: Optional[str] = typer.Option(
+        None, "--chat-template", help="For messages: chatml, a Jinja file, or a model folder to copy it from. Default: the model's, else ChatML."
+    ),
 ) -> None:
     """Make parents the way the source paper did: continued pre-training, SFT, DPO or ORPO with TRL.
 
@@ -589,10 +643,13 @@ def train(
             seed=seed,
             device=device,
             overwrite=overwrite,
+            chat_template=chat_template,
             on_stage=on_stage,
             on_log=on_log,
         )
     for result in results:
+        if result.note:
+            console.print(result.note)
         first, last = result.lineage["first_loss"], result.lineage["last_loss"]
         losses = f"loss {first:.4f} → {last:.4f}" if first is not None else "no loss logged"
         stdout.print(f"{result.lineage['label']}: {result.out} ({losses})")
@@ -630,7 +687,7 @@ def map_command(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    columns = (TextColumn("[bold]map"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    columns = (TextColumn("map", style="bold"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     bar = Progress(*columns, console=console, transient=True)
     task = None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,6 +22,7 @@ def staged_folder(out: Path) -> Iterator[Path]:
     or interrupted write leaves nothing half-written."""
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    staging.chmod(new_folder_mode())  # mkdtemp makes it private (0700); the result is an ordinary folder
     try:
         yield staging
         if out.exists():
@@ -29,6 +31,37 @@ def staged_folder(out: Path) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Union[str, Path]) -> Iterator[Path]:
+    """A temporary file beside `path` (same suffix) to write into; it replaces `path` only if the
+    block finishes, so a full disk or an interrupt never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        temporary.chmod(0o666 & new_folder_mode())  # mkstemp makes it private; the result is an ordinary file
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Union[str, Path], text: str) -> Path:
+    """`path.write_text(text)` (UTF-8), all or nothing."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def new_folder_mode() -> int:
+    """The mode `mkdir` gives a new folder under the user's umask (0755 under the usual 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
 
 
 def jsonl_objects(path: Path, error: type[EvomergeError], what: str = "a record") -> Iterator[tuple[int, dict]]:
@@ -51,6 +84,4 @@ def jsonl_objects(path: Path, error: type[EvomergeError], what: str = "a record"
 
 def write_jsonl(path: Union[str, Path], records: Iterable[dict], *, ensure_ascii: bool = False) -> Path:
     """One JSON object per line, UTF-8 (non-ASCII text as it is unless `ensure_ascii`)."""
-    path = Path(path)
-    path.write_text("".join(json.dumps(record, ensure_ascii=ensure_ascii) + "\n" for record in records), encoding="utf-8")
-    return path
+    return write_text_atomic(path, "".join(json.dumps(record, ensure_ascii=ensure_ascii) + "\n" for record in records))

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from evomerge.config import parse_yaml
 from evomerge.devices import DTYPE_CHOICES
 from evomerge.errors import EvomergeError, RecipeError
+from evomerge.files import write_text_atomic
 
 Scalar = Union[bool, int, float, str]
 Setting = Any  # Scalar | list[Scalar] | {filter, value} | list[{filter, value}]
@@ -147,9 +148,10 @@ class Recipe(BaseModel):
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "Recipe":
-        path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"recipe file not found: {path}")
+        """A recipe from a YAML file, or a shipped recipe by name (`paper_slerp`)."""
+        from evomerge.shipped import resolve_recipe
+
+        path = resolve_recipe(path, RecipeError)
         return cls.from_yaml(path.read_text(encoding="utf-8"), source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,7 +161,7 @@ class Recipe(BaseModel):
         return yaml.dump(self.to_dict(), Dumper=_RecipeDumper, sort_keys=False, allow_unicode=True)
 
     def save(self, path: Union[str, Path]) -> None:
-        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+        write_text_atomic(path, self.to_yaml())
 
     def to_mergekit(self):
         """Validate with mergekit's own parser; returns a `mergekit.config.MergeConfiguration`."""
@@ -184,20 +186,30 @@ class Recipe(BaseModel):
         return names
 
     def with_models(self, renames: dict[str, str]) -> "Recipe":
-        """A copy with model references replaced (placeholder paths → real parents)."""
+        """A copy with model references replaced (placeholder paths → real parents). A name the
+        recipe never uses is an error: a typo would otherwise merge the model it was meant to replace."""
         data = self.to_dict()
+        used: set[str] = set()
 
         def rename(node: Any) -> Any:
             if isinstance(node, dict):
-                return {
-                    key: (renames.get(value, value) if key in ("model", "base_model") else rename(value))
-                    for key, value in node.items()
-                }
+                renamed = {}
+                for key, value in node.items():
+                    if key in ("model", "base_model") and isinstance(value, str):
+                        used.add(value)
+                        renamed[key] = renames.get(value, value)
+                    else:
+                        renamed[key] = rename(value)
+                return renamed
             if isinstance(node, list):
                 return [rename(item) for item in node]
             return node
 
-        return Recipe.from_dict(rename(data))
+        renamed = rename(data)
+        unknown = [name for name in renames if name not in used]
+        if unknown:
+            raise RecipeError(f"the recipe has no model {unknown[0]!r} to replace (its models: {', '.join(sorted(used))})")
+        return Recipe.from_dict(renamed)
 
     def parameter_sources(
         self, model: Optional[str] = None, slice_index: int = 0

@@ -1,12 +1,14 @@
-"""How fast is one in-memory SLERP-gradient trial? Compared in one run against mergekit and a copy.
+"""How fast is one in-memory SLERP-gradient trial? Kernel, torch path, mergekit and a copy, in one run.
 
 Builds two Llama-shaped parents (random init, written to a temporary folder), then times the same
 SLERP-gradient recipe (the paper's schedule) merged
-  (a) by `Merger.apply` (parents resident, angles precomputed, written in place),
-  (b) by mergekit's in-memory `merge_state_dicts` on the same resident state dicts,
-  (c) by a bare torch pass that reads both parents and writes one model (`torch.add(a, b, out=o)`),
-and prints the median of `--repeats` runs of each (the same number for all three); the last line is
-one JSON object with the figures and ratios.
+  (a) by `Merger.apply` with the fused C kernel (parents resident, angles precomputed, in place),
+  (b) by `Merger.apply` on its torch path (what runs where the kernel cannot: no compiler, not
+      Linux, a GPU), the same Merger settings with the kernel switched off,
+  (c) by mergekit's in-memory `merge_state_dicts` on the same resident state dicts,
+  (d) by a bare torch pass that reads both parents and writes one model (`torch.add(a, b, out=o)`),
+and prints the median of `--repeats` runs of each (the same number for all four); the last line is
+one JSON object with the figures and ratios. (a) and (b) must write the same bits.
 
     python perf/merge_speed.py [--shape llama-100m|llama-8b] [--device cpu|cuda] [--dtype float32|bfloat16] [--repeats 7]
 """
@@ -25,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
+from evomerge.merge import fused
 from evomerge.merge.merger import Merger, resolve_device
 from evomerge.recipe import paper_recipe
 from evomerge.toy.tiny import make_checkpoint, tiny_config
@@ -71,8 +74,23 @@ def main() -> None:
         n_params = merger.infos[0].parameter_count
         print(f"parents: 2 x {n_params / 1e6:.1f}M parameters, {args.dtype}, on {device}; medians of {args.repeats} runs")
 
+        kernel_used = device.type == "cpu" and fused.load_kernel() is not None
         (first_s,) = timed(lambda: merger.apply(recipe), 1, sync)  # the first call also computes the angles
         evomerge_times = timed(lambda: merger.apply(recipe), args.repeats, sync)
+        with_kernel = {name: tensor.clone() for name, tensor in merger.merged_state_dict().items()}
+
+        # (b) The torch path: a second Merger that is never offered the kernel.
+        plan_weighted_pairs = fused.plan_weighted_pairs
+        fused.plan_weighted_pairs = lambda *tensors: None
+        try:
+            torch_merger = Merger([instruct, child], device=device, dtype=dtype)
+            torch_merger.apply(recipe)
+            torch_times = timed(lambda: torch_merger.apply(recipe), args.repeats, sync)
+        finally:
+            fused.plan_weighted_pairs = plan_weighted_pairs
+        torch_state = torch_merger.merged_state_dict()
+        paths_equal = all(torch.equal(with_kernel[name], torch_state[name]) for name in with_kernel)
+        torch_merger = torch_state = with_kernel = None  # frees their memory before mergekit runs
 
         from mergekit.merge_methods import PerGroupValues, merge_state_dicts
 
@@ -100,9 +118,12 @@ def main() -> None:
         copy_times = timed(run_copy, args.repeats, sync)
 
     evomerge_s = statistics.median(evomerge_times)
+    torch_path_s = statistics.median(torch_times)
     mergekit_s = statistics.median(mergekit_times)
     copy_s = statistics.median(copy_times)
-    print(f"evomerge Merger.apply      median {evomerge_s:.3f} s  (first call, with angles: {first_s:.3f} s)")
+    kernel_note = "fused C kernel" if kernel_used else "no kernel here: the torch path twice"
+    print(f"evomerge Merger.apply      median {evomerge_s:.3f} s  ({kernel_note}; first call, with angles: {first_s:.3f} s)")
+    print(f"evomerge torch path        median {torch_path_s:.3f} s  (kernel {torch_path_s / evomerge_s:.2f}x faster; same bits: {paths_equal})")
     print(f"mergekit merge_state_dicts median {mergekit_s:.3f} s")
     print(f"bare torch read-2-write-1  median {copy_s:.3f} s")
     print(f"max |evomerge - mergekit| = {max_diff:.3g}")
@@ -114,11 +135,16 @@ def main() -> None:
                 "dtype": args.dtype,
                 "params_per_parent": n_params,
                 "repeats": args.repeats,
+                "kernel_used": kernel_used,
                 "evomerge_s": round(evomerge_s, 4),
+                "torch_path_s": round(torch_path_s, 4),
+                "kernel_speedup_vs_torch_path": round(torch_path_s / evomerge_s, 2),
+                "kernel_and_torch_path_equal": paths_equal,
                 "evomerge_first_call_s": round(first_s, 4),
                 "mergekit_s": round(mergekit_s, 4),
                 "copy_s": round(copy_s, 4),
                 "speedup_vs_mergekit": round(mergekit_s / evomerge_s, 2),
+                "torch_path_speedup_vs_mergekit": round(mergekit_s / torch_path_s, 2),
                 "ratio_vs_copy": round(evomerge_s / copy_s, 3),
                 "max_abs_diff_vs_mergekit": max_diff,
             }

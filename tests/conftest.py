@@ -47,3 +47,17 @@ def family(tmp_path_factory):
         return cache[key]
 
     return build
+
+
+# ----- slow tests ----------------------------------------------------------------------------------
+# `pytest -m "not slow"` is the quick run (under 5 minutes on 2 cores); CI runs everything. Tests
+# are marked slow here, by node-id prefix, when they take more than a few seconds on the 2-core CI
+# machine (measured with `pytest --durations=0`), besides those marked `@pytest.mark.slow` in place.
+SLOW = (
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)

@@ -12,6 +12,9 @@ from evomerge.cli import app
 from evomerge.recipe import Recipe, paper_recipe
 from evomerge.toy.tiny import make_checkpoint, make_family, tiny_config
 from cli_checks import assert_clean_error
+from evomerge.shipped import resolve_recipe, shipped_recipes
+
+SHIPPED_PAPER_RECIPE = resolve_recipe("paper_slerp")
 
 runner = CliRunner()
 
@@ -38,10 +41,10 @@ def run(*args):
 
 def test_merge_writes_a_loadable_model_equal_to_mergekit(parents, tmp_path):
     recipe_path = tmp_path / "paper.yaml"
-    shutil.copy("recipes/paper_slerp.yaml", recipe_path)
+    shutil.copy(SHIPPED_PAPER_RECIPE, recipe_path)
     renames = ["--parent", f"./instruct={parents['instruct']}", "--parent", f"./fine-tuned={parents['child']}"]
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
-    assert run("merge", recipe_path, "--out", ours, "--device", "cpu", *renames).exit_code == 0
+    assert run("merge", "paper_slerp", "--out", ours, "--device", "cpu", *renames).exit_code == 0  # by name
     assert run("merge", recipe_path, "--out", theirs, "--engine", "mergekit", "--device", "cpu", *renames).exit_code == 0
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -142,10 +145,24 @@ def test_recipe_that_does_not_fit_its_parents(parents, tmp_path):
 
 def test_missing_recipe_and_bad_parent_flag(tmp_path):
     assert_clean_error(run("merge", tmp_path / "none.yaml", "--out", tmp_path / "o"), "recipe file not found")
-    shutil.copy("recipes/paper_slerp.yaml", tmp_path / "r.yaml")
+    shutil.copy(SHIPPED_PAPER_RECIPE, tmp_path / "r.yaml")
     assert_clean_error(run("merge", tmp_path / "r.yaml", "--out", tmp_path / "o", "--parent", "oops"), "NAME=PATH")
 
 
 def test_version():
     result = run("--version")
     assert result.exit_code == 0 and result.stdout.startswith("evomerge ")
+
+
+def test_recipes_lists_the_shipped_recipes_and_pipelines():
+    result = run("recipes")
+    assert result.exit_code == 0, result.output
+    names = {entry.name for entry in shipped_recipes()}
+    assert {"paper_slerp", "small_cpu", "paper_8b"} <= names
+    for name in names:
+        assert name in result.output
+    assert "evomerge merge paper_slerp" in result.output and "--pipeline small_cpu" in result.output
+
+
+def test_an_unknown_recipe_name_lists_the_shipped_ones(tmp_path):
+    assert_clean_error(run("merge", "paper_slurp", "--out", tmp_path / "o"), "recipe file not found: paper_slurp", "paper_slerp")

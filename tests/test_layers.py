@@ -11,7 +11,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "evomerge"
 # Top to bottom; a module may import its own layer and any layer after it.
 LAYERS = [
-    {"cli"},
+    {"cli", "__main__"},
     {"__init__", "api"},
     {"demo"},
     {"search"},
@@ -20,7 +20,7 @@ LAYERS = [
     {"evaluate", "train"},
     {"merge"},
     {"recipe", "space"},
-    {"config", "devices", "files", "errors"},
+    {"config", "devices", "files", "errors", "extras", "shipped"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

@@ -24,7 +24,7 @@ from evomerge.recipe import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-PAPER_RECIPE = REPO / "recipes" / "paper_slerp.yaml"
+PAPER_RECIPE = REPO / "evomerge" / "data" / "recipes" / "paper_slerp.yaml"
 
 ATTN = "model.layers.2.self_attn.q_proj.weight"
 MLP = "model.layers.2.mlp.down_proj.weight"

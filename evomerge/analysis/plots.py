@@ -14,6 +14,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from evomerge.analysis.metrics import Kinship, MapRow, is_merge
+from evomerge.files import atomic_path
 
 DPI = 110
 KIND_MARKERS = {"sweep": "o", "paper": "s", "search": "*"}
@@ -32,7 +33,8 @@ def _pyplot():
 def _save(figure, path: Path) -> Path:
     plt = _pyplot()
     figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
+    with atomic_path(path) as partial:  # a full disk leaves no half-drawn PNG
+        figure.savefig(partial, dpi=DPI)
     plt.close(figure)
     return path
 

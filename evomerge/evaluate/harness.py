@@ -17,6 +17,7 @@ from typing import Optional, Union
 import yaml
 
 from evomerge.errors import EvomergeError
+from evomerge.extras import require
 from evomerge.evaluate import protocol
 from evomerge.evaluate.benchmark import Benchmark, Item, fraction_count
 from evomerge.evaluate.scorer import ScoreResult, make_result
@@ -74,6 +75,7 @@ def _task_document(item: Item, chat_tokenizer=None) -> dict:
 
 @functools.lru_cache(maxsize=8)
 def _task_manager(tasks_dir: Optional[str], include_defaults: bool):
+    require("lm_eval", "an lm-eval task")
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=tasks_dir, include_defaults=include_defaults)

@@ -7,7 +7,7 @@ from typing import Union
 
 
 from evomerge.devices import resolve_device
-from evomerge.merge.parents import inspect_parent
+from evomerge.merge.parents import inspect_parent, require_finite
 
 
 def load_for_eval(path: Union[str, Path], device: str = "auto", trust_remote_code: bool = False):
@@ -24,6 +24,7 @@ def load_for_eval(path: Union[str, Path], device: str = "auto", trust_remote_cod
         model = PeftModel.from_pretrained(base, str(info.path)).merge_and_unload()
     else:
         model = AutoModelForCausalLM.from_pretrained(str(info.path), dtype="auto", trust_remote_code=trust_remote_code)
+    require_finite(model.state_dict(), info.path)  # NaN weights would score as a model that knows nothing
     tokenizer = AutoTokenizer.from_pretrained(str(info.tokenizer_dir), trust_remote_code=trust_remote_code)
     model.to(device).eval()  # not requires_grad_(False): ~2× slower forwards on torch 2.13 CPU
     return model, tokenizer

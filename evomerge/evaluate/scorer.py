@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from evomerge.errors import EvomergeError
+from evomerge.errors import EvomergeError, raise_if_interrupted
 from evomerge.evaluate import protocol as prompts
 from evomerge.evaluate.benchmark import Benchmark, Item
 
@@ -173,6 +173,7 @@ class Scorer:
         output = model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, logits_to_keep=1
         )
+        require_finite(output.logits)
         generated: list[list[int]] = [[] for _ in batch]
         finished = [False] * len(batch)
         for step in range(self.max_new_tokens):
@@ -210,6 +211,7 @@ class Scorer:
     # ----- batching -----------------------------------------------------------------------
 
     def _report(self, done: int, total: int) -> None:
+        raise_if_interrupted()  # after each batch: Ctrl-C within one forward pass
         if self._progress is not None:
             self._progress(done, total)
 
@@ -257,6 +259,12 @@ def first_max(scores: Sequence[float]) -> int:
     return max(range(len(scores)), key=lambda k: scores[k])
 
 
+def require_finite(logits: torch.Tensor) -> None:
+    """Refuse to read answers from NaN or infinite logits (argmax would pick an arbitrary token)."""
+    if not bool(torch.isfinite(logits).all()):
+        raise FloatingPointError("the model's logits are not finite (NaN or inf): its weights are broken")
+
+
 def option_logliks(
     model,
     questions: Sequence[tuple[list[int], list[list[int]]]],
@@ -296,6 +304,7 @@ def option_logliks(
         for row, (_, _, tokens, _) in enumerate(chosen):
             input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         logits = model(input_ids=input_ids.to(device), logits_to_keep=keep).logits
+        require_finite(logits)
         offset = width - keep  # logits[:, j] belongs to position offset + j
         # Every scored (row, position) and every (place, target) read there, gathered at once: one
         # device-to-host copy per batch instead of one per token.

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 from mergekit.sparsify import RescaleNorm, SparsificationMethod, bernoulli, rescaled_masked_tensor
 
-# mergekit's SLERP accumulates norms and the dot product over chunks of this many elements.
+# SLERP's norms and cosine are accumulated over blocks of this many elements, as mergekit's are.
 MERGEKIT_SLERP_CHUNK = 1024 * 1024
 # Elements per chunk when writing a merged tensor on the CPU: small enough that both scratch
 # buffers stay in L2 cache, so a trial reads each parent once and writes the result once.
@@ -35,42 +35,58 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 # ----- SLERP -------------------------------------------------------------------------------
+#
+# Spherical linear interpolation (Shoemake 1985) between two tensors v0 and v1, each taken whole
+# as one flat vector. With θ the angle between them,
+#
+#     cos θ    = ⟨v0/‖v0‖, v1/‖v1‖⟩
+#     slerp(t) = sin((1 − t)θ)/sin θ · v0  +  sin(tθ)/sin θ · v1
+#
+# and where the two are nearly parallel or opposite (|cos θ| > 0.9995, where sin θ → 0 makes the
+# quotients unstable) the straight line (1 − t)·v0 + t·v1 instead. θ depends on the parents alone,
+# so a study finds it once per tensor; a trial then needs two scalars per tensor, c0 and c1, and
+# the merge is the weighted sum c0·v0 + c1·v1 (`weighted_pair_into`, or the fused kernel).
+#
+# Bit-for-bit agreement with mergekit-yaml constrains the floating-point order, not the formula:
+# norms and the cosine are accumulated in float32 (float64 for float64 tensors) over blocks of
+# 2^20 elements, a norm is the norm of its blocks' norms, a norm under 1e-8 counts as 1 (a zero
+# tensor has no direction), and the cosine is clamped to [-1, 1] before the arccosine.
 
 
 @dataclass(frozen=True)
 class SlerpGeometry:
-    """What SLERP needs of a tensor pair besides t: the angle, and whether mergekit falls back to lerp."""
+    """What SLERP needs of a tensor pair besides t: θ, and whether the pair takes the straight line."""
 
-    theta: torch.Tensor  # shape (1, 1), compute dtype
-    linear: torch.Tensor  # shape (1, 1), bool
+    theta: torch.Tensor  # shape (1, 1) for one pair, (n, 1) stacked; compute dtype
+    linear: torch.Tensor  # same shape, bool: nearly parallel or opposite
+
+
+def _blocks(row: torch.Tensor, dtype: torch.dtype) -> Iterator[torch.Tensor]:
+    """A (1, n) row as consecutive (1, ≤2^20) blocks, each converted to `dtype`."""
+    for start in range(0, row.shape[1], MERGEKIT_SLERP_CHUNK):
+        yield row[:, start : start + MERGEKIT_SLERP_CHUNK].to(dtype)
+
+
+def _direction_scale(row: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """‖row‖ as a (1, 1) tensor, from its blocks' norms; 1 for a (near) zero row."""
+    block_norms = torch.stack([torch.linalg.vector_norm(block, dim=1, keepdim=True) for block in _blocks(row, dtype)])
+    norm = torch.linalg.vector_norm(block_norms, dim=0)
+    return torch.where(norm > SLERP_EPS, norm, 1)
 
 
 def slerp_geometry(v0: torch.Tensor, v1: torch.Tensor) -> SlerpGeometry:
-    """The angle between two whole flattened tensors, computed as mergekit computes it."""
+    """θ between two same-shaped tensors, and whether SLERP takes the straight line for them."""
     dtype = compute_dtype(v0.dtype)
-    a = v0.reshape(1, -1)
-    b = v1.reshape(1, -1)
-    if not a.shape[1]:
-        zero = torch.zeros((1, 1), dtype=dtype, device=v0.device)
-        return SlerpGeometry(zero, torch.ones((1, 1), dtype=torch.bool, device=v0.device))
-    chunk = MERGEKIT_SLERP_CHUNK
-    norm_a_parts, norm_b_parts = [], []
-    for start in range(0, a.shape[1], chunk):
-        norm_a_parts.append(torch.linalg.vector_norm(a[:, start : start + chunk].to(dtype), dim=1, keepdim=True))
-        norm_b_parts.append(torch.linalg.vector_norm(b[:, start : start + chunk].to(dtype), dim=1, keepdim=True))
-    norm_a = torch.linalg.vector_norm(torch.stack(norm_a_parts), dim=0)
-    norm_b = torch.linalg.vector_norm(torch.stack(norm_b_parts), dim=0)
-    norm_a = torch.where(norm_a > SLERP_EPS, norm_a, 1)
-    norm_b = torch.where(norm_b > SLERP_EPS, norm_b, 1)
-    dot_parts = []
-    for start in range(0, a.shape[1], chunk):
-        x = a[:, start : start + chunk].to(dtype) / norm_a
-        y = b[:, start : start + chunk].to(dtype) / norm_b
-        dot_parts.append((x * y).sum(dim=1, keepdim=True))
-    dot = torch.stack(dot_parts).sum(dim=0).clamp(-1, 1)
-    linear = dot.abs() > SLERP_DOT_THRESHOLD
-    theta = torch.acos(torch.where(linear, 0, dot))
-    return SlerpGeometry(theta, linear)
+    row0, row1 = v0.reshape(1, -1), v1.reshape(1, -1)
+    if row0.shape[1] == 0:  # nothing to interpolate: the straight line, trivially
+        return SlerpGeometry(torch.zeros((1, 1), dtype=dtype, device=v0.device), torch.ones((1, 1), dtype=torch.bool, device=v0.device))
+    scale0, scale1 = _direction_scale(row0, dtype), _direction_scale(row1, dtype)
+    # Each block is scaled to unit length before the product, so a large tensor cannot overflow.
+    partial_cosines = [((x / scale0) * (y / scale1)).sum(dim=1, keepdim=True) for x, y in zip(_blocks(row0, dtype), _blocks(row1, dtype))]
+    cosine = torch.stack(partial_cosines).sum(dim=0).clamp(-1, 1)
+    straight = cosine.abs() > SLERP_DOT_THRESHOLD
+    # For straight pairs θ is never used; acos(0) keeps it finite rather than acos(±1)'s edge.
+    return SlerpGeometry(torch.acos(torch.where(straight, 0, cosine)), straight)
 
 
 def stack_geometries(geometries: Sequence[SlerpGeometry]) -> SlerpGeometry:
@@ -79,21 +95,23 @@ def stack_geometries(geometries: Sequence[SlerpGeometry]) -> SlerpGeometry:
 
 
 def slerp_coefficient_columns(t: Sequence[float], geometry: SlerpGeometry) -> tuple[torch.Tensor, torch.Tensor]:
-    """(c0, c1) per tensor with slerp(t) = c0·v0 + c1·v1 on the unnormalised tensors, with
-    mergekit's formula and precision, as two contiguous vectors in the compute dtype on the
-    geometry's device; `geometry` may be stacked, one row per tensor."""
+    """(c0, c1) per tensor such that slerp(t) = c0·v0 + c1·v1 on the tensors as they are (not
+    normalised), one t per row of `geometry`, as two contiguous vectors in the compute dtype on
+    the geometry's device."""
     theta = geometry.theta
     t_column = torch.tensor(list(t), dtype=theta.dtype).reshape(-1, 1).to(theta.device)
     sin_theta = torch.sin(theta)
-    coef_a = torch.where(geometry.linear, 1 - t_column, torch.sin((1 - t_column) * theta) / sin_theta)
-    coef_b = torch.where(geometry.linear, t_column, torch.sin(t_column * theta) / sin_theta)
-    return coef_a.reshape(-1).contiguous(), coef_b.reshape(-1).contiguous()
+    along_arc_0 = torch.sin((1 - t_column) * theta) / sin_theta
+    along_arc_1 = torch.sin(t_column * theta) / sin_theta
+    c0 = torch.where(geometry.linear, 1 - t_column, along_arc_0)
+    c1 = torch.where(geometry.linear, t_column, along_arc_1)
+    return c0.reshape(-1).contiguous(), c1.reshape(-1).contiguous()
 
 
 def slerp_coefficients(t: Sequence[float], geometry: SlerpGeometry) -> tuple[list[float], list[float]]:
     """`slerp_coefficient_columns` as Python lists."""
-    coef_a, coef_b = slerp_coefficient_columns(t, geometry)
-    return coef_a.tolist(), coef_b.tolist()
+    c0, c1 = slerp_coefficient_columns(t, geometry)
+    return c0.tolist(), c1.tolist()
 
 
 def apply_chunk(device: torch.device) -> int:

@@ -8,6 +8,7 @@ base). Pickled `.bin` weights and `trust_remote_code` are refused unless asked f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -132,6 +133,27 @@ def inspect_parent(
     return ParentInfo(name, path, config, shapes, dtypes, weight_files)
 
 
+FINGERPRINT_SAMPLES = 4  # evenly spaced 64 KiB reads per weight file, beside its size and header
+FINGERPRINT_SAMPLE_BYTES = 1 << 16
+
+
+def fingerprint(info: ParentInfo) -> str:
+    """What identifies a parent's weights cheaply (no full read, whatever the size): its config,
+    and per weight file its size, its start (the header) and a few evenly spaced samples of its bytes. Two
+    trainings of one architecture share sizes and headers but not a single sampled byte."""
+    digest = hashlib.sha256(json.dumps(info.config, sort_keys=True).encode())
+    if info.adapter_base is not None:
+        digest.update(fingerprint(info.adapter_base).encode())
+    for weight_file in info.weight_files:
+        size = weight_file.stat().st_size
+        digest.update(f"{weight_file.name}:{size}".encode())
+        with open(weight_file, "rb") as handle:
+            for index in range(FINGERPRINT_SAMPLES + 1):
+                handle.seek(0 if index == 0 else max(0, size * index // FINGERPRINT_SAMPLES - FINGERPRINT_SAMPLE_BYTES))
+                digest.update(handle.read(FINGERPRINT_SAMPLE_BYTES))
+    return digest.hexdigest()[:32]
+
+
 def check_parents(infos: Sequence[ParentInfo]) -> None:
     """Refuse parents that cannot be merged tensor by tensor."""
     if len(infos) < 2:
@@ -169,10 +191,13 @@ def load_parent(
     """Load an inspected parent's tensors, cast to `dtype` if given, on `device`."""
     if info.adapter_base is not None:
         tensors = _merge_adapter(info)
+        require_finite(tensors, info.path)
     else:
         tensors = {}
         for weight_file in info.weight_files:
-            tensors.update(_load_weight_file(weight_file))
+            loaded = _load_weight_file(weight_file)
+            require_finite(loaded, weight_file)
+            tensors.update(loaded)
     for tensor_name, tensor in tensors.items():
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
@@ -181,6 +206,30 @@ def load_parent(
 
 
 # ----- helpers ----------------------------------------------------------------------------
+
+
+def check_finite(info: ParentInfo) -> None:
+    """Read a parent's weights one tensor at a time and refuse NaN or inf, naming the file and the
+    tensor: for a caller that must refuse bad weights before it creates anything (a search, before
+    its study exists), without holding them all in memory."""
+    if info.adapter_base is not None:
+        check_finite(info.adapter_base)
+    for weight_file in info.weight_files:
+        if weight_file.suffix == ".bin":
+            require_finite(_load_pickle(weight_file), weight_file)
+            continue
+        from safetensors import safe_open
+
+        with safe_open(str(weight_file), framework="pt") as handle:
+            for tensor_name in handle.keys():
+                require_finite({tensor_name: handle.get_tensor(tensor_name)}, weight_file)
+
+
+def require_finite(tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Refuse weights holding NaN or inf: every merge of them would score nothing, quietly."""
+    for tensor_name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ParentError(f"{source}: tensor {tensor_name} holds NaN or infinite values")
 
 
 def _read_json(path: Path, missing_message: str) -> dict:

@@ -18,6 +18,7 @@ from optuna.importance import PedAnovaImportanceEvaluator
 from optuna.trial import TrialState
 
 from evomerge.errors import EvomergeError
+from evomerge.files import atomic_path, write_text_atomic
 from evomerge.recipe import Recipe, layer_position, paper_recipe
 from evomerge.search.objective import ParentScores
 from evomerge.search.run import HOLDOUT_ATTR
@@ -39,7 +40,7 @@ def export_recipe(study: optuna.Study, out: Path, rank: int = 1) -> optuna.trial
     trial = ranked[rank - 1]
     out.parent.mkdir(parents=True, exist_ok=True)
     header = f"# evomerge study {study.study_name}, trial {trial.number}, rank {rank}: value {trial.values[0]:.4f}\n"
-    out.write_text(header + recipe_of(trial).to_yaml(), encoding="utf-8")
+    write_text_atomic(out, header + recipe_of(trial).to_yaml())
     return trial
 
 
@@ -98,7 +99,7 @@ def write_trials_csv(study: optuna.Study, out: Path) -> None:
     param_names = sorted({name for t in trials for name in t.params})
     attr_names = ["baseline", "accuracy", "gain", "synergy", "merge_s", "score_s", "duplicate_of", "fail_reason", "worker"]
     fidelity_names = sorted({k for t in trials for k in t.user_attrs if k.startswith("accuracy@")})
-    with open(out, "w", newline="", encoding="utf-8") as handle:
+    with atomic_path(out) as partial, open(partial, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["number", "state", "values", *attr_names, *fidelity_names, *param_names])
         for t in trials:
@@ -114,12 +115,12 @@ def write_pareto(study: optuna.Study, folder: Path) -> None:
     on_front = {t.number for t in study.best_trials}
     front = [t for t in ranked_trials(study) if t.number in on_front]  # in the study's ranking
     (folder / "pareto").mkdir(parents=True, exist_ok=True)
-    with open(folder / "pareto.csv", "w", newline="", encoding="utf-8") as handle:
+    with atomic_path(folder / "pareto.csv") as partial, open(partial, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["number", "domain", "general", "recipe"])
         for t in front:
             path = folder / "pareto" / f"trial-{t.number}.yaml"
-            path.write_text(recipe_of(t).to_yaml(), encoding="utf-8")
+            write_text_atomic(path, recipe_of(t).to_yaml())
             writer.writerow([t.number, t.values[0], t.values[1], path.name])
 
 
@@ -174,15 +175,18 @@ def load_num_layers(recipe: Recipe) -> int:
     return inspect_parent(recipe.model_names[0]).num_layers
 
 
-def export_all(study: optuna.Study, folder: Path, wall_s: Optional[float] = None) -> dict:
-    """Everything a finished (or interrupted) study leaves in its results folder."""
+def export_all(study: optuna.Study, folder: Path, wall_s: Optional[float] = None, stopped_because: Optional[str] = None) -> dict:
+    """Everything a finished (or interrupted) study leaves in its results folder.
+    `stopped_because`: why this run ended early (an interrupt), recorded in the summary."""
     folder.mkdir(parents=True, exist_ok=True)
     summary = summarise(study, wall_s)
+    if stopped_because is not None:
+        summary["stopped_because"] = stopped_because
     if summary["best_trial"] is not None:
         export_recipe(study, folder / "best-recipe.yaml")
         if len(study.directions) > 1:
             write_pareto(study, folder)
         write_plots(study, folder, summary)
     write_trials_csv(study, folder / "trials.csv")
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    write_text_atomic(folder / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -17,8 +17,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import math
-import os
-import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from typing import Callable, Mapping, Optional, Protocol, Sequence, Union
 import optuna
 from optuna.trial import TrialState
 
+from evomerge.errors import interrupt_reason, raise_if_interrupted
 from evomerge.evaluate.benchmark import Benchmark
 from evomerge.evaluate.objective import Objective, make_objective
 from evomerge.evaluate.scorer import ScoreResult, Scorer, make_result
@@ -35,7 +34,7 @@ from evomerge.merge.merger import Merger
 from evomerge.merge.parents import ParentInfo
 from evomerge.recipe import Recipe
 from evomerge.search.locks import study_lock
-from evomerge.search.study import FINISHED, PARENT_SCORES_ATTR, SearchSettings, fidelity_step, process_name, study_is_full
+from evomerge.search.study import FINISHED, PARENT_SCORES_ATTR, SearchSettings, fidelity_step, process_is_gone, process_name, study_is_full
 from evomerge.space import SearchSpace
 
 Values = Union[float, tuple[float, ...]]
@@ -168,6 +167,7 @@ def wait_while_running(study: optuna.Study, other: optuna.trial.FrozenTrial) -> 
     (a journal file), when its process on this machine no longer exists."""
     while True:
         time.sleep(WAIT_POLL_S)
+        raise_if_interrupted()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
@@ -180,20 +180,6 @@ def wait_while_running(study: optuna.Study, other: optuna.trial.FrozenTrial) -> 
             except (RuntimeError, ValueError):  # it finished after all (or another waiter failed it)
                 pass
             return
-
-
-def process_is_gone(name: str) -> bool:
-    """Whether a process named as `process_name` gives it ran on this machine and has ended."""
-    host, _, pid = name.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False  # another machine's: its heartbeat tells
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
 
 
 def copied_attrs(original: optuna.trial.FrozenTrial) -> dict:
@@ -294,8 +280,8 @@ class TrialRunner:
             return self._run(trial, parent_scores)
         except optuna.TrialPruned:
             raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+        except KeyboardInterrupt as interrupt:
+            trial.set_user_attr("fail_reason", interrupt_reason(interrupt))
             raise
         except Exception as error:
             trial.set_user_attr("fail_reason", failure_reason(error))
@@ -304,6 +290,8 @@ class TrialRunner:
 
     def _run(self, trial: optuna.Trial, parent_scores: ParentScores):
         settings = self.settings
+        trial.set_user_attr("worker", process_name())  # first: a rerun can tell a killed process's trial
+        raise_if_interrupted()
         self._refuse_surplus(trial)
         recipe = self.space.suggest(trial, settings.parents, settings.base, self.merger.num_layers, self.dtype_name)
         duplicate = claim_recipe(trial, recipe.to_yaml(), settings.storage_url())
@@ -320,6 +308,7 @@ class TrialRunner:
         start = time.perf_counter()
         model = self.merger.apply(recipe, seed=settings.seed)
         trial.set_user_attr("merge_s", round(time.perf_counter() - start, 4))
+        raise_if_interrupted()
 
         score_start = time.perf_counter()
         primary = self.objectives[0]

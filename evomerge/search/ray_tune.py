@@ -1,9 +1,10 @@
 """`--backend ray`: a search's trials on a Ray cluster, one GPU each, stopped early by ASHA, in the
 same Optuna study as the Optuna backend.
 
-The driver (this process) owns the study. Ray Tune's `OptunaSearch` asks it for every trial, with
-the sampler `make_sampler` builds and the search space as a define-by-run function, so a trial gets
-the same parameters as under the Optuna backend; the driver writes everything a trial records
+The driver (this process) owns the study. `StudySearch`, a Tune `Searcher` written on Optuna's
+public ask-and-tell API (as Tune's own `OptunaSearch` works, without reaching into it), asks it for
+every trial, with the sampler `make_sampler` builds and the search space run define-by-run on the
+`optuna.Trial`, so a trial gets the same parameters as under the Optuna backend; the driver writes everything a trial records
 (recipe, values, attributes, reports, its final state), so workers never open the storage. A
 worker runs `TrialRunner.evaluate`, the Optuna backend's own per-trial code, with a `TuneReporter`
 in place of the `optuna.Trial`: each benchmark fraction becomes one Tune result, and ASHA's rungs
@@ -22,7 +23,6 @@ import logging
 import math
 import os
 import shutil
-import signal
 import socket
 import tempfile
 import time
@@ -32,14 +32,18 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Mapping, Optional
 
 import optuna
-import ray
 from optuna.trial import TrialState
+
+from evomerge.extras import require
+
+require("ray", "--backend ray")  # one line naming the extra, not an ImportError, without Ray
+
+import ray
 from ray import tune
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
 
-from evomerge.errors import EvomergeError, first_line
+from evomerge.errors import EvomergeError, deferred_interrupts, first_line, interrupt_reason, raise_if_interrupted
 from evomerge.evaluate.scorer import ScoreResult
 from evomerge.search.objective import (
     ParentScores,
@@ -380,10 +384,12 @@ class RemoteRunner:
         return result
 
 
-class StudySearch(OptunaSearch):
-    """Ray Tune's OptunaSearch on the evomerge study, recording what the Optuna backend records.
+class StudySearch(Searcher):
+    """A Tune searcher on the evomerge study, recording what the Optuna backend records.
 
-    Where it departs from the stock searcher, each time so the study matches an Optuna-backend one:
+    It asks the study as Tune's stock `OptunaSearch` does (`study.ask()`, then the space's
+    define-by-run suggestions on that trial); where it departs from that searcher, each time so the
+    study matches an Optuna-backend one:
     a duplicate of a finished recipe is answered here, without a Ray trial; partial fractions are
     reported at the Optuna backend's steps; a trial the scheduler stops is PRUNED (not COMPLETE at
     its partial value); a failed trial keeps its reason; the study's total, --timeout and a run of
@@ -406,22 +412,29 @@ class StudySearch(OptunaSearch):
         settings = prepared.settings
         space = prepared.space
 
-        def define_by_run(trial) -> dict:
+        def define_by_run(trial: optuna.Trial) -> dict:
             recipe = space.suggest(trial, settings.parents, settings.base, num_layers, dtype_name)
             return {RECIPE: recipe.to_yaml()}
 
         metrics = metric_names(settings)
         super().__init__(
-            space=define_by_run,
             metric=metrics if settings.multi_objective else metrics[0],
             mode=["max"] * len(metrics) if settings.multi_objective else "max",
-            sampler=sampler or make_sampler(settings, prepared.grid),
-            study_name=settings.study,
-            storage=prepared.storage,
         )
+        self.define_by_run = define_by_run
         self.settings = settings
         self.storage = prepared.storage
-        self.study: optuna.Study = self._ot_study
+        self.study = optuna.create_study(
+            storage=prepared.storage,
+            sampler=sampler or make_sampler(settings, prepared.grid),
+            pruner=optuna.pruners.NopPruner(),  # Tune's scheduler prunes
+            study_name=settings.study,
+            directions=["maximize"] * len(metrics),
+            load_if_exists=True,
+        )
+        self._study_id = self.storage.get_study_id_from_name(settings.study)
+        self._trials: dict[str, optuna.Trial] = {}  # Tune's trial id → the Optuna trial in flight
+        self._storage_ids: dict[int, int] = {}  # trial number → the storage's trial id (heartbeats)
         self.deadline = time.monotonic() + timeout if timeout else None
         self.max_asks = trial_budget(self.study, settings)  # as the Optuna backend's n_trials
         self.asked = 0
@@ -446,13 +459,15 @@ class StudySearch(OptunaSearch):
                 with warnings.catch_warnings():
                     # Optuna's note that heartbeats are meant for Study.optimize: the driver beats itself.
                     warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
-                    config = super().suggest(trial_id)
+                    if trial_id not in self._trials:  # Tune may ask again under the same id
+                        self._trials[trial_id] = self.study.ask()
+                    config = self.define_by_run(self._trials[trial_id])
             except Exception as error:  # the space could not turn these values into a recipe
-                if trial_id not in self._ot_trials:
+                if trial_id not in self._trials:
                     raise  # the storage itself failed: nothing to record
                 self._finish(trial_id, TrialState.FAIL, attrs={"fail_reason": failure_reason(error)})
                 continue
-            trial = self._ot_trials[trial_id]
+            trial = self._trials[trial_id]
             self._beat(trial)
             original = claim_recipe(trial, config[RECIPE], self.settings.storage_url(), wait=False)  # the driver must not block
             if original is None:
@@ -470,12 +485,12 @@ class StudySearch(OptunaSearch):
             return Searcher.FINISHED  # --timeout: stop starting trials; running ones finish
         if self.grid_size is not None and self._grid_points_started() >= self.grid_size:
             # Optuna's grid sampler would hand out a point still running again; wait for it instead.
-            return None if self._ot_trials else Searcher.FINISHED
+            return None if self._trials else Searcher.FINISHED
         if finished_count(self.study) >= self.settings.trials:
             return Searcher.FINISHED
         if study_is_full(self.study, self.settings.trials):
             # Wait for ours: one may fail and leave room for another.
-            return None if self._ot_trials else Searcher.FINISHED
+            return None if self._trials else Searcher.FINISHED
         return True
 
     def _grid_points_started(self) -> int:
@@ -486,11 +501,11 @@ class StudySearch(OptunaSearch):
     # -- results
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._ot_trials:
+        if trial_id in self._trials:
             self._take(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
-        if trial_id not in self._ot_trials:
+        if trial_id not in self._trials:
             return  # already finished here (a duplicate, a refused recipe, an abandoned trial)
         if result:
             self._take(trial_id, result)  # the result a scheduler stops a trial at reaches only this hook
@@ -509,7 +524,7 @@ class StudySearch(OptunaSearch):
 
     def abandon(self, reason: str) -> int:
         """Mark every trial still in flight failed (Ctrl-C, or the run ended); how many."""
-        in_flight = list(self._ot_trials)
+        in_flight = list(self._trials)
         for trial_id in in_flight:
             self._finish(trial_id, TrialState.FAIL, attrs={"fail_reason": reason})
         return len(in_flight)
@@ -520,7 +535,7 @@ class StudySearch(OptunaSearch):
         if self._taken.get(trial_id) == iteration:
             return  # Tune hands the last result to on_trial_complete again
         self._taken[trial_id] = iteration
-        trial = self._ot_trials[trial_id]
+        trial = self._trials[trial_id]
         for key, value in json.loads(result.get(ATTRS, "{}")).items():
             trial.set_user_attr(key, value)
         if result.get(STATE) == "running":
@@ -530,7 +545,7 @@ class StudySearch(OptunaSearch):
         self._beat(trial)
 
     def _finish(self, trial_id: str, state: TrialState, values: Optional[list] = None, attrs: Optional[dict] = None) -> None:
-        trial = self._ot_trials[trial_id]
+        trial = self._trials[trial_id]
         for key, value in (attrs or {}).items():
             trial.set_user_attr(key, value)
         try:
@@ -544,7 +559,7 @@ class StudySearch(OptunaSearch):
             frozen = self.study.get_trials(deepcopy=False)[trial.number]
         finally:
             # A trial in this dict is one in flight; Tune may ask again under the same id.
-            del self._ot_trials[trial_id]
+            del self._trials[trial_id]
             self._taken.pop(trial_id, None)
         if record_failure_streak(self.study):
             self.stopped = True
@@ -558,12 +573,18 @@ class StudySearch(OptunaSearch):
         when the study resumes, as the Optuna backend's are."""
         if time.monotonic() - self._last_beat >= HEARTBEAT_S / 2:
             self._last_beat = time.monotonic()
-            for trial in self._ot_trials.values():
+            for trial in self._trials.values():
                 self._beat(trial)
 
     def _beat(self, trial: optuna.Trial) -> None:
         if hasattr(self.storage, "record_heartbeat") and self.storage.get_heartbeat_interval():
-            self.storage.record_heartbeat(trial._trial_id)  # Optuna's own heartbeat thread uses this id too
+            self.storage.record_heartbeat(self._storage_id(trial))  # the id Optuna's own heartbeat thread uses
+
+    def _storage_id(self, trial: optuna.Trial) -> int:
+        """The storage's id of a trial, through the storage's public API (looked up once)."""
+        if trial.number not in self._storage_ids:
+            self._storage_ids[trial.number] = self.storage.get_trial_id_from_study_id_trial_number(self._study_id, trial.number)
+        return self._storage_ids[trial.number]
 
     # The Optuna storage is the search's state, so Tune's checkpoints of the searcher are not needed:
     # Tune pickles its configuration for `Tuner.restore` (which evomerge does not use), and a live
@@ -576,38 +597,15 @@ class StudySearch(OptunaSearch):
 
 
 class Heartbeat(tune.Callback):
-    """Calls the searcher's heartbeat on every step of Tune's loop, and turns a Ctrl-C that
-    arrived during the step before into a KeyboardInterrupt here, between steps (see
-    `interrupt_between_steps`)."""
+    """Calls the searcher's heartbeat on every step of Tune's loop; the start of a step is where
+    a Ctrl-C or SIGTERM noted during the last one is raised (see `errors.deferred_interrupts`)."""
 
     def __init__(self, searcher: StudySearch):
         self.searcher = searcher
-        self.interrupted = False
 
     def on_step_begin(self, iteration, trials, **info) -> None:
-        if self.interrupted:
-            raise KeyboardInterrupt
+        raise_if_interrupted()
         self.searcher.beat()
-
-
-@contextmanager
-def interrupt_between_steps(heartbeat: Heartbeat) -> Iterator[None]:
-    """While Tune runs, Ctrl-C (or SIGTERM) is noted and raised at the start of Tune's next step,
-    not wherever the driver happens to be: raised inside a storage commit, it would leave the
-    study's database session broken just when the running trials must be marked failed. A second
-    Ctrl-C interrupts at once."""
-
-    def note(signum, frame) -> None:
-        if heartbeat.interrupted:
-            raise KeyboardInterrupt
-        heartbeat.interrupted = True
-
-    before = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
 
 
 # Ray Tune's switches, set only while Tune runs:
@@ -662,7 +660,6 @@ def optimise_on_ray(
         )
         resources = session.resources
         trainable = tune.with_resources(tune.with_parameters(run_trial, job=runner.with_parent_scores(parent_scores)), resources.as_ray())
-        heartbeat = Heartbeat(searcher)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -679,15 +676,15 @@ def optimise_on_ray(
                 storage_path=ray_dir,
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),  # a failed trial, not a failed run
                 verbose=0,
-                callbacks=[heartbeat],
+                callbacks=[Heartbeat(searcher)],
             ),
         )
         log(f"Ray: {resources.concurrent} trial(s) at once, each with {resources.cpus:g} CPU(s) and {resources.gpus:g} GPU(s)")
         try:
-            with _tune_environment(), interrupt_between_steps(heartbeat):
+            with _tune_environment(), deferred_interrupts():
                 tuner.fit()
-        except KeyboardInterrupt:
-            searcher.abandon("interrupted (Ctrl-C)")
+        except KeyboardInterrupt as interrupt:
+            searcher.abandon(interrupt_reason(interrupt))
             raise
         searcher.abandon("not run: the Ray run ended first")  # normally none is left
         log(f"Ray: {searcher.started} trial(s) ran; parents loaded {loads.total} time(s) in {len(loads.by_pid)} worker process(es)")

@@ -13,26 +13,31 @@ score, the results folder, and a `SearchProgress` told what happens.
 
 from __future__ import annotations
 
+import datetime
+import math
 import multiprocessing
 import os
+import shutil
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from evomerge.errors import EvomergeError
-from evomerge.evaluate.benchmark import load_benchmark
+from evomerge.errors import EvomergeError, deferred_interrupts
+from evomerge.evaluate.benchmark import Benchmark, fraction_count, load_benchmark
 from evomerge.evaluate.harness import find_task, is_lm_eval_spec
 from evomerge.evaluate.scorer import ScoreResult
 from evomerge.devices import resolve_device, resolve_dtype
-from evomerge.merge.parents import ParentInfo, check_parents, inspect_parent
+from evomerge.merge.parents import ParentInfo, check_finite, check_parents, fingerprint, inspect_parent
 from evomerge.search.locks import study_lock
-from evomerge.search.objective import TrialRunner, ensure_parent_scores
+from evomerge.search.objective import CLAIM_ATTR, TrialRunner, ensure_parent_scores
 from evomerge.search.study import (
+    HEARTBEAT_S,
     TAKEN,
     SearchSettings,
     best_trial,
@@ -41,6 +46,7 @@ from evomerge.search.study import (
     load_existing_study,
     load_settings,
     open_storage,
+    process_is_gone,
 )
 from evomerge.space import SearchSpace, load_space
 
@@ -74,18 +80,52 @@ def check_search(settings: SearchSettings, infos: Optional[Sequence[ParentInfo]]
     if infos is None:
         infos = [inspect_parent(parent) for parent in settings.parents]
         check_parents(infos)
+        for info in infos:
+            check_finite(info)
     space.check_parents(settings.parents, settings.base)
     for benchmark in settings.benchmarks:
         if is_lm_eval_spec(benchmark):
             find_task(benchmark, settings.tasks_dir)  # an unknown task is reported now
         else:
-            load_benchmark(benchmark)
+            check_benchmark_size(load_benchmark(benchmark), settings)
     grid = None
     if settings.sampler == "grid":
         grid = space.grid(infos[0].num_layers, settings.parents, settings.base)
         if grid is None:
             raise EvomergeError(f"--sampler grid needs a step on every searched value of space {space.name}")
+        points = math.prod(len(values) for values in grid.values())
+        if points > settings.grid_limit:
+            raise EvomergeError(
+                f"--sampler grid on space {space.name} has {points:.3g} points ({len(grid)} values, "
+                f"{'×'.join(str(len(v)) for v in grid.values())}), more than --grid-limit {settings.grid_limit}; "
+                "search fewer values (e.g. --space slerp_global) or raise --grid-limit"
+            )
     return Prepared(settings, space, list(infos), grid=grid)
+
+
+def check_benchmark_size(benchmark: Benchmark, settings: SearchSettings) -> None:
+    """Refuse a benchmark too small for the held-out split and the fractions asked: each fraction
+    must score more items than the one before, and --holdout must hold at least one item out."""
+    search, held = benchmark.split_holdout(settings.holdout)
+    needed = minimum_search_items(settings.fidelities)
+    if len(search) >= needed and (not settings.holdout or len(held) >= 1):
+        return
+    least = math.ceil(needed / (1 - settings.holdout)) + (1 if settings.holdout else 0)
+    fractions = ",".join(f"{f:g}" for f in settings.fidelities)
+    raise EvomergeError(
+        f"benchmark {benchmark.source or benchmark.name} has {len(benchmark)} items, too few for --fidelities {fractions}"
+        f" and --holdout {settings.holdout:g}: a search needs at least {least} ({needed} to search on, growing at each fraction"
+        + (", and at least one held out)" if settings.holdout else ")")
+    )
+
+
+def minimum_search_items(fidelities: Sequence[float]) -> int:
+    """The fewest search items for which every fraction scores more items than the one before
+    (and at least two: one item cannot tell recipes apart)."""
+    n = 2
+    while any(fraction_count(a, n) >= fraction_count(b, n) for a, b in zip(fidelities, fidelities[1:])):
+        n += 1
+    return n
 
 
 def prepare(settings: SearchSettings, preflight: Optional[Callable[[], None]] = None) -> Prepared:
@@ -98,6 +138,29 @@ def prepare(settings: SearchSettings, preflight: Optional[Callable[[], None]] = 
     return replace(checked, storage=open_storage(settings.storage_url()))
 
 
+@contextmanager
+def nothing_left_on_bad_input(settings: SearchSettings) -> Iterator[None]:
+    """Bad input found only once the storage is open (weights holding NaN, say) leaves nothing
+    behind: a results folder this run created for a default SQLite study with no trial yet is
+    removed when an EvomergeError ends the run. A study with trials is kept, whatever happened."""
+    folder = settings.results_dir
+    created = not folder.exists() and settings.storage is None
+    try:
+        yield
+    except EvomergeError:
+        if created and folder.exists() and not _has_trials(settings):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _has_trials(settings: SearchSettings) -> bool:
+    try:
+        study = optuna.load_study(study_name=settings.study, storage=settings.storage_url())
+    except Exception:  # no study (or no readable database): nothing worth keeping
+        return False
+    return bool(study.get_trials(deepcopy=False))
+
+
 # ----- the study: opened once, then trials until it has its total ------------------------------
 
 
@@ -106,14 +169,40 @@ def open_study(prepared: Prepared, compute_parent_scores: Callable[[], dict]) ->
     (`compute_parent_scores`, only if the study has no scores yet), queue the paper's recipe once.
     The study and its parents' scores. Every process that runs trials opens the study this way;
     a process that starts others opens it first, so they find it ready."""
-    study = create_or_load_study(prepared.settings, prepared.storage, prepared.grid)
+    fingerprints = [fingerprint(info) for info in prepared.infos]
+    study = create_or_load_study(prepared.settings, prepared.storage, prepared.grid, fingerprints)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
         optuna.storages.fail_stale_trials(study)  # a trial whose process was killed has stopped beating
+    fail_orphaned_trials(study)  # on this machine, no need to wait for its heartbeat to go stale
     parent_scores = ensure_parent_scores(study, compute_parent_scores)
     with study_lock(prepared.settings.storage_url(), study.study_name):  # two processes opening it queue it once
         enqueue_baseline(study, prepared.space, prepared.infos[0].num_layers)
     return study, parent_scores
+
+
+def fail_orphaned_trials(study: optuna.Study) -> int:
+    """Fail the running trials whose process has ended (a `kill -9`, a crash), so that they
+    neither hold a place in --trials nor block their recipe; how many. A trial names its process
+    within milliseconds of starting ("worker" in this process, "claimed_by" on Ray's driver): one
+    whose process on this machine is gone is failed at once, and one that never named its process
+    (killed in those milliseconds, so it has no heartbeat either) once it is older than the
+    heartbeat's grace period."""
+    unnamed_before = datetime.datetime.now() - datetime.timedelta(seconds=2 * HEARTBEAT_S)
+
+    def orphaned(trial: optuna.trial.FrozenTrial) -> bool:
+        owner = trial.user_attrs.get("worker") or trial.user_attrs.get(CLAIM_ATTR)
+        if owner is None:
+            return trial.datetime_start is not None and trial.datetime_start < unnamed_before
+        return process_is_gone(owner)
+
+    orphans = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if orphaned(t)]
+    for trial in orphans:
+        try:
+            study.tell(trial.number, state=TrialState.FAIL)
+        except (RuntimeError, ValueError):  # another process failed it first
+            pass
+    return len(orphans)
 
 
 def trial_budget(study: optuna.Study, settings: SearchSettings) -> int:
@@ -148,7 +237,8 @@ def optimise(
             callbacks = [MaxTrialsCallback(settings.trials, states=TAKEN), failure_guard]
             if on_trial is not None:
                 callbacks.append(on_trial)
-            study.optimize(runner.objective(scores), n_trials=budget, timeout=timeout, callbacks=callbacks, catch=(Exception,))
+            with deferred_interrupts():  # Ctrl-C and SIGTERM stop a trial between steps, never mid-commit
+                study.optimize(runner.objective(scores), n_trials=budget, timeout=timeout, callbacks=callbacks, catch=(Exception,))
         for process in processes:
             process.join()
     finally:
@@ -290,14 +380,20 @@ def run_search(
 ) -> SearchRun:
     """Check everything, open (create or resume) the study, run trials with the executor that
     `settings.executor` names until the study has its total, score the best recipe on the held-out
-    items and write the results folder. Ctrl-C marks the running trials failed, exports what
-    exists and re-raises the KeyboardInterrupt."""
+    items and write the results folder. Ctrl-C (or SIGTERM) marks the running trials failed,
+    exports what exists with the reason and re-raises the KeyboardInterrupt. Bad input found only
+    once the storage is open leaves no results folder behind (`nothing_left_on_bad_input`)."""
+    with nothing_left_on_bad_input(settings):
+        return _run_search(settings, timeout=timeout, jobs=jobs, progress=progress or SearchProgress())
+
+
+def _run_search(settings: SearchSettings, *, timeout: Optional[float], jobs: int, progress: SearchProgress) -> SearchRun:
     import time
 
+    from evomerge.errors import interrupt_reason
     from evomerge.search.executors import executor_class
     from evomerge.search.export import export_all
 
-    progress = progress or SearchProgress()
     start = time.perf_counter()
     executor_class(settings.executor).check_settings(settings, jobs)
     executor = executor_class(settings.executor)(settings, jobs)
@@ -311,9 +407,10 @@ def run_search(
             progress.say("Loading parents and scoring each alone …")
             study, runner = executor.run(prepared, timeout=timeout, on_trial=progress.trial_finished, say=progress.say)
             holdout = score_holdout(study, runner)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
+            progress.stopped()
             progress.say("Interrupted: the running trial is marked failed; exporting what exists.")
-            export_after_interrupt(settings, folder, time.perf_counter() - start, progress.say)
+            export_after_interrupt(settings, folder, time.perf_counter() - start, progress.say, interrupt_reason(interrupt))
             raise
         finally:
             progress.stopped()
@@ -321,11 +418,11 @@ def run_search(
     return SearchRun(study, settings, summary, holdout, folder)
 
 
-def export_after_interrupt(settings: SearchSettings, folder: Path, wall_s: float, say: Callable[[str], None]) -> None:
-    """Export what an interrupted study holds (nothing, if it has nothing yet)."""
+def export_after_interrupt(settings: SearchSettings, folder: Path, wall_s: float, say: Callable[[str], None], reason: Optional[str] = None) -> None:
+    """Export what an interrupted study holds, with why it stopped (nothing, if it has nothing yet)."""
     from evomerge.search.export import export_all
 
     try:
-        export_all(load_existing_study(settings.study, settings.storage_url()), folder, wall_s)
+        export_all(load_existing_study(settings.study, settings.storage_url()), folder, wall_s, stopped_because=reason)
     except Exception as error:  # nothing to export yet
         say(f"Nothing exported: {error}")

@@ -242,8 +242,14 @@ def toy_pairs(
 ) -> list[PairSpec]:
     """The toy domain's pair at each scale (Instruct × Instruct-CPT-SFT, base = Instruct, kinship
     against the toy's Base, the toy's domain benchmark), built if needed."""
+    from evomerge.devices import resolve_device
+    from evomerge.toy.build import SCALES
     from evomerge.toy.pair import toy_pair
 
+    unknown = [scale for scale in scales if scale not in SCALES]
+    if unknown:  # before the first scale is built
+        raise EvomergeError(f"unknown toy scale {unknown[0]!r}; choose from {', '.join(SCALES)}")
+    resolve_device(device)
     pairs = []
     for scale in scales:
         pair = toy_pair(scale, root, device=device, say=say)

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from evomerge.errors import EvomergeError, first_line
+from evomerge.extras import require
 from evomerge.search.pruners import PRUNERS, make_pruner, pruner_choice  # noqa: F401 (PRUNERS: re-exported)
 from evomerge.search.samplers import SAMPLERS, multi_objective_samplers, sampler_choice  # noqa: F401 (SAMPLERS: re-exported)
 
@@ -35,6 +36,7 @@ OBJECTIVES = ("accuracy", "gain")
 RESULTS_ROOT = Path("results")  # one folder per study under it: database, best recipe, tables, plots
 SETTINGS_ATTR = "evomerge_settings"
 PARENT_SCORES_ATTR = "parent_scores"
+FINGERPRINTS_ATTR = "parent_fingerprints"  # one per parent, in --parents order
 # A running trial beats every HEARTBEAT_S; one silent for twice that (a killed process) is failed.
 HEARTBEAT_S = int(os.environ.get("EVOMERGE_HEARTBEAT_S", "30"))
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -51,6 +53,7 @@ class SearchSettings:
     base: Optional[str] = None
     space: str = "slerp_gradient"
     sampler: str = "tpe"
+    grid_limit: int = 100_000  # --sampler grid: the most points a grid may have (Optuna holds them all)
     pruner: str = "halving"
     fidelities: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
     holdout: float = 0.0
@@ -167,6 +170,8 @@ def open_storage(url: str):
             return JournalStorage(JournalFileBackend(str(path)))
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        if url.startswith(("postgresql:", "postgresql+psycopg2:")):  # SQLAlchemy's default driver for postgresql://
+            require("psycopg2", "a PostgreSQL storage")
         from optuna.exceptions import ExperimentalWarning
         from optuna.storages import RDBStorage
 
@@ -215,6 +220,20 @@ def process_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def process_is_gone(name: str) -> bool:
+    """Whether a process named as `process_name` gives it ran on this machine and has ended."""
+    host, _, pid = name.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's: its heartbeat tells
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def make_sampler(settings: SearchSettings, grid: Optional[dict[str, list[float]]] = None, seed: Optional[int] = None):
     """The study's sampler (`--sampler`, from the samplers' table), seeded with `seed` (default --seed)."""
     return sampler_choice(settings.sampler).make(settings.seed if seed is None else seed, grid)
@@ -230,11 +249,13 @@ def last_fidelity_step(settings: SearchSettings) -> int:
     return fidelity_step(len(settings.fidelities) - 1)
 
 
-def create_or_load_study(settings: SearchSettings, storage, grid=None) -> optuna.Study:
+def create_or_load_study(settings: SearchSettings, storage, grid=None, fingerprints: Optional[list[str]] = None) -> optuna.Study:
     """The study, created with the settings stored on it, or loaded if it exists (a resume, or a
     worker joining). Safe when several processes open it at once: Optuna's create-or-load is one
     step in the storage. The process that creates the study samples with --seed (a new search is
-    reproducible); one that loads it samples with a seed of its own (`joining_seed`)."""
+    reproducible); one that loads it samples with a seed of its own (`joining_seed`).
+    `fingerprints`: the parents' (`merge.parents.fingerprint`), stored on a new study and checked
+    against a resumed one's."""
     study = optuna.create_study(
         study_name=settings.study,
         storage=storage,
@@ -246,16 +267,49 @@ def create_or_load_study(settings: SearchSettings, storage, grid=None) -> optuna
     stored = study.user_attrs.get(SETTINGS_ATTR)
     if stored is None:
         study.set_user_attr(SETTINGS_ATTR, settings.to_json())
+        if fingerprints is not None:
+            study.set_user_attr(FINGERPRINTS_ATTR, fingerprints)
         return study
     before = SearchSettings.from_json(stored)
-    for key in ("parents", "base", "space", "benchmarks", "objective", "fidelities", "holdout", "protocol"):
+    for key in ("space", "benchmarks", "objective", "fidelities", "holdout", "protocol"):
         if getattr(before, key) != getattr(settings, key):
             raise EvomergeError(
                 f"study {settings.study} exists with {key}={getattr(before, key)!r}, not {getattr(settings, key)!r}; "
                 "use another --study name"
             )
+    check_same_parents(settings, before, study.user_attrs.get(FINGERPRINTS_ATTR), fingerprints)
     study.sampler = make_sampler(settings, grid, seed=joining_seed(settings.seed, len(study.get_trials(deepcopy=False))))
     return study
+
+
+def check_same_parents(settings: SearchSettings, before: SearchSettings, stored: Optional[list], now: Optional[list]) -> None:
+    """A resumed or joined study must merge the parents it started with. Paths are compared
+    resolved (./a and /home/me/a are one folder); with fingerprints, the weights themselves: the
+    same weights under another path are the same parents, changed weights under the same path are
+    not."""
+    same_paths = [_resolved(p) for p in before.parents] == [_resolved(p) for p in settings.parents] and _resolved(before.base) == _resolved(settings.base)
+    if stored is not None and now is not None:
+        if list(stored) == list(now) and _base_index(before) == _base_index(settings):
+            return
+        if same_paths:
+            changed = next(p for p, a, b in zip(settings.parents, stored, now) if a != b)
+            raise EvomergeError(
+                f"parent {changed} has changed since study {settings.study} started (its weights or config differ); "
+                "use another --study name"
+            )
+    if not same_paths:
+        raise EvomergeError(
+            f"study {settings.study} exists with parents {','.join(before.parents)} (base {before.base}), "
+            f"not {','.join(settings.parents)} (base {settings.base}); use another --study name"
+        )
+
+
+def _base_index(settings: SearchSettings) -> Optional[int]:
+    return settings.parents.index(settings.base) if settings.base in settings.parents else None
+
+
+def _resolved(path: Optional[str]) -> Optional[str]:
+    return os.path.realpath(path) if path is not None else None
 
 
 def joining_seed(seed: int, trials_so_far: int) -> int:

@@ -183,6 +183,9 @@ def build_toy(
     unknown = [name for name in wanted if name not in _BY_NAME]
     if unknown:
         raise EvomergeError(f"unknown toy parent {unknown[0]!r}; choose from {', '.join(PARENTS)}")
+    from evomerge.devices import resolve_device
+
+    resolve_device(device)  # a bad --device is refused before anything is built
     say = progress or (lambda _message: None)
     root = Path(out) if out is not None else DEFAULT_ROOT
     world = build_world(root, size=world_size)

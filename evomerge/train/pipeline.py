@@ -25,8 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from evomerge.config import load_yaml_file, validate
 from evomerge.errors import EvomergeError
+from evomerge.shipped import resolve_pipeline
 from evomerge.train.data import load_records
-from evomerge.train.trainers import TrainResult, TrainSettings, check_model_folder, default_label, train
+from evomerge.train.trainers import NAMED_TEMPLATES, TrainResult, TrainSettings, check_model_folder, default_label, train
 
 # A stage's label (and so its folder) is its parent's label + its strategy: not a key of its own.
 NOT_STAGE_KEYS = ("model", "out", "overwrite", "label")
@@ -78,8 +79,9 @@ def load_pipeline(
     path: Union[str, Path], model: Optional[Union[str, Path]] = None, out: Optional[Union[str, Path]] = None
 ) -> tuple[Path, Path, list[dict]]:
     """(starting model, output root, stages) with paths resolved and every stage checked;
-    `model` and `out` replace the file's own (a shipped pipeline on your model)."""
-    path = Path(path)
+    `model` and `out` replace the file's own (a shipped pipeline on your model); `path` may be a
+    shipped pipeline's name (`small_cpu`)."""
+    path = resolve_pipeline(path, PipelineError)  # a shipped pipeline's name, or a file
     document = load_yaml_file(path, PipelineError, what="pipeline file")
     if not isinstance(document.data, dict):
         raise PipelineError(f"{path}: a pipeline needs 'model', 'out' and a non-empty list of 'stages'")
@@ -101,6 +103,8 @@ def load_pipeline(
             raise PipelineError(f"{where}: 'from: {stage['from']}' names no earlier stage")
         names.add(stage["name"])
         stage["data"] = str(_resolve(folder, stage["data"]))
+        if isinstance(stage.get("chat_template"), str) and stage["chat_template"].lower() not in NAMED_TEMPLATES:
+            stage["chat_template"] = str(_resolve(folder, stage["chat_template"]))  # a file or folder beside the pipeline
         load_records(stage["data"], stage["strategy"])  # every data file is checked up front
         stages.append(stage)
     trained_from = set(_parents(stages))

@@ -4,11 +4,19 @@
 LoRA), and writes the output folder all at once: the model (or a LoRA adapter evomerge accepts as
 a parent, or the adapter merged with `merge_lora`), the tokenizer, and `evomerge_lineage.json`
 (parent, strategy, data hash, hyperparameters, and a label such as "Instruct-CPT-SFT-DPO").
+
+Chat-style records (`messages`) are rendered with the model's chat template. A model without one
+gets ChatML, as TRL and the alignment handbook give such a model, and says so in one line;
+`chat_template` (`--chat-template`) names another: `chatml`, a Jinja file, or a model or tokenizer
+folder whose template is copied. The template is saved with the output. Unlike TRL's
+`clone_chat_template`, no token is added to the vocabulary (ChatML's markers are tokenised as text):
+a parent with a grown vocabulary could no longer be merged with its siblings.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import asdict, dataclass, field
 
@@ -19,12 +27,23 @@ from typing import Callable, Optional
 import torch
 
 from evomerge.errors import EvomergeError
+from evomerge.extras import require
 from evomerge.files import LINEAGE_FILE, staged_folder
 from evomerge.train.data import STRATEGIES, file_hash, load_records
+
+LOG = logging.getLogger(__name__)
 
 DEFAULT_LR = {"cpt": 5e-5, "sft": 2e-5, "dpo": 5e-7, "orpo": 3e-6}
 DEFAULT_BETA = {"dpo": 0.05, "orpo": 0.1}
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+# ChatML (https://github.com/openai/openai-python/blob/v0.28.1/chatml.md), the template TRL and the
+# alignment handbook give a model that has none.
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+NAMED_TEMPLATES = {"chatml": CHATML}
 
 
 @pydantic_dataclass
@@ -56,6 +75,7 @@ class TrainSettings:
     # costs time; tiny models on a CPU train faster without it.
     gradient_checkpointing: bool = True
     label: Optional[str] = None  # the lineage's label; default: the parent's label + "-" + STRATEGY
+    chat_template: Optional[str] = None  # chatml, a Jinja file or a model folder; default: the model's, else ChatML
 
     @property
     def learning_rate(self) -> float:
@@ -96,6 +116,40 @@ class TrainResult:
     out: Path
     losses: list[float]
     lineage: dict
+    note: Optional[str] = None  # one line worth telling the user (a chat template chosen for them)
+
+
+def resolve_chat_template(choice: str) -> str:
+    """`--chat-template`: a name (`chatml`), a Jinja file, or a model or tokenizer folder with a
+    chat template (in tokenizer_config.json or chat_template.jinja)."""
+    if choice.lower() in NAMED_TEMPLATES:
+        return NAMED_TEMPLATES[choice.lower()]
+    path = Path(choice).expanduser()
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        if not text.strip():
+            raise EvomergeError(f"--chat-template {choice}: the file is empty")
+        return text
+    if path.is_dir():
+        jinja = path / "chat_template.jinja"
+        if jinja.is_file():
+            return jinja.read_text(encoding="utf-8")
+        config = path / "tokenizer_config.json"
+        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template") if config.is_file() else None
+        if isinstance(template, str) and template.strip():
+            return template
+        raise EvomergeError(f"--chat-template {choice}: the folder has no chat template (chat_template.jinja or tokenizer_config.json)")
+    names = ", ".join(NAMED_TEMPLATES)
+    raise EvomergeError(f"--chat-template {choice!r} is neither a known template ({names}) nor a Jinja file or a model folder")
+
+
+def choose_chat_template(settings: "TrainSettings", model_template: Optional[str], uses_messages: bool) -> tuple[Optional[str], Optional[str]]:
+    """(template to train with, or None to leave the tokenizer's; one line to tell the user, or None)."""
+    if settings.chat_template is not None:
+        return resolve_chat_template(settings.chat_template), None
+    if uses_messages and not model_template:
+        return CHATML, f"{settings.model} has no chat template: training on messages with ChatML (saved with the model; --chat-template to choose another)"
+    return None, None
 
 
 def check_model_folder(path: Path) -> None:
@@ -123,6 +177,7 @@ def default_label(parent_dir: Path, strategy: str) -> str:
 def check(settings: TrainSettings) -> list[dict]:
     """Everything that can be checked before training: strategy, data, model folder, output,
     LoRA options (against the model's modules, built on the meta device: no weights read)."""
+    require("trl", "evomerge train")
     settings.validate()
     records = load_records(settings.data, settings.strategy)
     model_dir = Path(settings.model).resolve()
@@ -132,6 +187,8 @@ def check(settings: TrainSettings) -> list[dict]:
         raise EvomergeError(f"output folder {out} exists and is not empty (pass --overwrite to replace it)")
     if settings.merge_lora and not settings.lora:
         raise EvomergeError("--merge-lora needs --lora")
+    if settings.chat_template is not None:
+        resolve_chat_template(settings.chat_template)
     _use_cuda(settings.device)
     if settings.lora:
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -156,8 +213,11 @@ def train(settings: TrainSettings, on_log: Optional[Callable[[int, int, float], 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if "messages" in records[0] and not tokenizer.chat_template:
-        raise EvomergeError(f"{settings.data}: messages need a chat template, and {model_dir} has none; use prompt/completion records")
+    template, note = choose_chat_template(settings, tokenizer.chat_template, "messages" in records[0])
+    if template is not None:
+        tokenizer.chat_template = template
+    if note:
+        LOG.info(note)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     peft_config = _lora_config(settings, model) if settings.lora else None
 
@@ -184,7 +244,7 @@ def train(settings: TrainSettings, on_log: Optional[Callable[[int, int, float], 
             _point_adapter_at(staging, model_dir)
         lineage = _lineage(settings, model_dir, losses)
         (staging / LINEAGE_FILE).write_text(json.dumps(lineage, indent=2), encoding="utf-8")
-    return TrainResult(out, losses, lineage)
+    return TrainResult(out, losses, lineage, note)
 
 
 def _lora_config(settings: TrainSettings, model):

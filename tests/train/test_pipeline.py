@@ -21,7 +21,7 @@ from evomerge.files import LINEAGE_FILE
 from evomerge.train.trainers import DEFAULT_BETA
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = REPO / "recipes" / "train"
+SHIPPED = REPO / "evomerge" / "data" / "recipes" / "train"
 
 
 def write_pipeline(folder: Path, text: str, name: str = "pipeline.yaml") -> Path:
@@ -197,7 +197,7 @@ def test_shipped_pipelines_load(name, train_base, tmp_path):
     """Every key is one a stage takes; the small pipeline's example data is valid as shipped."""
     path = SHIPPED / name
     if name == "small_cpu.yaml":
-        model, out, stages = load_pipeline(path, model=train_base, out=tmp_path / "parents")
+        model, out, stages = load_pipeline("small_cpu", model=train_base, out=tmp_path / "parents")  # by name
         assert model == train_base.resolve() and len(stages) == 4
     else:
         with pytest.raises(EvomergeError, match="not found"):  # its data paths are placeholders

@@ -507,10 +507,41 @@ def test_cuda_without_cuda(train_base, train_data, runs):
     assert_refused(settings("sft", train_base, train_data["sft"], runs / "out", device="cuda"), "cuda")
 
 
-def test_messages_need_a_chat_template(train_data, runs, tmp_path):
+def test_messages_on_a_model_without_a_chat_template_train_with_chatml(train_data, tmp_path):
+    """TRL's and the alignment handbook's convention: ChatML, said in one line, saved with the
+    output; the vocabulary stays as it was (the output can still be merged with its siblings)."""
+    from transformers import AutoTokenizer
+
+    from evomerge.train.trainers import CHATML
+
     model = tmp_path / "no-template"
     make_checkpoint(model, tiny_config("llama", vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2), seed=0)
-    assert_refused(settings("sft", model, train_data["sft_messages"], runs / "out"), "chat template")
+    result = train(settings("sft", model, train_data["sft_messages"], tmp_path / "out", max_steps=2))
+    assert result.note and "ChatML" in result.note and "\n" not in result.note
+    saved = AutoTokenizer.from_pretrained(str(result.out))
+    assert saved.chat_template == CHATML
+    assert len(saved) == len(AutoTokenizer.from_pretrained(str(model)))
+    assert read_weights(result.out)["model.embed_tokens.weight"].shape == read_weights(model)["model.embed_tokens.weight"].shape
+
+
+def test_chat_template_flag_takes_a_name_a_file_or_a_model_folder(train_base, train_data, tmp_path):
+    from transformers import AutoTokenizer
+
+    from evomerge.train.trainers import CHATML, resolve_chat_template
+
+    jinja = tmp_path / "mine.jinja"
+    jinja.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
+    assert resolve_chat_template("chatml") == CHATML
+    assert resolve_chat_template(str(jinja)) == jinja.read_text()
+    assert resolve_chat_template(str(train_base)) == AutoTokenizer.from_pretrained(str(train_base)).chat_template
+    result = train(settings("sft", train_base, train_data["sft_messages"], tmp_path / "out", max_steps=1, chat_template=str(jinja)))
+    assert AutoTokenizer.from_pretrained(str(result.out)).chat_template == jinja.read_text()
+    assert result.note is None, "the user chose it: nothing to say"
+
+
+def test_a_bad_chat_template_is_refused(train_base, train_data, runs, tmp_path):
+    assert_refused(settings("sft", train_base, train_data["sft_messages"], runs / "out", chat_template="zephyr"), "--chat-template", "chatml")
+    assert_refused(settings("sft", train_base, train_data["sft_messages"], runs / "out", chat_template=str(tmp_path)), "no chat template")
 
 
 # Settings TRL or peft would reject (or silently ignore) must be refused up front, like the rest.
