@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+import time
 import warnings
 from dataclasses import asdict, field, fields, replace
 from pathlib import Path
@@ -175,9 +176,17 @@ def open_storage(url: str):
         from optuna.exceptions import ExperimentalWarning
         from optuna.storages import RDBStorage
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats are "experimental"
-            return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=2 * HEARTBEAT_S)
+        for attempt in range(3):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats are "experimental"
+                    return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=2 * HEARTBEAT_S)
+            except Exception as error:
+                # Two processes opening a new database at once both create its tables; the one
+                # that loses sees "already exists" and finds them there on a second try.
+                if "already exists" not in str(error) or attempt == 2:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
     except EvomergeError:
         raise
     except Exception as error:  # SQLAlchemy and drivers raise many types for a bad URL
