@@ -689,7 +689,7 @@ def export(
 def dashboard(
     storage: str = typer.Option(..., help="The study's storage URL, e.g. sqlite:///results/<study>/study.db."),
     host: str = typer.Option("127.0.0.1", help="Address to serve on (localhost by default)."),
-    port: int = typer.Option(8080, help="Port."),
+    port: int = typer.Option(8080, min=1, max=65535, help="Port."),
 ) -> None:
     """Serve optuna-dashboard on a study storage (live while a search runs)."""
     from evomerge.extras import require
