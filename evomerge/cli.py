@@ -204,11 +204,14 @@ def training_progress():
 @app.command()
 @user_errors
 def toy(
-    scale: str = typer.Option("xs", help="xs (~0.5M parameters), s (~2M), m (~9M) or l (~50M); comma-separate several."),
+    scale: str = typer.Option("xs", help="A toy scale (see --list); comma-separate several."),
     out: Path = typer.Option(Path("results/toy"), help="Root folder: world/ and one folder per scale; built parents are reused."),
     parents: Optional[str] = typer.Option(None, help="Only these parents (comma-separated), with the stages they need. Default: all eight."),
     device: str = typer.Option("auto", help="auto, cpu or cuda (training and scoring)."),
     score: bool = typer.Option(True, help="Score every parent on the domain and the general benchmark."),
+    seed: int = typer.Option(0, help="Training seed (initial weights, data order); the world stays the same. N > 0 builds into <scale>-seedN/."),
+    list_scales: bool = typer.Option(False, "--list", help="Print the scales (parameters, layers, width, device, measured build time) and exit."),
+    json_output: bool = typer.Option(False, "--json", help="With --list: one JSON array instead of a table."),
 ) -> None:
     """Build the toy materials domain and the paper's parents at a scale, with `evomerge train`.
 
@@ -222,6 +225,9 @@ def toy(
     """
     from evomerge.toy.build import SCALES, build_toy, score_parents
 
+    if list_scales:
+        print_toy_scales(json_output)
+        return
     scales = parse_scales(scale, "--scale")
     unknown = [name for name in scales if name not in SCALES]
     if unknown:
@@ -229,19 +235,40 @@ def toy(
     names = comma_list(parents) if parents else None
     for name in scales:
         with training_progress() as on_step:
-            build = build_toy(name, out, device=device, parents=names, progress=console.print, on_step=on_step)
+            build = build_toy(name, out, device=device, parents=names, progress=console.print, on_step=on_step, seed=seed)
+        if build.seconds > 1:
+            console.print(f"{build.scale}: built in {build.seconds / 60:.1f} min")
         if not score:
             continue
         report = score_parents(build, device)
-        table = Table(title=f"Toy parents, scale {name}: accuracy (paper protocol), share answered in format, fact recall")
+        title = f"Toy parents, scale {build.scale}: accuracy [95% CI] (paper protocol, chance 0.25), fact recall (domain, generic)"
+        table = Table(title=title)
         table.add_column("parent", no_wrap=True)  # "instruct-CPT-SFT-ORPO" whole, even on a narrow terminal
-        for column in ("params", "domain", "general", "in format", "facts"):
-            table.add_column(column, justify="right")
+        for column in ("params", "domain", "general", "facts", "generic facts"):
+            table.add_column(column, justify="right", no_wrap=True)
         for parent, row in report.items():
-            cells = (f"{row['parameters']:,}", f"{row['domain']:.3f}", f"{row['general']:.3f}", f"{row['answered']['domain']:.0%}", f"{row['facts']:.3f}")
-            table.add_row(parent, *cells)
+            accuracy = {kind: f"{row[kind]:.3f} [{row[kind + '_ci'][0]:.3f}, {row[kind + '_ci'][1]:.3f}]" for kind in ("domain", "general")}
+            table.add_row(parent, f"{row['parameters']:,}", accuracy["domain"], accuracy["general"], f"{row['facts']:.3f}", f"{row['generic_facts']:.3f}")
         stdout.print(table)
     stdout.print(f"World and parents: {out}/ (benchmarks: {out}/world/domain_benchmark.jsonl, general_benchmark.jsonl)")
+
+
+def print_toy_scales(as_json: bool) -> None:
+    import json
+
+    from evomerge.toy.build import BUILD_MACHINE, scale_table
+
+    rows = scale_table()
+    if as_json:
+        stdout.print_json(json.dumps(rows))
+        return
+    table = Table(title=f"Toy scales (build time: every parent, cold, on {BUILD_MACHINE})")
+    for column in ("scale", "parameters", "layers", "width", "device", "build time"):
+        table.add_column(column, justify="left" if column in ("scale", "device") else "right")
+    for row in rows:
+        built = f"{row['build_seconds'] / 60:.1f} min" if row["build_seconds"] else "not measured"
+        table.add_row(row["scale"], f"{row['parameters']:,}", str(row["layers"]), str(row["width"]), row["device"], built)
+    stdout.print(table)
 
 
 class Protocol(str, Enum):
