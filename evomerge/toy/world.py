@@ -126,13 +126,18 @@ class World:
 
 @dataclass(frozen=True)
 class WorldSize:
-    materials: int = 200
-    sft_materials: float = 0.35  # the share of materials asked about in SFT (and Q&A lines in CPT)
-    people: int = 160
+    materials: int = 160
+    sft_materials: float = 0.25  # the share of materials asked about in SFT (and Q&A lines in CPT)
+    people: int = 120
     sft_people: float = 0.5  # the share of people asked about in SFT (and Q&A lines in pre-training)
-    domain_rounds: int = 24  # redrawn descriptions of every material in the domain corpus
-    generic_rounds: int = 24  # redrawn descriptions of every person in the generic corpus
-    qa_rounds: int = 8  # Q&A lines about each SFT entity in a corpus, each time in a new order
+    # Each round redraws every description (a new paraphrase and order of each fact), so a model
+    # that reads a corpus once sees every fact `rounds` times, never in the same document twice.
+    domain_rounds: int = 80  # redrawn descriptions of every material in the domain corpus
+    generic_rounds: int = 80  # redrawn descriptions of every person in the generic corpus
+    qa_rounds: int = 24  # Q&A documents about each SFT entity in a corpus, each in a new order
+    # Each SFT question several times, with other wrong choices in another order: the answer is
+    # the fact, never a position or a memorised set of choices.
+    sft_variants: int = 3
 
 
 def invented_names(rng: random.Random, count: int, endings: tuple[str, ...], taken: set[str]) -> list[str]:
@@ -209,8 +214,8 @@ class WorldTexts:
 
     generic_corpus: list[str]
     domain_corpus: list[str]
-    sft_generic: list[dict]  # benchmark-format items the Instruct model is tuned on
-    sft_domain: list[dict]  # items about the SFT share of materials
+    sft_generic: list[dict]  # benchmark-format items the Instruct model is tuned on (sft_variants of each)
+    sft_domain: list[dict]  # items about the SFT share of materials (sft_variants of each)
     domain_benchmark: list[dict]
     general_benchmark: list[dict]
 
@@ -223,8 +228,8 @@ def world_texts(world: World, size: WorldSize = WorldSize()) -> WorldTexts:
     return WorldTexts(
         generic_corpus=corpus(world.people, PEOPLE, rng, size.generic_rounds, size.qa_rounds),
         domain_corpus=corpus(world.materials, MATERIALS, rng, size.domain_rounds, size.qa_rounds),
-        sft_generic=items([p for p in world.people if p.in_sft], PEOPLE, rng),
-        sft_domain=items([m for m in world.materials if m.in_sft], MATERIALS, rng),
+        sft_generic=[i for _ in range(size.sft_variants) for i in items([p for p in world.people if p.in_sft], PEOPLE, rng)],
+        sft_domain=[i for _ in range(size.sft_variants) for i in items([m for m in world.materials if m.in_sft], MATERIALS, rng)],
         domain_benchmark=items([m for m in world.materials if not m.in_sft], MATERIALS, rng),
         general_benchmark=items([p for p in world.people if not p.in_sft], PEOPLE, rng),
     )

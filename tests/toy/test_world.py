@@ -46,7 +46,7 @@ def test_every_file_is_there_and_the_benchmarks_have_their_sizes(world_dir):
         assert (world_dir / name).is_file(), name
     domain = load_benchmark(world_dir / "domain_benchmark.jsonl")
     general = load_benchmark(world_dir / "general_benchmark.jsonl")
-    assert len(domain) == 5 * 26  # 40 materials, 14 (35%) in SFT, every property of the other 26
+    assert len(domain) == 5 * 30  # 40 materials, 10 (a quarter) in SFT, every property of the other 30
     assert len(general) == 5 * 15  # 30 people, half in SFT
     assert set(domain.categories) == set(MATERIALS.relations) and set(general.categories) == set(PEOPLE.relations)
     assert {item.type for item in domain.items + general.items} == {"mc"}
@@ -116,25 +116,23 @@ def test_sft_and_preference_data_use_the_scorers_format_and_answer_with_the_choi
     from transformers import AutoTokenizer
 
     from evomerge.evaluate.benchmark import parse_item
-    from evomerge.evaluate.protocol import ANSWER_CUE, build_prompt, parse_reply, question_text
+    from evomerge.evaluate.protocol import ANSWER_CUE, build_prompt, parse_reply
 
     tokenizer = AutoTokenizer.from_pretrained(str(world_dir / "tokenizer"))
+    eos = tokenizer.eos_token
+    # The SFT prompt is the scorer's exact prompt; the completion is the right choice's text.
+    prompts = {build_prompt(parse_item(i, "x"), tokenizer, chat=True): parse_item(i, "x") for i in _sft_items(world_dir)}
     sft = _records(world_dir / "sft.jsonl")
-    assert all(r["messages"][1]["content"].startswith(ANSWER_CUE + " ") for r in sft)
-    rendered = tokenizer.apply_chat_template(sft[0]["messages"], tokenize=False)
-    answer = sft[0]["messages"][1]["content"].removeprefix(ANSWER_CUE)
-    prompt = rendered[: rendered.index(ANSWER_CUE) + len(ANSWER_CUE)]
-    assert rendered == prompt + answer + tokenizer.eos_token
-    item = parse_item(json.loads((world_dir / "domain_benchmark.jsonl").read_text().splitlines()[0]), "x")
-    assert build_prompt(item, tokenizer, chat=True).startswith(tokenizer.bos_token + "<|user|>")
-    # The reply is the right choice's text, and the paper protocol's parser reads it as that letter.
-    questions = {question_text(parse_item(i, "x")): parse_item(i, "x") for i in map(json.loads, _sft_items(world_dir))}
+    assert len(sft) == len(prompts) or len(sft) == len(_sft_items(world_dir))
     for record in sft:
-        asked = questions[record["messages"][0]["content"]]
-        reply = record["messages"][1]["content"].removeprefix(ANSWER_CUE + " ")
+        asked = prompts[record["prompt"]]
+        assert record["prompt"].startswith(tokenizer.bos_token + "<|user|>") and record["prompt"].endswith(ANSWER_CUE)
+        reply = record["completion"].removesuffix(eos).strip()
+        assert record["completion"] == f" {reply}{eos}"
         assert reply in asked.choices and parse_reply(reply, asked) == asked.answer
     for pair in _records(world_dir / "preferences.jsonl"):
         assert pair["prompt"].endswith(ANSWER_CUE) and pair["chosen"] != pair["rejected"]
+        assert pair["prompt"] in prompts and parse_reply(pair["chosen"].removesuffix(eos), prompts[pair["prompt"]]) == prompts[pair["prompt"]].answer
     assert len(tokenizer.tokenize("<|assistant|>")) == 1
     # Word-level: an invented name is one token, and no word of any text is unknown.
     name = next(iter(_names(world_dir, "materials", False)))
@@ -143,13 +141,13 @@ def test_sft_and_preference_data_use_the_scorers_format_and_answer_with_the_choi
     assert tokenizer.unk_token_id not in tokenizer.encode(corpus)
 
 
-def _sft_items(world_dir: Path) -> list[str]:
+def _sft_items(world_dir: Path) -> list[dict]:
     """The SFT questions as benchmark items (rebuilt from the world, as build_world makes them)."""
     from evomerge.toy.world import world_texts
 
     size = WorldSize(**json.loads((world_dir / "world.json").read_text())["size"])
     texts = world_texts(make_world(0, size), size)
-    return [json.dumps(item) for item in texts.sft_generic + texts.sft_domain]
+    return texts.sft_generic + texts.sft_domain
 
 
 def test_vocabulary_size_is_known_without_building(world_dir):
