@@ -46,8 +46,8 @@ def test_every_file_is_there_and_the_benchmarks_have_their_sizes(world_dir):
         assert (world_dir / name).is_file(), name
     domain = load_benchmark(world_dir / "domain_benchmark.jsonl")
     general = load_benchmark(world_dir / "general_benchmark.jsonl")
-    assert len(domain) == 5 * 30  # 40 materials, 10 (a quarter) in SFT, every property of the other 30
-    assert len(general) == 5 * 15  # 30 people, half in SFT
+    assert len(domain) == 5 * 24  # 40 materials, 16 (40%) in SFT, every property of the other 24
+    assert len(general) == 5 * 12  # 30 people, 18 (60%) in SFT
     assert set(domain.categories) == set(MATERIALS.relations) and set(general.categories) == set(PEOPLE.relations)
     assert {item.type for item in domain.items + general.items} == {"mc"}
     assert all(len(item.choices) == 4 for item in domain.items + general.items)
