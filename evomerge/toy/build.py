@@ -7,6 +7,11 @@ Every parent is made by `evomerge.train` (the code behind `evomerge train`), sta
 paper made its parents: a base pre-trained on the generic corpus; "Instruct" = base + SFT on generic
 questions; CPT on the domain corpus from Base or Instruct; then SFT, DPO, ORPO. A parent already
 built from the same data and settings is reused, so `evomerge demo` and `evomerge map` build once.
+
+A build is as deterministic as torch allows on a CPU: one fixed thread count, deterministic
+algorithms, a seeded initialisation and data order, so two builds on one machine give identical
+weights. Floating-point results still differ between machines, so published toy figures are
+means over several training seeds (`seed`), never one run.
 """
 
 from __future__ import annotations
