@@ -99,15 +99,16 @@ class Stage:
     data: str  # a file in root/world/
 
 
+# In training order; the parents the map and the demo merge come first.
 STAGES = (
     Stage("base", "init", "cpt", "generic_corpus.jsonl"),
     Stage("instruct", "base", "sft", "sft_generic.jsonl"),
-    Stage("base-CPT", "base", "cpt", "domain_corpus.jsonl"),
-    Stage("base-CPT-SFT", "base-CPT", "sft", "sft.jsonl"),
     Stage("instruct-CPT", "instruct", "cpt", "domain_corpus.jsonl"),
     Stage("instruct-CPT-SFT", "instruct-CPT", "sft", "sft.jsonl"),
     Stage("instruct-CPT-SFT-DPO", "instruct-CPT-SFT", "dpo", "preferences.jsonl"),
     Stage("instruct-CPT-SFT-ORPO", "instruct-CPT-SFT", "orpo", "preferences.jsonl"),
+    Stage("base-CPT", "base", "cpt", "domain_corpus.jsonl"),
+    Stage("base-CPT-SFT", "base-CPT", "sft", "sft.jsonl"),
 )
 PARENTS = tuple(stage.name for stage in STAGES)
 _BY_NAME = {stage.name: stage for stage in STAGES}
