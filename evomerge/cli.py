@@ -172,8 +172,14 @@ def demo(
     interval and a one-line verdict, and where the results went."""
     import shutil
 
-    from evomerge.demo import DEMO_SCALE, build_demo_parents, demo_settings, holdout_gain
+    import torch
 
+    from evomerge.demo import DEMO_SCALE, build_demo_parents, demo_settings, holdout_gain
+    from evomerge.toy.build import TRAIN_THREADS
+
+    if device != "cuda":
+        # Models this small gain nothing from more threads, and lose a lot on a busy machine.
+        torch.set_num_threads(TRAIN_THREADS)
     console.print(f"Toy domain, scale {DEMO_SCALE}: building or reusing the parents under {toy_dir}/ …")
     with training_progress() as on_step:
         build = build_demo_parents(toy_dir, device, progress=console.print, on_step=on_step)
