@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
 
@@ -301,7 +301,7 @@ _NOT_FINGERPRINTED = ("overwrite", "device", "label")
 def _fingerprint(settings: TrainSettings, shape: Scale) -> str:
     """What a parent depends on: the scale, its settings, the bytes of its data, its parent's stamp."""
     data = {key: value for key, value in asdict(settings).items() if key not in _NOT_FINGERPRINTED}
-    data["shape"] = asdict(shape)
+    data["shape"] = asdict(replace(shape, build_seconds=None))  # a measured time is not a setting
     data["data_sha256"] = file_hash(settings.data)
     parent_stamp = Path(settings.model) / STAMP
     data["parent"] = parent_stamp.read_text() if parent_stamp.is_file() else settings.model
