@@ -43,7 +43,7 @@ def main(domain_dir: str, general_dir: str, out: str) -> None:
     axis.axvline(0.25, color="grey", linewidth=0.6, linestyle=":")
     axis.set_xlabel("general benchmark accuracy")
     axis.set_ylabel("domain benchmark accuracy")
-    axis.set_title("Toy merges: domain against general skill (★ paper's schedule; dotted: chance)")
+    axis.set_title("Toy merges, instruct × instruct-CPT-SFT\n(★ paper's schedule; dotted: chance 0.25)", fontsize=10)
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(out, dpi=120)
