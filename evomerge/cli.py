@@ -85,6 +85,9 @@ def user_errors(command: Callable) -> Callable:
         except KeyboardInterrupt as interrupt:
             console.print(f"Stopped: {interrupt_reason(interrupt)}.", style="yellow")
             raise typer.Exit(interrupt_exit_code(interrupt))
+        except OSError as error:  # a full disk, a folder without write permission: not a bug to trace
+            console.print(Text.assemble(("error:", "bold red"), f" {error}"))
+            raise typer.Exit(1)
 
     return wrapper
 
@@ -109,7 +112,9 @@ def quiet_libraries() -> None:
 
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress bar reports the trials
+    # Our progress bar reports the trials and each failed trial keeps its reason; Optuna would log
+    # every failure with a traceback (and an interrupt with two).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning, module="optuna")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # TRL sets transformers 5's renamed training argument itself; nothing a user can act on.
@@ -202,13 +207,20 @@ def demo(
 
     Builds (or reuses) the xs toy parents, searches merges of Instruct × Instruct-CPT-SFT on the toy
     domain benchmark (default space, pruning, held-out items), and prints the parents' scores, the
-    paper's recipe, the best found and where the results went."""
+    paper's recipe, the best found, its gain over the best parent on held-out items with a 95%
+    interval and a one-line verdict, and where the results went."""
     import shutil
 
-    from evomerge.demo import DEMO_SCALE, build_demo_parents, demo_settings
+    import torch
+
+    from evomerge.demo import DEMO_SCALE, build_demo_parents, demo_settings, holdout_gain
     from evomerge.merge.merger import resolve_device
+    from evomerge.toy.build import TRAIN_THREADS
 
     resolve_device(device)  # before anything is printed or built
+    if device != "cuda":
+        # Models this small gain nothing from more threads, and lose a lot on a busy machine.
+        torch.set_num_threads(TRAIN_THREADS)
     console.print(f"Toy domain, scale {DEMO_SCALE}: building or reusing the parents under {toy_dir}/ …")
     with training_progress() as on_step:
         build = build_demo_parents(toy_dir, device, progress=console.print, on_step=on_step)
@@ -216,6 +228,18 @@ def demo(
     shutil.rmtree(settings.results_dir, ignore_errors=True)  # a fresh search on every run; parents are reused
     console.print(f"Searching merges of {' × '.join(build.parents)} on {build.domain_benchmark.name} …")
     run_search_command(settings, timeout=None, jobs=1)
+    held = holdout_gain(settings)
+    if held is not None:
+        m = held.metrics
+        table = Table(title=f"Best recipe (trial {held.trial}) on the {m.n} held-out items the search never saw, 95% CI")
+        table.add_column("")
+        table.add_column("accuracy", justify="right", no_wrap=True)
+        for name, interval in zip(build.parents, (m.parent_1, m.parent_2)):
+            table.add_row(f"parent {name}", f"{interval.estimate:.3f} [{interval.low:.3f}, {interval.high:.3f}]")
+        table.add_row("best recipe", f"{m.accuracy.estimate:.3f} [{m.accuracy.low:.3f}, {m.accuracy.high:.3f}]")
+        table.add_row("gain over the best parent", f"{m.gain.estimate:+.3f} [{m.gain.low:+.3f}, {m.gain.high:+.3f}]")
+        stdout.print(table)
+        stdout.print(held.verdict)
     stdout.print(f"Open the dashboard: evomerge dashboard --storage {settings.storage_url()}")
     stdout.print(f"Materialise the best merge: evomerge merge {settings.results_dir / 'best-recipe.yaml'} --out results/demo-merged")
 
@@ -240,11 +264,14 @@ def training_progress():
 @app.command()
 @user_errors
 def toy(
-    scale: str = typer.Option("xs", help="xs (~0.5M parameters), s (~2M), m (~9M) or l (~50M); comma-separate several."),
+    scale: str = typer.Option("xs", help="A toy scale (see --list); comma-separate several."),
     out: Path = typer.Option(Path("results/toy"), help="Root folder: world/ and one folder per scale; built parents are reused."),
     parents: Optional[str] = typer.Option(None, help="Only these parents (comma-separated), with the stages they need. Default: all eight."),
     device: str = typer.Option("auto", help="auto, cpu or cuda (training and scoring)."),
     score: bool = typer.Option(True, help="Score every parent on the domain and the general benchmark."),
+    seed: int = typer.Option(0, help="Training seed (initial weights, data order); the world stays the same. N > 0 builds into <scale>-seedN/."),
+    list_scales: bool = typer.Option(False, "--list", help="Print the scales (parameters, layers, width, device, measured build time) and exit."),
+    json_output: bool = typer.Option(False, "--json", help="With --list: one JSON array instead of a table."),
 ) -> None:
     """Build the toy materials domain and the paper's parents at a scale, with `evomerge train`.
 
@@ -258,6 +285,9 @@ def toy(
     """
     from evomerge.toy.build import SCALES, build_toy, score_parents
 
+    if list_scales:
+        print_toy_scales(json_output)
+        return
     scales = parse_scales(scale, "--scale")
     unknown = [name for name in scales if name not in SCALES]
     if unknown:
@@ -265,19 +295,40 @@ def toy(
     names = comma_list(parents) if parents else None
     for name in scales:
         with training_progress() as on_step:
-            build = build_toy(name, out, device=device, parents=names, progress=console.print, on_step=on_step)
+            build = build_toy(name, out, device=device, parents=names, progress=console.print, on_step=on_step, seed=seed)
+        if build.seconds > 1:
+            console.print(f"{build.scale}: built in {build.seconds / 60:.1f} min")
         if not score:
             continue
         report = score_parents(build, device)
-        table = Table(title=f"Toy parents, scale {name}: accuracy (paper protocol), share answered in format, fact recall")
+        title = f"Toy parents, scale {build.scale}: accuracy [95% CI] (paper protocol, chance 0.25), fact recall (domain, generic)"
+        table = Table(title=title)
         table.add_column("parent", no_wrap=True)  # "instruct-CPT-SFT-ORPO" whole, even on a narrow terminal
-        for column in ("params", "domain", "general", "in format", "facts"):
-            table.add_column(column, justify="right")
+        for column in ("params", "domain", "general", "facts", "generic facts"):
+            table.add_column(column, justify="right", no_wrap=True)
         for parent, row in report.items():
-            cells = (f"{row['parameters']:,}", f"{row['domain']:.3f}", f"{row['general']:.3f}", f"{row['answered']['domain']:.0%}", f"{row['facts']:.3f}")
-            table.add_row(parent, *cells)
+            accuracy = {kind: f"{row[kind]:.3f} [{row[kind + '_ci'][0]:.3f}, {row[kind + '_ci'][1]:.3f}]" for kind in ("domain", "general")}
+            table.add_row(parent, f"{row['parameters']:,}", accuracy["domain"], accuracy["general"], f"{row['facts']:.3f}", f"{row['generic_facts']:.3f}")
         stdout.print(table)
     stdout.print(f"World and parents: {out}/ (benchmarks: {out}/world/domain_benchmark.jsonl, general_benchmark.jsonl)")
+
+
+def print_toy_scales(as_json: bool) -> None:
+    import json
+
+    from evomerge.toy.build import BUILD_MACHINE, scale_table
+
+    rows = scale_table()
+    if as_json:
+        stdout.print_json(json.dumps(rows))
+        return
+    table = Table(title=f"Toy scales (build time: every parent, cold, on {BUILD_MACHINE})")
+    for column in ("scale", "parameters", "layers", "width", "device", "build time"):
+        table.add_column(column, justify="left" if column in ("scale", "device") else "right")
+    for row in rows:
+        built = f"{row['build_seconds'] / 60:.1f} min" if row["build_seconds"] else "not measured"
+        table.add_row(row["scale"], f"{row['parameters']:,}", str(row["layers"]), str(row["width"]), row["device"], built)
+    stdout.print(table)
 
 
 class Protocol(str, Enum):
@@ -684,7 +735,7 @@ def export(
 def dashboard(
     storage: str = typer.Option(..., help="The study's storage URL, e.g. sqlite:///results/<study>/study.db."),
     host: str = typer.Option("127.0.0.1", help="Address to serve on (localhost by default)."),
-    port: int = typer.Option(8080, help="Port."),
+    port: int = typer.Option(8080, min=1, max=65535, help="Port."),
 ) -> None:
     """Serve optuna-dashboard on a study storage (live while a search runs)."""
     from evomerge.extras import require
@@ -793,6 +844,7 @@ def map_command(
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="YAML file of parent pairs, one per scale: pairs: [{label, parents: [A, B], base: A, ancestor, params}]."),
     toy: Optional[str] = typer.Option(None, help="Toy-domain scales, comma-separated (e.g. xs,s,m): Instruct × Instruct-CPT-SFT at each, built if needed."),
     toy_dir: Path = typer.Option(Path("results/toy"), help="With --toy: where the toy world and its parents are built (and reused)."),
+    toy_pair: str = typer.Option("instruct,instruct-CPT-SFT", help="With --toy: the two toy parents to merge, base first (e.g. instruct,instruct-CPT)."),
     benchmark: Optional[str] = typer.Option(None, help="A shipped benchmark's name or a JSONL path (overrides the pairs file's and the toy's)."),
     sweep: str = typer.Option("0:1:0.1", help="Global SLERP t values: start:stop:step, or a comma list."),
     search: int = typer.Option(0, "--search", help="Also search N trials per pair (its own study) and score the best recipe on held-out items."),
@@ -824,6 +876,7 @@ def map_command(
     if (pairs is None) == (toy is None):
         raise EvomergeError("give --pairs FILE.yaml or --toy SCALES (one of them)")
     scales = parse_scales(toy, "--toy") if toy is not None else []
+    toy_parents = parse_toy_pair(toy_pair)
     name = pairs.stem if pairs is not None else "toy-" + "-".join(scales)
     settings = MapSettings(
         out=out or Path("results") / f"map-{name}",
@@ -840,13 +893,13 @@ def map_command(
         resamples=resamples,
         overwrite=overwrite,
     )
-    settings.command = map_command_line(settings, pairs, toy, toy_dir, sweep, out)
+    settings.command = map_command_line(settings, pairs, toy, toy_dir, sweep, out, toy_parents)
     if pairs is not None:
         settings.pairs = load_pairs(pairs)
     else:
         check_options(settings)  # a bad flag is reported before any toy parent is built
-        settings.pairs = toy_pairs(scales, toy_dir, device=device, say=lambda message: console.print(message, highlight=False))
-    columns = (TextColumn("map", style="bold"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+        settings.pairs = toy_pairs(scales, toy_dir, device=device, say=lambda message: console.print(message, highlight=False), pair=toy_parents)
+    columns = (TextColumn("map", style="bold"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("checking", total=None)
         result = run_map(settings, progress=lambda done, total, what: bar.update(task, completed=done, total=total, description=what))
@@ -861,12 +914,27 @@ def map_command(
     stdout.print(f"Wrote {result.out}/ in {result.seconds:.1f} s: report.html, map.csv, items.csv, kinship.csv, figures/*.png, summary.json")
 
 
-def map_command_line(settings, pairs: Optional[Path], toy: Optional[str], toy_dir: Path, sweep: str, out: Optional[Path]) -> str:
+def parse_toy_pair(text: str) -> tuple[str, str]:
+    """--toy-pair: two distinct toy parents, base first."""
+    from evomerge.toy.build import PARENTS
+
+    names = comma_list(text)
+    if len(names) != 2 or names[0] == names[1]:
+        raise EvomergeError(f"--toy-pair expects two different toy parents, base first (e.g. instruct,instruct-CPT), got {text!r}")
+    unknown = [name for name in names if name not in PARENTS]
+    if unknown:
+        raise EvomergeError(f"--toy-pair: unknown toy parent {unknown[0]!r}; choose from {', '.join(PARENTS)}")
+    return names[0], names[1]
+
+
+def map_command_line(
+    settings, pairs: Optional[Path], toy: Optional[str], toy_dir: Path, sweep: str, out: Optional[Path], toy_pair: Optional[tuple[str, str]] = None
+) -> str:
     """The command as a user would retype it (flags at their defaults left out), for the report."""
     import shlex
     from dataclasses import fields
 
-    from evomerge.search.scale_map import DEFAULT_SWEEP, MapSettings
+    from evomerge.search.scale_map import DEFAULT_SWEEP, TOY_PAIR, MapSettings
     from evomerge.toy.build import DEFAULT_ROOT
 
     parts = ["evomerge", "map"]
@@ -874,6 +942,8 @@ def map_command_line(settings, pairs: Optional[Path], toy: Optional[str], toy_di
         parts += ["--pairs", str(pairs)]
     else:
         parts += ["--toy", str(toy)] + (["--toy-dir", str(toy_dir)] if toy_dir != DEFAULT_ROOT else [])
+        if toy_pair is not None and toy_pair != TOY_PAIR:
+            parts += ["--toy-pair", ",".join(toy_pair)]
     if sweep != DEFAULT_SWEEP:
         parts += ["--sweep", sweep]
     flags = {  # MapSettings' fields that one flag each sets

@@ -56,3 +56,41 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+_pending: list[KeyboardInterrupt] = []  # a signal noted by `deferred_interrupts`, not raised yet
+
+
+def raise_if_interrupted() -> None:
+    """A safe point: raise the Ctrl-C or SIGTERM that arrived since the last one, if any."""
+    if _pending:
+        raise _pending.pop()
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """While the block runs, Ctrl-C and SIGTERM are noted and raised at the next safe point
+    (`raise_if_interrupted`: between a scorer's batches, between a trial's steps), never inside a
+    storage commit, which would leave the study's database session broken just when the running
+    trial must be marked failed. A second signal interrupts at once. On leaving the block a noted
+    signal is raised."""
+
+    def note(signum, frame) -> None:
+        interrupt = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        if _pending:
+            _pending.clear()
+            raise interrupt
+        _pending.append(interrupt)
+
+    try:
+        before = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: signals stay as they are
+        yield
+        return
+    _pending.clear()
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    raise_if_interrupted()

@@ -64,6 +64,8 @@ def inputs(tmp_path_factory):
         "pipeline.yaml": "stages:\n  - name: cpt\n    strategy: pretrain\n",
         "sft_bad.jsonl": json.dumps({"text": "no messages here"}) + "\n",
         "notes.txt": "not a model\n",
+        "empty.jsonl": "",
+        "empty.yaml": "",
     }
     for name, text in files.items():
         (root / name).write_text(text)
@@ -125,6 +127,10 @@ CASES = [
     ("export-no-study", "export --study nothing_here", ["nothing_here"]),
     ("export-rank-zero", "export --study s --rank 0", ["--rank"]),
     ("dashboard-no-storage-file", "dashboard --storage sqlite:///{root}/absent.db", ["absent.db"]),
+    ("dashboard-port-out-of-range", "dashboard --storage sqlite:///{root}/absent.db --port 99999", ["--port"]),
+    ("eval-empty-benchmark", "eval --model {root}/instruct --benchmark {root}/empty.jsonl", ["no items"]),
+    ("merge-empty-recipe", "merge {root}/empty.yaml --out out", ["empty.yaml"]),
+    ("search-parent-is-a-file", "search --parents {root}/instruct,{root}/notes.txt --benchmark {root}/bench.jsonl", ["notes.txt"]),
     ("spaces-unknown-option", "spaces --colour", ["--colour"]),
     ("train-nothing-to-do", "train", ["--strategy"]),
     ("train-unknown-strategy", "train --strategy rlhf --model {root}/instruct --data {root}/sft_bad.jsonl --out out", ["rlhf"]),

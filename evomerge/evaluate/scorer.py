@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from evomerge.errors import EvomergeError
+from evomerge.errors import EvomergeError, raise_if_interrupted
 from evomerge.evaluate import protocol as prompts
 from evomerge.evaluate.benchmark import Benchmark, Item
 
@@ -208,6 +208,7 @@ class Scorer:
     # ----- batching -----------------------------------------------------------------------
 
     def _report(self, done: int, total: int) -> None:
+        raise_if_interrupted()  # after each batch: Ctrl-C within one forward pass
         if self._progress is not None:
             self._progress(done, total)
 

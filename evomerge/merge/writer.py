@@ -12,7 +12,9 @@ from typing import Optional, Union
 
 import torch
 
-from evomerge.errors import EvomergeError
+from safetensors import SafetensorError
+
+from evomerge.errors import EvomergeError, first_line
 from evomerge.files import staged_folder
 from evomerge.merge.merger import DTYPES, Merger, resolve_device
 from evomerge.merge.parents import ParentInfo, check_parents, inspect_parent
@@ -96,7 +98,10 @@ def _write_with_evomerge(
     with staged_folder(out) as staging:
         if out_dtype is not None:
             model.config.dtype = out_dtype
-        model.save_pretrained(str(staging), state_dict=state)
+        try:
+            model.save_pretrained(str(staging), state_dict=state)
+        except SafetensorError as error:  # a full disk or a write error: the staged folder goes
+            raise OSError(f"cannot write the merged model to {out}: {first_line(error)}") from None
         copy_tokenizer(base, staging)
         recipe.save(staging / RECIPE_FILE)
 

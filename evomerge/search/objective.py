@@ -24,7 +24,7 @@ from typing import Callable, Mapping, Optional, Protocol, Sequence, Union
 import optuna
 from optuna.trial import TrialState
 
-from evomerge.errors import interrupt_reason
+from evomerge.errors import interrupt_reason, raise_if_interrupted
 from evomerge.evaluate.benchmark import Benchmark
 from evomerge.evaluate.objective import Objective, make_objective
 from evomerge.evaluate.scorer import ScoreResult, Scorer, make_result
@@ -165,6 +165,7 @@ def wait_while_running(study: optuna.Study, other: optuna.trial.FrozenTrial) -> 
     (a journal file), when its process on this machine no longer exists."""
     while True:
         time.sleep(WAIT_POLL_S)
+        raise_if_interrupted()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
@@ -276,6 +277,7 @@ class TrialRunner:
     def _run(self, trial: optuna.Trial):
         settings = self.settings
         trial.set_user_attr("worker", process_name())  # first: a rerun can tell a killed process's trial
+        raise_if_interrupted()
         self._refuse_surplus(trial)
         recipe = self.space.suggest(trial, settings.parents, settings.base, self.merger.num_layers, self.dtype_name)
         duplicate = claim_recipe(trial, recipe.to_yaml(), settings.storage_url())
@@ -291,6 +293,7 @@ class TrialRunner:
         start = time.perf_counter()
         model = self.merger.apply(recipe, seed=settings.seed)
         trial.set_user_attr("merge_s", round(time.perf_counter() - start, 4))
+        raise_if_interrupted()
 
         score_start = time.perf_counter()
         primary = self.objectives[0]

@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import shutil
-import signal
 import socket
 import tempfile
 import time
@@ -44,7 +43,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 from ray.tune.search import Searcher
 
-from evomerge.errors import EvomergeError, Terminated, first_line, interrupt_reason
+from evomerge.errors import EvomergeError, deferred_interrupts, first_line, interrupt_reason, raise_if_interrupted
 from evomerge.evaluate.scorer import ScoreResult
 from evomerge.search.objective import (
     TrialRunner,
@@ -606,39 +605,15 @@ class StudySearch(Searcher):
 
 
 class Heartbeat(tune.Callback):
-    """Calls the searcher's heartbeat on every step of Tune's loop, and turns a Ctrl-C that
-    arrived during the step before into a KeyboardInterrupt here, between steps (see
-    `interrupt_between_steps`)."""
+    """Calls the searcher's heartbeat on every step of Tune's loop; the start of a step is where
+    a Ctrl-C or SIGTERM noted during the last one is raised (see `errors.deferred_interrupts`)."""
 
     def __init__(self, searcher: StudySearch):
         self.searcher = searcher
-        self.interrupt: Optional[KeyboardInterrupt] = None  # the signal noted, not yet raised
 
     def on_step_begin(self, iteration, trials, **info) -> None:
-        if self.interrupt is not None:
-            raise self.interrupt
+        raise_if_interrupted()
         self.searcher.beat()
-
-
-@contextmanager
-def interrupt_between_steps(heartbeat: Heartbeat) -> Iterator[None]:
-    """While Tune runs, Ctrl-C (or SIGTERM) is noted and raised at the start of Tune's next step,
-    not wherever the driver happens to be: raised inside a storage commit, it would leave the
-    study's database session broken just when the running trials must be marked failed. A second
-    Ctrl-C interrupts at once."""
-
-    def note(signum, frame) -> None:
-        interrupt = Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-        if heartbeat.interrupt is not None:
-            raise interrupt
-        heartbeat.interrupt = interrupt
-
-    before = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
 
 
 # Ray Tune's switches, set only while Tune runs:
@@ -693,7 +668,6 @@ def optimise_on_ray(
         )
         resources = session.resources
         trainable = tune.with_resources(tune.with_parameters(run_trial, job=runner.with_parent_scores(parent_scores)), resources.as_ray())
-        heartbeat = Heartbeat(searcher)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -710,12 +684,12 @@ def optimise_on_ray(
                 storage_path=ray_dir,
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),  # a failed trial, not a failed run
                 verbose=0,
-                callbacks=[heartbeat],
+                callbacks=[Heartbeat(searcher)],
             ),
         )
         log(f"Ray: {resources.concurrent} trial(s) at once, each with {resources.cpus:g} CPU(s) and {resources.gpus:g} GPU(s)")
         try:
-            with _tune_environment(), interrupt_between_steps(heartbeat):
+            with _tune_environment(), deferred_interrupts():
                 tuner.fit()
         except KeyboardInterrupt as interrupt:
             searcher.abandon(interrupt_reason(interrupt))

@@ -23,7 +23,7 @@ import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from evomerge.errors import EvomergeError
+from evomerge.errors import EvomergeError, deferred_interrupts
 from evomerge.evaluate.benchmark import Benchmark, fraction_count, load_benchmark
 from evomerge.evaluate.harness import find_task, is_lm_eval_spec
 from evomerge.evaluate.scorer import ScoreResult
@@ -233,7 +233,8 @@ def optimise(
             callbacks = [MaxTrialsCallback(settings.trials, states=TAKEN), failure_guard]
             if on_trial is not None:
                 callbacks.append(on_trial)
-            study.optimize(runner, n_trials=budget, timeout=timeout, callbacks=callbacks, catch=(Exception,))
+            with deferred_interrupts():  # Ctrl-C and SIGTERM stop a trial between steps, never mid-commit
+                study.optimize(runner, n_trials=budget, timeout=timeout, callbacks=callbacks, catch=(Exception,))
         for process in processes:
             process.join()
     finally:

@@ -216,10 +216,15 @@ def _benchmark_reference(value, folder: Path, where: str) -> Optional[str]:
 
 
 def toy_pairs(
-    scales: Sequence[str], root: Optional[Path] = None, *, device: str = "auto", say: Optional[Callable[[str], None]] = None
+    scales: Sequence[str],
+    root: Optional[Path] = None,
+    *,
+    device: str = "auto",
+    say: Optional[Callable[[str], None]] = None,
+    pair: Sequence[str] = TOY_PAIR,
 ) -> list[PairSpec]:
-    """The toy domain's pair at each scale (Instruct × Instruct-CPT-SFT, base = Instruct, kinship
-    against the toy's Base, the toy's domain benchmark), built if needed."""
+    """The toy domain's pair at each scale (default Instruct × Instruct-CPT-SFT; base = the first,
+    kinship against the toy's Base, the toy's domain benchmark), built if needed."""
     from evomerge.merge.merger import resolve_device
     from evomerge.toy.build import SCALES, build_toy
 
@@ -229,8 +234,8 @@ def toy_pairs(
     resolve_device(device)
     pairs = []
     for scale in scales:
-        build = build_toy(scale, root, device=device, parents=TOY_PARENTS, progress=say)
-        instruct, child = (str(build.parents[name]) for name in TOY_PAIR)
+        build = build_toy(scale, root, device=device, parents=["base", *pair], progress=say)
+        instruct, child = (str(build.parents[name]) for name in pair)
         pairs.append(PairSpec(scale, (instruct, child), instruct, ancestor=str(build.parents["base"]), benchmark=str(build.domain_benchmark)))
     return pairs
 
