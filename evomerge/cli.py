@@ -198,7 +198,7 @@ def demo(
         table.add_row("best recipe", f"{m.accuracy.estimate:.3f} [{m.accuracy.low:.3f}, {m.accuracy.high:.3f}]")
         table.add_row("gain over the best parent", f"{m.gain.estimate:+.3f} [{m.gain.low:+.3f}, {m.gain.high:+.3f}]")
         stdout.print(table)
-        stdout.print(held.verdict)
+        stdout.print(held.verdict, soft_wrap=True)  # one line, whatever the terminal's width
     stdout.print(f"Open the dashboard: evomerge dashboard --storage {settings.storage_url()}")
     stdout.print(f"Materialise the best merge: evomerge merge {settings.results_dir / 'best-recipe.yaml'} --out results/demo-merged")
 
