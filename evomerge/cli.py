@@ -239,7 +239,7 @@ def demo(
         table.add_row("best recipe", f"{m.accuracy.estimate:.3f} [{m.accuracy.low:.3f}, {m.accuracy.high:.3f}]")
         table.add_row("gain over the best parent", f"{m.gain.estimate:+.3f} [{m.gain.low:+.3f}, {m.gain.high:+.3f}]")
         stdout.print(table)
-        stdout.print(held.verdict)
+        stdout.print(held.verdict, soft_wrap=True)  # one line, whatever the terminal's width
     stdout.print(f"Open the dashboard: evomerge dashboard --storage {settings.storage_url()}")
     stdout.print(f"Materialise the best merge: evomerge merge {settings.results_dir / 'best-recipe.yaml'} --out results/demo-merged")
 
@@ -301,14 +301,16 @@ def toy(
         if not score:
             continue
         report = score_parents(build, device)
-        title = f"Toy parents, scale {build.scale}: accuracy [95% CI] (paper protocol, chance 0.25), fact recall (domain, generic)"
+        params = next(iter(report.values()))["parameters"]
+        title = f"Toy parents, scale {build.scale} ({params:,} parameters): accuracy and 95% CI (paper protocol, chance 0.25), fact recall"
         table = Table(title=title)
         table.add_column("parent", no_wrap=True)  # "instruct-CPT-SFT-ORPO" whole, even on a narrow terminal
-        for column in ("params", "domain", "general", "facts", "generic facts"):
-            table.add_column(column, justify="right", no_wrap=True)
+        for column in ("domain", "general", "facts", "generic facts"):
+            table.add_column(column, justify="right", no_wrap=column != "generic facts")
         for parent, row in report.items():
-            accuracy = {kind: f"{row[kind]:.3f} [{row[kind + '_ci'][0]:.3f}, {row[kind + '_ci'][1]:.3f}]" for kind in ("domain", "general")}
-            table.add_row(parent, f"{row['parameters']:,}", accuracy["domain"], accuracy["general"], f"{row['facts']:.3f}", f"{row['generic_facts']:.3f}")
+            # The estimate above its interval: 80 columns wide, and an interval is never split.
+            accuracy = {kind: f"{row[kind]:.3f}\n[{row[kind + '_ci'][0]:.3f}–{row[kind + '_ci'][1]:.3f}]" for kind in ("domain", "general")}
+            table.add_row(parent, accuracy["domain"], accuracy["general"], f"{row['facts']:.3f}", f"{row['generic_facts']:.3f}")
         stdout.print(table)
     stdout.print(f"World and parents: {out}/ (benchmarks: {out}/world/domain_benchmark.jsonl, general_benchmark.jsonl)")
 
