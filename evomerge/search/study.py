@@ -21,6 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from evomerge.errors import EvomergeError, first_line
+from evomerge.search.locks import study_lock
 from evomerge.extras import require
 
 SAMPLERS = ("tpe", "cmaes", "random", "grid", "gp", "nsga2")
@@ -176,7 +177,9 @@ def open_storage(url: str):
         from optuna.exceptions import ExperimentalWarning
         from optuna.storages import RDBStorage
 
-        with warnings.catch_warnings():
+        # Two processes opening a new database at once would both create its tables, and the one
+        # that loses fails ("table trials already exists"): creation runs under the storage's lock.
+        with warnings.catch_warnings(), study_lock(url, "(tables)"):
             warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats are "experimental"
             return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=2 * HEARTBEAT_S)
     except EvomergeError:
