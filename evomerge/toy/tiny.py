@@ -104,6 +104,11 @@ def save_bpe_tokenizer(
     )
     backend.train_from_iterator(list(texts), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    return _finish_tokenizer(tokenizer, out, extra_special_tokens, chat_template)
+
+
+def _finish_tokenizer(tokenizer, out, extra_special_tokens, chat_template):
+    """Add the special tokens and chat template, save to `out`; the tokenizer."""
     if extra_special_tokens:
         tokenizer.add_special_tokens({"additional_special_tokens": list(extra_special_tokens)})
     if chat_template:
@@ -192,9 +197,4 @@ def save_word_tokenizer(
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
-    if extra_special_tokens:
-        tokenizer.add_special_tokens({"additional_special_tokens": list(extra_special_tokens)})
-    if chat_template:
-        tokenizer.chat_template = chat_template
-    tokenizer.save_pretrained(str(out))
-    return tokenizer
+    return _finish_tokenizer(tokenizer, out, extra_special_tokens, chat_template)
