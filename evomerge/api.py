@@ -26,6 +26,7 @@ from evomerge.demo import DEMO_TRIALS
 from evomerge.errors import EvomergeError
 
 if TYPE_CHECKING:
+    from evomerge.demo import HeldOutGain
     from evomerge.evaluate.scorer import ScoreResult
     from evomerge.recipe import Recipe
     from evomerge.search.run import SearchProgress
@@ -323,6 +324,7 @@ class SearchResult:
     trials: dict[str, int]  # by state: complete, pruned, fail, …
     duplicates_skipped: int
     summary: dict = field(repr=False)  # summary.json as written
+    holdout_gain: Optional["HeldOutGain"] = None  # the demo's: best recipe vs both parents on the held-out items
 
     @classmethod
     def from_run(cls, run) -> "SearchResult":
@@ -586,14 +588,17 @@ def toy(
     parents: Optional[Names] = None,
     device: str = "auto",
     score: bool = True,
+    seed: int = 0,
     say: Optional[Say] = None,
     on_step: Optional[OnStep] = None,
     on_scale: Optional[Callable[[str, Optional[dict]], None]] = None,
 ) -> dict[str, Optional[dict]]:
     """Build (or reuse) the toy materials domain and the paper's parents at each scale under `out`
-    ("xs", "s", "m", "l", comma-separated or a list); with `score`, score every parent (domain and
-    general benchmark, fact recall) and write <out>/<scale>/accuracy.json. {scale: the parents'
-    table, or None without `score`}; `on_scale(scale, table)` as each scale is done."""
+    (see `evomerge toy --list`; comma-separated or a list); with `score`, score every parent
+    (domain and general benchmark, fact recall) and write <out>/<scale>/accuracy.json. `seed` > 0
+    trains another draw (initial weights, data order) of the same world into <scale>-seedN/.
+    {scale: the parents' table, or None without `score`}; `on_scale(scale, table)` as each scale
+    is done."""
     from evomerge.toy.build import SCALES, build_toy, score_parents
 
     scales = parse_scales(scale, "--scale")
@@ -603,7 +608,9 @@ def toy(
     names = comma_list(parents) if parents else None
     tables: dict[str, Optional[dict]] = {}
     for name in scales:
-        build = build_toy(name, out, device=device, parents=names, progress=say, on_step=on_step)
+        build = build_toy(name, out, device=device, parents=names, progress=say, on_step=on_step, seed=seed)
+        if build.seconds > 1 and say is not None:
+            say(f"{build.scale}: built in {build.seconds / 60:.1f} min")
         tables[name] = score_parents(build, device) if score else None
         if on_scale is not None:
             on_scale(name, tables[name])
@@ -624,17 +631,26 @@ def demo(
     held-out items) in results/demo."""
     import shutil
 
-    from evomerge.demo import DEMO_SCALE, build_demo_parents, demo_settings
+    from evomerge.demo import DEMO_SCALE, build_demo_parents, demo_settings, holdout_gain
     from evomerge.devices import resolve_device
 
     resolve_device(device)  # before anything is said or built
+    if device != "cuda":
+        import torch
+
+        from evomerge.toy.build import TRAIN_THREADS
+
+        # Models this small gain nothing from more threads, and lose a lot on a busy machine.
+        torch.set_num_threads(TRAIN_THREADS)
     say = say or (lambda _message: None)
     say(f"Toy domain, scale {DEMO_SCALE}: building or reusing the parents under {toy_dir}/ …")
     build = build_demo_parents(Path(toy_dir), device, progress=say, on_step=on_step)
     settings = demo_settings(build, trials, device)
     shutil.rmtree(settings.results_dir, ignore_errors=True)  # a fresh search on every run; parents are reused
     say(f"Searching merges of {' × '.join(build.parents)} on {build.domain_benchmark.name} …")
-    return run_settings(settings, progress=progress)
+    found = run_settings(settings, progress=progress)
+    found.holdout_gain = holdout_gain(settings, names=list(build.parents))
+    return found
 
 
 def scale_map(
@@ -642,6 +658,7 @@ def scale_map(
     pairs: Optional[PathLike] = None,
     toy: Optional[Names] = None,
     toy_dir: PathLike = DEFAULT_TOY_DIR,
+    toy_pair: Names = "instruct,instruct-CPT-SFT",
     benchmark: Optional[str] = None,
     sweep: str = "0:1:0.1",
     search: int = 0,
@@ -660,8 +677,8 @@ def scale_map(
 ) -> MapResult:
     """Where does merging beat both parents, across model scales, by more than the noise?
 
-    For each pair of parents (a `pairs` YAML, or the toy domain's pair at each `toy` scale, built
-    under `toy_dir` if needed): score each parent, sweep a global SLERP t (`sweep`: start:stop:step
+    For each pair of parents (a `pairs` YAML, or the toy domain's `toy_pair` at each `toy` scale,
+    base first, built under `toy_dir` if needed): score each parent, sweep a global SLERP t (`sweep`: start:stop:step
     or a comma list), score the paper's schedule and, with `search` = N, a recipe searched in N
     trials and judged on the `holdout` items. Every merge gets its gain over the best parent and
     synergy with paired bootstrap intervals (`resamples`, `seed`); each pair its kinship. Writes
@@ -672,6 +689,7 @@ def scale_map(
     if (pairs is None) == (toy is None):
         raise EvomergeError("give --pairs FILE.yaml or --toy SCALES (one of them)")
     scales = parse_scales(toy, "--toy") if toy is not None else []
+    toy_parents = parse_toy_pair(toy_pair)
     name = Path(pairs).stem if pairs is not None else "toy-" + "-".join(scales)
     settings = MapSettings(
         out=Path(out) if out is not None else Path("results") / f"map-{name}",
@@ -689,20 +707,36 @@ def scale_map(
         overwrite=overwrite,
     )
     toy_text = (toy if isinstance(toy, str) else ",".join(scales)) if toy is not None else None
-    settings.command = map_command_line(settings, pairs, toy_text, Path(toy_dir), sweep, out)
+    settings.command = map_command_line(settings, pairs, toy_text, Path(toy_dir), sweep, out, toy_parents)
     if pairs is not None:
         settings.pairs = load_pairs(Path(pairs))
     else:
         check_options(settings)  # a bad flag is reported before any toy parent is built
-        settings.pairs = toy_pairs(scales, Path(toy_dir), device=device, say=say)
+        settings.pairs = toy_pairs(scales, Path(toy_dir), device=device, say=say, pair=toy_parents)
     return run_map(settings, progress=progress)
 
 
-def map_command_line(settings, pairs: Optional[PathLike], toy: Optional[str], toy_dir: Path, sweep: str, out: Optional[PathLike]) -> str:
+def parse_toy_pair(names: Names) -> tuple[str, str]:
+    """--toy-pair: two distinct toy parents, base first."""
+    from evomerge.toy.build import PARENTS
+
+    pair = comma_list(names)
+    if len(pair) != 2 or pair[0] == pair[1]:
+        raise EvomergeError(f"--toy-pair expects two different toy parents, base first (e.g. instruct,instruct-CPT), got {names!r}")
+    unknown = [name for name in pair if name not in PARENTS]
+    if unknown:
+        raise EvomergeError(f"--toy-pair: unknown toy parent {unknown[0]!r}; choose from {', '.join(PARENTS)}")
+    return pair[0], pair[1]
+
+
+def map_command_line(
+    settings, pairs: Optional[PathLike], toy: Optional[str], toy_dir: Path, sweep: str, out: Optional[PathLike], toy_pair: Optional[tuple[str, str]] = None
+) -> str:
     """The `evomerge map` command that makes this map (options at their defaults left out), for the report."""
     import shlex
 
     from evomerge.search.scale_map import DEFAULT_SWEEP, MapSettings
+    from evomerge.toy.pair import TOY_PAIR
     from evomerge.toy.build import DEFAULT_ROOT
 
     parts = ["evomerge", "map"]
@@ -710,6 +744,8 @@ def map_command_line(settings, pairs: Optional[PathLike], toy: Optional[str], to
         parts += ["--pairs", str(pairs)]
     else:
         parts += ["--toy", str(toy)] + (["--toy-dir", str(toy_dir)] if Path(toy_dir) != DEFAULT_ROOT else [])
+        if toy_pair is not None and tuple(toy_pair) != TOY_PAIR:
+            parts += ["--toy-pair", ",".join(toy_pair)]
     if sweep != DEFAULT_SWEEP:
         parts += ["--sweep", sweep]
     flags = {  # MapSettings' fields that one flag each sets

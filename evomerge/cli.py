@@ -9,7 +9,6 @@ import functools
 from contextlib import contextmanager
 import os
 import sys
-import time
 from enum import Enum
 from pathlib import Path
 from typing import Callable, Optional
@@ -20,7 +19,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import typer
 from typer.core import TyperGroup
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -193,7 +191,8 @@ def demo(
 
     Builds (or reuses) the xs toy parents, searches merges of Instruct × Instruct-CPT-SFT on the toy
     domain benchmark (default space, pruning, held-out items), and prints the parents' scores, the
-    paper's recipe, the best found and where the results went."""
+    paper's recipe, the best found, its gain over the best parent on held-out items with a 95%
+    interval and a one-line verdict, and where the results went."""
     training = TrainingBar()
     found = api.demo(
         trials,
@@ -205,6 +204,18 @@ def demo(
     )
     training.stop()
     print_search(found)
+    held = found.holdout_gain
+    if held is not None:
+        m = held.metrics
+        table = Table(title=f"Best recipe (trial {held.trial}) on the {m.n} held-out items the search never saw, 95% CI")
+        table.add_column("")
+        table.add_column("accuracy", justify="right", no_wrap=True)
+        for name, interval in zip(held.parents, (m.parent_1, m.parent_2)):
+            table.add_row(f"parent {name}", f"{interval.estimate:.3f} [{interval.low:.3f}, {interval.high:.3f}]")
+        table.add_row("best recipe", f"{m.accuracy.estimate:.3f} [{m.accuracy.low:.3f}, {m.accuracy.high:.3f}]")
+        table.add_row("gain over the best parent", f"{m.gain.estimate:+.3f} [{m.gain.low:+.3f}, {m.gain.high:+.3f}]")
+        stdout.print(table)
+        stdout.print(held.verdict, soft_wrap=True)  # one line, whatever the terminal's width
     stdout.print(f"Open the dashboard: evomerge dashboard --storage {found.storage}")
     stdout.print(f"Materialise the best merge: evomerge merge {found.results_dir / 'best-recipe.yaml'} --out results/demo-merged")
 
@@ -247,11 +258,14 @@ def training_progress():
 @app.command()
 @user_errors
 def toy(
-    scale: str = typer.Option("xs", help="xs (~0.5M parameters), s (~2M), m (~9M) or l (~50M); comma-separate several."),
+    scale: str = typer.Option("xs", help="A toy scale (see --list); comma-separate several."),
     out: Path = typer.Option(Path("results/toy"), help="Root folder: world/ and one folder per scale; built parents are reused."),
     parents: Optional[str] = typer.Option(None, help="Only these parents (comma-separated), with the stages they need. Default: all eight."),
     device: str = typer.Option("auto", help="auto, cpu or cuda (training and scoring)."),
     score: bool = typer.Option(True, help="Score every parent on the domain and the general benchmark."),
+    seed: int = typer.Option(0, help="Training seed (initial weights, data order); the world stays the same. N > 0 builds into <scale>-seedN/."),
+    list_scales: bool = typer.Option(False, "--list", help="Print the scales (parameters, layers, width, device, measured build time) and exit."),
+    json_output: bool = typer.Option(False, "--json", help="With --list: one JSON array instead of a table."),
 ) -> None:
     """Build the toy materials domain and the paper's parents at a scale, with `evomerge train`.
 
@@ -263,21 +277,46 @@ def toy(
     domain's facts as cloze sentences in the corpus's words) and the table written to
     <out>/<scale>/accuracy.json.
     """
+    if list_scales:
+        print_toy_scales(json_output)
+        return
+
     def show(name: str, report: Optional[dict]) -> None:
         if report is None:
             return
-        table = Table(title=f"Toy parents, scale {name}: accuracy (paper protocol), share answered in format, fact recall")
+        params = next(iter(report.values()))["parameters"]
+        title = f"Toy parents, scale {name} ({params:,} parameters): accuracy and 95% CI (paper protocol, chance 0.25), fact recall"
+        table = Table(title=title)
         table.add_column("parent", no_wrap=True)  # "instruct-CPT-SFT-ORPO" whole, even on a narrow terminal
-        for column in ("params", "domain", "general", "in format", "facts"):
-            table.add_column(column, justify="right")
+        for column in ("domain", "general", "facts", "generic facts"):
+            table.add_column(column, justify="right", no_wrap=column != "generic facts")
         for parent, row in report.items():
-            cells = (f"{row['parameters']:,}", f"{row['domain']:.3f}", f"{row['general']:.3f}", f"{row['answered']['domain']:.0%}", f"{row['facts']:.3f}")
-            table.add_row(parent, *cells)
+            # The estimate above its interval: 80 columns wide, and an interval is never split.
+            accuracy = {kind: f"{row[kind]:.3f}\n[{row[kind + '_ci'][0]:.3f}–{row[kind + '_ci'][1]:.3f}]" for kind in ("domain", "general")}
+            table.add_row(parent, accuracy["domain"], accuracy["general"], f"{row['facts']:.3f}", f"{row['generic_facts']:.3f}")
         stdout.print(table)
 
     with training_progress() as on_step:
-        api.toy(scale, out, parents=parents, device=device, score=score, say=console.print, on_step=on_step, on_scale=show)
+        api.toy(scale, out, parents=parents, device=device, score=score, seed=seed, say=console.print, on_step=on_step, on_scale=show)
     stdout.print(f"World and parents: {out}/ (benchmarks: {out}/world/domain_benchmark.jsonl, general_benchmark.jsonl)")
+
+
+def print_toy_scales(as_json: bool) -> None:
+    import json
+
+    from evomerge.toy.build import BUILD_MACHINE, scale_table
+
+    rows = scale_table()
+    if as_json:
+        stdout.print_json(json.dumps(rows))
+        return
+    table = Table(title=f"Toy scales (build time: every parent, cold, on {BUILD_MACHINE})")
+    for column in ("scale", "parameters", "layers", "width", "device", "build time"):
+        table.add_column(column, justify="left" if column in ("scale", "device") else "right")
+    for row in rows:
+        built = f"{row['build_seconds'] / 60:.1f} min" if row["build_seconds"] else "not measured"
+        table.add_row(row["scale"], f"{row['parameters']:,}", str(row["layers"]), str(row["width"]), row["device"], built)
+    stdout.print(table)
 
 
 class Protocol(str, Enum):
@@ -574,7 +613,7 @@ def export(
 def dashboard(
     storage: str = typer.Option(..., help="The study's storage URL, e.g. sqlite:///results/<study>/study.db."),
     host: str = typer.Option("127.0.0.1", help="Address to serve on (localhost by default)."),
-    port: int = typer.Option(8080, help="Port."),
+    port: int = typer.Option(8080, min=1, max=65535, help="Port."),
 ) -> None:
     """Serve optuna-dashboard on a study storage (live while a search runs)."""
     api.dashboard(storage, host=host, port=port, on_ready=lambda url: stdout.print(f"Optuna dashboard on {url} (Ctrl-C to stop)"))
@@ -661,6 +700,7 @@ def map_command(
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="YAML file of parent pairs, one per scale: pairs: [{label, parents: [A, B], base: A, ancestor, params}]."),
     toy: Optional[str] = typer.Option(None, help="Toy-domain scales, comma-separated (e.g. xs,s,m): Instruct × Instruct-CPT-SFT at each, built if needed."),
     toy_dir: Path = typer.Option(Path("results/toy"), help="With --toy: where the toy world and its parents are built (and reused)."),
+    toy_pair: str = typer.Option("instruct,instruct-CPT-SFT", help="With --toy: the two toy parents to merge, base first (e.g. instruct,instruct-CPT)."),
     benchmark: Optional[str] = typer.Option(None, help="A shipped benchmark's name or a JSONL path (overrides the pairs file's and the toy's)."),
     sweep: str = typer.Option("0:1:0.1", help="Global SLERP t values: start:stop:step, or a comma list."),
     search: int = typer.Option(0, "--search", help="Also search N trials per pair (its own study) and score the best recipe on held-out items."),
@@ -687,7 +727,7 @@ def map_command(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    columns = (TextColumn("map", style="bold"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    columns = (TextColumn("map", style="bold"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn())
     bar = Progress(*columns, console=console, transient=True)
     task = None
 
@@ -696,13 +736,14 @@ def map_command(
         if task is None:  # the bar starts once every input is checked (and the toy parents built)
             bar.start()
             task = bar.add_task("checking", total=None)
-        bar.update(task, completed=done, total=total, description=escape(what))
+        bar.update(task, completed=done, total=total, description=what)
 
     try:
         result = api.scale_map(
             pairs=pairs,
             toy=toy,
             toy_dir=toy_dir,
+            toy_pair=toy_pair,
             benchmark=benchmark,
             sweep=sweep,
             search=search,

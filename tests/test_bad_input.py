@@ -64,6 +64,8 @@ def inputs(tmp_path_factory):
         "pipeline.yaml": "stages:\n  - name: cpt\n    strategy: pretrain\n",
         "sft_bad.jsonl": json.dumps({"text": "no messages here"}) + "\n",
         "notes.txt": "not a model\n",
+        "empty.jsonl": "",
+        "empty.yaml": "",
     }
     for name, text in files.items():
         (root / name).write_text(text)
@@ -125,6 +127,10 @@ CASES = [
     ("export-no-study", "export --study nothing_here", ["nothing_here"]),
     ("export-rank-zero", "export --study s --rank 0", ["--rank"]),
     ("dashboard-no-storage-file", "dashboard --storage sqlite:///{root}/absent.db", ["absent.db"]),
+    ("dashboard-port-out-of-range", "dashboard --storage sqlite:///{root}/absent.db --port 99999", ["--port"]),
+    ("eval-empty-benchmark", "eval --model {root}/instruct --benchmark {root}/empty.jsonl", ["no items"]),
+    ("merge-empty-recipe", "merge {root}/empty.yaml --out out", ["empty.yaml"]),
+    ("search-parent-is-a-file", "search --parents {root}/instruct,{root}/notes.txt --benchmark {root}/bench.jsonl", ["notes.txt"]),
     ("spaces-unknown-option", "spaces --colour", ["--colour"]),
     ("train-nothing-to-do", "train", ["--strategy"]),
     ("train-unknown-strategy", "train --strategy rlhf --model {root}/instruct --data {root}/sft_bad.jsonl --out out", ["rlhf"]),
@@ -132,12 +138,12 @@ CASES = [
     ("train-wrong-fields", "train --strategy sft --model {root}/instruct --data {root}/sft_bad.jsonl --out out", ["sft_bad.jsonl"]),
     ("train-negative-lr", "train --strategy sft --model {root}/instruct --data {root}/sft_bad.jsonl --out out --lr -1", ["--lr"]),
     ("train-broken-pipeline", "train --pipeline {root}/pipeline.yaml", ["pipeline.yaml"]),
-    ("toy-unknown-scale", "toy --scale xxl", ["xxl"]),
+    ("toy-unknown-scale", "toy --scale huge", ["huge"]),
     ("toy-unknown-parent", "toy --scale xs --parents instruct,mentor", ["mentor"]),
     ("map-nothing-to-map", "map", ["--pairs"]),
     ("map-broken-pairs", "map --pairs {root}/pairs.yaml", ["pairs.yaml"]),
     ("map-bad-sweep", "map --pairs {root}/pairs.yaml --sweep 1:0:0.1", ["sweep"]),
-    ("map-unknown-scale", "map --toy xs,xxl", ["xxl"]),
+    ("map-unknown-scale", "map --toy xs,huge", ["huge"]),
     ("demo-zero-trials", "demo --trials 0", ["--trials"]),
     ("demo-bad-device", "demo --device tpu", ["tpu"]),
 ]

@@ -146,3 +146,11 @@ def test_the_commands_defaults_are_the_maps_own():
     line = map_command_line(changed, None, "xs,s", Path("toys"), "0,1", Path("m"))
     assert line == "evomerge map --toy xs,s --toy-dir toys --sweep 0,1 --search 5 --holdout 0.3 --seed 3 --batch-size 8 --out m"
     assert "--holdout" not in map_command_line(MapSettings(out=Path("m"), holdout=0.3), Path("p.yaml"), None, DEFAULT_ROOT, DEFAULT_SWEEP, None)
+    pair = ("instruct", "instruct-CPT")
+    assert map_command_line(plain, None, "xs", DEFAULT_ROOT, DEFAULT_SWEEP, None, pair) == "evomerge map --toy xs --toy-pair instruct,instruct-CPT"
+
+
+def test_a_bad_toy_pair_is_one_line(tmp_path):
+    for value, phrase in (("instruct", "two different toy parents"), ("instruct,chat", "unknown toy parent 'chat'")):
+        assert_clean_error(invoke("map", "--toy", "xs", "--toy-pair", value, "--toy-dir", tmp_path / "toy"), phrase)
+    assert not (tmp_path / "toy").exists()  # nothing built for a typo

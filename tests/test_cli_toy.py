@@ -48,6 +48,10 @@ def test_demo_trains_the_xs_parents_searches_and_prints_the_table(demo_run):
     out = result.stdout
     for row in ("paper's recipe", "best found", "gain over the best parent", "held-out"):
         assert row in out, row
+    # The held-out gain with its interval, and a verdict that never calls noise a gain.
+    assert "held-out items the search never saw, 95% CI" in " ".join(out.split())  # the title may wrap
+    verdicts = [line for line in out.splitlines() if line.startswith(("Gain:", "Loss:", "No gain shown:"))]
+    assert len(verdicts) == 1 and "95% CI" in verdicts[0] and verdicts[0].rstrip().endswith(".")  # one whole line
     assert "evomerge dashboard --storage sqlite:///results/demo/study.db" in out
     study = work / "results" / "demo"
     summary = json.loads((study / "summary.json").read_text())
@@ -87,6 +91,19 @@ def test_toy_reports_each_parents_accuracy(demo_run):
     assert 0 < report["instruct"]["parameters"] < 1_000_000  # xs: well under a million parameters
 
 
+def test_toy_lists_its_scales_as_a_table_and_as_json():
+    result = run("toy", "--list")
+    assert result.exit_code == 0, result.output
+    assert "parameters" in result.stdout and "xs" in result.stdout and "cuda" in result.stdout
+    result = run("toy", "--list", "--json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert {"scale", "parameters", "device", "layers", "width"} <= set(rows[0])
+    cpu = [row["parameters"] for row in rows if row["device"] == "cpu"]
+    assert len(cpu) >= 4 and max(cpu) >= 10 * min(cpu)
+    assert {row["device"] for row in rows} == {"cpu", "cuda"}
+
+
 def test_toy_bad_input_is_one_line(tmp_path):
-    assert_clean_error(run("toy", "--scale", "xxl", "--out", tmp_path / "t"), "unknown toy scale 'xxl'", out=tmp_path / "t")
+    assert_clean_error(run("toy", "--scale", "xxxl", "--out", tmp_path / "t"), "unknown toy scale 'xxxl'", out=tmp_path / "t")
     assert_clean_error(run("toy", "--parents", "chat", "--out", tmp_path / "t"), "unknown toy parent 'chat'", out=tmp_path / "t")

@@ -151,7 +151,8 @@ def claim_recipe(trial, recipe_yaml: str, storage_url: str, *, wait: bool = True
     while True:
         with study_lock(storage_url, study.study_name):
             others = same_recipe(study, trial.number, key)
-            finished = [t for t in others if t.state in FINISHED]
+            # The trial that evaluated it, rather than an earlier copy of its outcome.
+            finished = sorted((t for t in others if t.state in FINISHED), key=lambda t: CLAIM_ATTR not in t.user_attrs)
             if finished:
                 return finished[0]
             claimed = [t for t in others if t.state == TrialState.RUNNING and CLAIM_ATTR in t.user_attrs]

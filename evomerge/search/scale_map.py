@@ -195,8 +195,8 @@ def load_pairs(path: Path) -> list[PairSpec]:
     pairs: list[PairSpec] = []
     for index, entry in enumerate(parsed.pairs):
 
-        def where(key: str) -> str:
-            return f"{document.where(('pairs', index, key))} ({entry.label})"
+        def where(key: str, index: int = index, label: str = entry.label) -> str:
+            return f"{document.where(('pairs', index, key))} ({label})"
 
         resolved = tuple(_path(p, folder) for p in entry.parents)
         if resolved[0] == resolved[1]:
@@ -238,13 +238,18 @@ def _benchmark_reference(value: Optional[str], folder: Path) -> Optional[str]:
 
 
 def toy_pairs(
-    scales: Sequence[str], root: Optional[Path] = None, *, device: str = "auto", say: Optional[Callable[[str], None]] = None
+    scales: Sequence[str],
+    root: Optional[Path] = None,
+    *,
+    device: str = "auto",
+    say: Optional[Callable[[str], None]] = None,
+    pair: Optional[Sequence[str]] = None,
 ) -> list[PairSpec]:
-    """The toy domain's pair at each scale (Instruct × Instruct-CPT-SFT, base = Instruct, kinship
-    against the toy's Base, the toy's domain benchmark), built if needed."""
+    """The toy domain's pair at each scale (default Instruct × Instruct-CPT-SFT; base = the first,
+    kinship against the toy's Base, the toy's domain benchmark), built if needed."""
     from evomerge.devices import resolve_device
     from evomerge.toy.build import SCALES
-    from evomerge.toy.pair import toy_pair
+    from evomerge.toy.pair import TOY_PAIR, toy_pair
 
     unknown = [scale for scale in scales if scale not in SCALES]
     if unknown:  # before the first scale is built
@@ -252,9 +257,9 @@ def toy_pairs(
     resolve_device(device)
     pairs = []
     for scale in scales:
-        pair = toy_pair(scale, root, device=device, say=say)
-        base, other = str(pair.base), str(pair.other)
-        pairs.append(PairSpec(scale, (base, other), base, ancestor=str(pair.ancestor), benchmark=str(pair.benchmark)))
+        built = toy_pair(scale, root, device=device, say=say, names=pair or TOY_PAIR)
+        base, other = str(built.base), str(built.other)
+        pairs.append(PairSpec(scale, (base, other), base, ancestor=str(built.ancestor), benchmark=str(built.benchmark)))
     return pairs
 
 

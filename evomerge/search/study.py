@@ -12,7 +12,6 @@ import json
 import os
 import re
 import socket
-import time
 import warnings
 from dataclasses import asdict, field, fields, replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from pydantic import ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from evomerge.errors import EvomergeError, first_line
+from evomerge.search.locks import study_lock
 from evomerge.extras import require
 from evomerge.search.pruners import PRUNERS, make_pruner, pruner_choice  # noqa: F401 (PRUNERS: re-exported)
 from evomerge.search.samplers import SAMPLERS, multi_objective_samplers, sampler_choice  # noqa: F401 (SAMPLERS: re-exported)
@@ -176,17 +176,11 @@ def open_storage(url: str):
         from optuna.exceptions import ExperimentalWarning
         from optuna.storages import RDBStorage
 
-        for attempt in range(3):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats are "experimental"
-                    return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=2 * HEARTBEAT_S)
-            except Exception as error:
-                # Two processes opening a new database at once both create its tables; the one
-                # that loses sees "already exists" and finds them there on a second try.
-                if "already exists" not in str(error) or attempt == 2:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
+        # Two processes opening a new database at once would both create its tables, and the one
+        # that loses fails ("table trials already exists"): creation runs under the storage's lock.
+        with warnings.catch_warnings(), study_lock(url, "(tables)"):
+            warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats are "experimental"
+            return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=2 * HEARTBEAT_S)
     except EvomergeError:
         raise
     except Exception as error:  # SQLAlchemy and drivers raise many types for a bad URL

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 TOY_PAIR = ("instruct", "instruct-CPT-SFT")
 TOY_PARENTS = ("base", *TOY_PAIR)
@@ -33,11 +33,13 @@ def toy_pair(
     ancestor: bool = True,
     say: Optional[Callable[[str], None]] = None,
     on_step: Optional[Callable[[str, int, int, float], None]] = None,
+    names: Sequence[str] = TOY_PAIR,
 ) -> ToyPair:
-    """Build (or reuse) the pair at `scale` under `root` (default results/toy), with the toy's Base
-    too when `ancestor`."""
+    """Build (or reuse) the pair `names` (SLERP's base first; default Instruct × Instruct-CPT-SFT) at
+    `scale` under `root` (default results/toy), with the toy's Base too when `ancestor`."""
     from evomerge.toy.build import build_toy
 
-    build = build_toy(scale, root, device=device, parents=TOY_PARENTS if ancestor else TOY_PAIR, progress=say, on_step=on_step)
-    base, other = (build.parents[name] for name in TOY_PAIR)
+    wanted = ["base", *names] if ancestor else list(names)
+    build = build_toy(scale, root, device=device, parents=wanted, progress=say, on_step=on_step)
+    base, other = (build.parents[name] for name in names)
     return ToyPair(scale, base, other, build.parents["base"] if ancestor else None, build.domain_benchmark)

@@ -104,6 +104,11 @@ def save_bpe_tokenizer(
     )
     backend.train_from_iterator(list(texts), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+    return _finish_tokenizer(tokenizer, out, extra_special_tokens, chat_template)
+
+
+def _finish_tokenizer(tokenizer, out, extra_special_tokens, chat_template):
+    """Add the special tokens and chat template, save to `out`; the tokenizer."""
     if extra_special_tokens:
         tokenizer.add_special_tokens({"additional_special_tokens": list(extra_special_tokens)})
     if chat_template:
@@ -166,3 +171,30 @@ def make_family(
         paths[child] = root / child
         make_checkpoint(paths[child], config, seed=seed + 1 + index, dtype=dtype, from_state=base_state, noise=noise)
     return paths
+
+
+def save_word_tokenizer(
+    out: Union[str, Path],
+    texts: Sequence[str],
+    chat_template: Optional[str] = None,
+    extra_special_tokens: Sequence[str] = (),
+) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer whose vocabulary is every word and punctuation mark in `texts`
+    (sorted, so the same texts give the same bytes), saved to `out` and returned. An invented name is
+    one token, so a fact is one association to learn, not a chain of sub-word pieces; the toy
+    domain's tokenizer (its vocabulary is closed: every text a toy model reads is in `texts`)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    splitter = pre_tokenizers.Whitespace()
+    words = sorted({word for text in texts for word, _ in splitter.pre_tokenize_str(text)})
+    specials = ["<pad>", "<s>", "</s>", "<unk>", *extra_special_tokens]
+    vocab = {token: index for index, token in enumerate(specials + words)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = splitter
+    # Words are joined with spaces, and " ." / " ," cleaned up, so a reply reads as text.
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    return _finish_tokenizer(tokenizer, out, extra_special_tokens, chat_template)

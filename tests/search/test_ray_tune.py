@@ -51,7 +51,7 @@ from evomerge.search.ray_tune import (
     plan_resources,
 )
 from evomerge.search.run import join_study, optimise, prepare, score_holdout
-from evomerge.search.study import PARENT_SCORES_ATTR, SETTINGS_ATTR, SearchSettings, create_or_load_study, finished_count
+from evomerge.search.study import FINGERPRINTS_ATTR, PARENT_SCORES_ATTR, SETTINGS_ATTR, SearchSettings, create_or_load_study, finished_count
 from cli_checks import assert_clean_error
 from search_helpers import DELLA, write_space
 from search_helpers import settings_for as objective_settings
@@ -59,7 +59,7 @@ from search_helpers import settings_for as objective_settings
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 EVOMERGE = [sys.executable, "-m", "evomerge.cli"]
 COMPLETE_ATTRS = {
-    "recipe", "recipe_key", "worker", "merge_s", "score_s", "accuracy@0.25", "accuracy@0.5", "accuracy@1.0",
+    "recipe", "recipe_key", "claimed_by", "worker", "merge_s", "score_s", "accuracy@0.25", "accuracy@0.5", "accuracy@1.0",
     "accuracy", "gain", "synergy", "per_category", "correct",
 }  # fmt: skip
 
@@ -415,7 +415,7 @@ def test_a_ray_search_reaches_its_total_with_nothing_left_running(six):
 @pytest.mark.slow
 def test_ray_trials_carry_the_same_attributes_as_the_optuna_backends(six):
     study, reference = six["study"], six["reference"]
-    assert set(study.user_attrs) == set(reference.user_attrs) == {SETTINGS_ATTR, PARENT_SCORES_ATTR, "holdout_scores"}
+    assert set(study.user_attrs) == set(reference.user_attrs) == {SETTINGS_ATTR, PARENT_SCORES_ATTR, FINGERPRINTS_ATTR, "holdout_scores"}
     assert study.user_attrs[PARENT_SCORES_ATTR] == reference.user_attrs[PARENT_SCORES_ATTR], "the parents scored alike on a worker"
     for trial in study.get_trials(states=(TrialState.COMPLETE,)):
         if "duplicate_of" in trial.user_attrs:

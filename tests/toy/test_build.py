@@ -13,11 +13,11 @@ import torch
 
 from evomerge.errors import EvomergeError
 from evomerge.merge.parents import check_parents, inspect_parent
-from evomerge.toy.build import PARENTS, STAMP, FactProbe, Scale, build_toy, score_parents
-from evomerge.toy.world import FACT_SENTENCES, PROPERTIES, WorldSize
+from evomerge.toy.build import PARENTS, SCALES, STAMP, FactProbe, Scale, build_toy, parameter_count, score_parents, world_vocab_size
+from evomerge.toy.world import MATERIALS, WorldSize
 
-TEST_SHAPE = Scale(32, 2, 2, 1, 64, lr=3e-3, pretrain_epochs=2, cpt_epochs=1, sft_epochs=1, instruct_epochs=1)
-TEST_WORLD = WorldSize(materials=30, paraphrase_rounds=2, generic_rounds=2)
+TEST_SHAPE = Scale(32, 2, 2, 1, 64, lr=3e-3, pretrain_epochs=1, cpt_epochs=1, sft_epochs=1, instruct_epochs=1)
+TEST_WORLD = WorldSize(materials=30, people=20, domain_rounds=2, generic_rounds=2, qa_rounds=1)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,8 @@ def test_parents_are_scored_on_both_benchmarks(toy):
     assert set(report) == set(PARENTS)
     for row in report.values():
         assert 0 <= row["domain"] <= 1 and 0 <= row["general"] <= 1
-        assert 0 <= row["facts"] <= 1
+        assert 0 <= row["facts"] <= 1 and 0 <= row["generic_facts"] <= 1
+        assert row["domain_ci"][0] <= row["domain"] <= row["domain_ci"][1]
         assert row["parameters"] == inspect_parent(build.parents["base"]).parameter_count
     saved = json.loads((build.root / "test" / "accuracy.json").read_text())
     assert saved["instruct"]["domain"] == report["instruct"]["domain"]
@@ -98,8 +99,8 @@ def test_fact_recall_matches_a_direct_computation(toy):
     world = json.loads((build.world / "world.json").read_text(encoding="utf-8"))
     right = total = 0
     for material in (m for m in world["materials"] if not m["in_sft"]):
-        for prop, values in PROPERTIES.items():
-            context = tokenizer.encode(FACT_SENTENCES[prop][0].split("{v}")[0].rstrip().format(M=material["name"]))
+        for prop, values in MATERIALS.relations.items():
+            context = tokenizer.encode(MATERIALS.sentences[prop][0].split("{v}")[0].rstrip().format(E=material["name"]))
             scores = []
             for value in values:
                 option = tokenizer.encode(" " + value)
@@ -108,13 +109,36 @@ def test_fact_recall_matches_a_direct_computation(toy):
                 scores.append(sum(logprobs[len(context) - 1 + i, token].item() for i, token in enumerate(option)))
             right += values[scores.index(max(scores))] == material[prop]
             total += 1
-    assert total == 22 * len(PROPERTIES)  # 30 materials, 8 of them in SFT
+    assert total == 18 * len(MATERIALS.relations)  # 30 materials, 12 of them in SFT
     assert FactProbe(build.world, tokenizer).score(model) == right / total
 
 
 def test_unknown_scale_or_parent_is_refused(tmp_path):
-    with pytest.raises(EvomergeError, match="unknown toy scale 'xxl'"):
-        build_toy("xxl", tmp_path)
+    with pytest.raises(EvomergeError, match="unknown toy scale 'huge'"):
+        build_toy("huge", tmp_path)
     with pytest.raises(EvomergeError, match="unknown toy parent 'chat'"):
         build_toy("xs", tmp_path, parents=["chat"])
     assert not any(tmp_path.iterdir())  # nothing written before the check
+
+
+def test_two_builds_on_one_machine_give_identical_weights(tmp_path):
+    """Fixed threads, deterministic kernels, seeded init and data order: the same bytes twice.
+    A different training seed gives different weights from the same world."""
+    from safetensors.torch import load_file
+
+    def weights(root, seed=0):
+        build = build_toy("test", root, device="cpu", parents=["instruct"], shape=TEST_SHAPE, world_size=TEST_WORLD, seed=seed)
+        return load_file(build.parents["instruct"] / "model.safetensors")
+
+    first, second = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    other = weights(tmp_path / "a", seed=1)
+    assert (tmp_path / "a" / "test-seed1" / "instruct").is_dir()
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_scales_span_ten_times_the_parameters_on_cpu_and_name_gpu_scales():
+    vocab = world_vocab_size()
+    cpu = [parameter_count(shape, vocab) for shape in SCALES.values() if shape.device == "cpu"]
+    assert len(cpu) >= 4 and max(cpu) >= 10 * min(cpu) and cpu == sorted(cpu)
+    assert any(shape.device == "cuda" for shape in SCALES.values())
