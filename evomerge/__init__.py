@@ -7,7 +7,7 @@ The public API (see `evomerge.api` and the README's "From Python"):
     evomerge.evaluate(model=..., benchmark=...)                → Evaluation (accuracy, n, …)
     evomerge.train(strategy, model, data, out) / train(pipeline=...) → [TrainResult]
     evomerge.scale_map(pairs=... | toy=...)                    → MapResult
-    evomerge.worker, export, spaces, recipes, benchmarks, export_benchmark, toy, demo, dashboard
+    evomerge.worker, export, spaces, recipes, benchmarks, export_benchmark, toy, toy_scales, demo, dashboard
     evomerge.Recipe, evomerge.EvomergeError (every bad input raises a subclass of it)
 
 `merge`, `evaluate`, `train`, `search`, `toy` and `demo` are these functions, not the modules of the same
@@ -45,6 +45,7 @@ from evomerge.api import (  # noqa: E402
     search,
     spaces,
     toy,
+    toy_scales,
     train,
     worker,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "search",
     "spaces",
     "toy",
+    "toy_scales",
     "train",
     "worker",
 ]

@@ -617,6 +617,14 @@ def toy(
     return tables
 
 
+def toy_scales() -> list[dict]:
+    """The toy's scales, smallest first: name, parameters, layers, width, device and the measured
+    cold build time of every parent (`build_seconds`, None where not measured)."""
+    from evomerge.toy.build import scale_table
+
+    return scale_table()
+
+
 def demo(
     trials: int = DEMO_TRIALS,
     *,
@@ -782,6 +790,7 @@ __all__ = [
     "search",
     "spaces",
     "toy",
+    "toy_scales",
     "train",
     "worker",
 ]

@@ -304,9 +304,9 @@ def toy(
 def print_toy_scales(as_json: bool) -> None:
     import json
 
-    from evomerge.toy.build import BUILD_MACHINE, scale_table
+    from evomerge.toy.build import BUILD_MACHINE
 
-    rows = scale_table()
+    rows = api.toy_scales()
     if as_json:
         stdout.print_json(json.dumps(rows))
         return

@@ -76,7 +76,7 @@ def command_defaults(name: str) -> dict:
         ("train", evomerge.train, {}),
         ("worker", evomerge.worker, {}),
         ("export", evomerge.export, {}),
-        ("toy", evomerge.toy, {}),
+        ("toy", evomerge.toy, {"list_scales": None, "json_output": None}),  # --list: evomerge.toy_scales()
         ("demo", evomerge.demo, {}),
         ("dashboard", evomerge.dashboard, {}),
         ("map", evomerge.scale_map, {}),
