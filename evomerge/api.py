@@ -213,9 +213,7 @@ def evaluate(
         holdout=holdout,
     )
     result = objective.scorer.score(loaded, fraction, progress=progress)
-    return Evaluation(
-        result.accuracy, result.n, result.per_category, result.seconds, str(benchmark), objective.protocol, objective.backend, fraction, result
-    )
+    return Evaluation(result.accuracy, result.n, result.per_category, result.seconds, str(benchmark), objective.protocol, objective.backend, fraction, result)
 
 
 # ----- train -----------------------------------------------------------------------------------
@@ -744,8 +742,8 @@ def map_command_line(
     import shlex
 
     from evomerge.search.scale_map import DEFAULT_SWEEP, MapSettings
-    from evomerge.toy.pair import TOY_PAIR
     from evomerge.toy.build import DEFAULT_ROOT
+    from evomerge.toy.pair import TOY_PAIR
 
     parts = ["evomerge", "map"]
     if pairs is not None:

@@ -6,9 +6,9 @@ Bad input is reported as one line on stderr with exit code 2, before any work st
 from __future__ import annotations
 
 import functools
-from contextlib import contextmanager
 import os
 import sys
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Callable, Optional
@@ -17,10 +17,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # evomerge never downloads weights
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer
-from typer.core import TyperGroup
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 from evomerge import __version__, api
 from evomerge.demo import DEMO_TRIALS
@@ -232,7 +232,13 @@ class TrainingBar:
         if self.bar is None:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            columns = (TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn())
+            columns = (
+                TextColumn("{task.description}", style="bold", markup=False),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TimeElapsedColumn(),
+            )
             self.bar = Progress(*columns, console=console, transient=False)
             self.bar.start()
         if name not in self.tasks:
@@ -434,7 +440,8 @@ def search(
     tasks_dir: Optional[Path] = typer.Option(None, help="Folder of custom lm-eval task YAMLs."),
     backend: str = typer.Option("optuna", help="Where trials run: " + "; ".join(f"{name}: {e.description}" for name, e in EXECUTORS.items()) + "."),
     ray_address: Optional[str] = typer.Option(
-        None, help="With --backend ray: auto or HOST:PORT of a running cluster this machine is a node of. Default: a local Ray with this machine's CPUs and GPUs."
+        None,
+        help="With --backend ray: auto or HOST:PORT of a running cluster this machine is a node of. Default: a local Ray with this machine's CPUs and GPUs.",
     ),
     gpus_per_trial: Optional[float] = typer.Option(None, help="With --backend ray: GPUs each trial reserves. Default: 1 where the cluster has GPUs, else 0."),
     cpus_per_trial: float = typer.Option(1.0, help="With --backend ray: CPUs each trial reserves."),
@@ -626,7 +633,9 @@ def train(
     model: Optional[Path] = typer.Option(None, help="The model folder to train from (with --pipeline: replaces its 'model')."),
     data: Optional[Path] = typer.Option(None, help="Local JSONL: cpt {text}; sft {messages} or {prompt, completion}; dpo/orpo {prompt, chosen, rejected}."),
     out: Optional[Path] = typer.Option(None, help="Folder for the trained model or adapter (with --pipeline: the root for every stage)."),
-    pipeline: Optional[str] = typer.Option(None, help="A shipped pipeline's name (see `evomerge recipes`) or a YAML chain of stages; replaces the flags above."),
+    pipeline: Optional[str] = typer.Option(
+        None, help="A shipped pipeline's name (see `evomerge recipes`) or a YAML chain of stages; replaces the flags above."
+    ),
     lora: bool = typer.Option(False, help="Train a LoRA adapter instead of all weights."),
     lora_r: int = typer.Option(8, help="LoRA rank."),
     lora_alpha: int = typer.Option(16, help="LoRA alpha."),
@@ -697,7 +706,9 @@ def train(
 @app.command("map")
 @user_errors
 def map_command(
-    pairs: Optional[Path] = typer.Option(None, "--pairs", help="YAML file of parent pairs, one per scale: pairs: [{label, parents: [A, B], base: A, ancestor, params}]."),
+    pairs: Optional[Path] = typer.Option(
+        None, "--pairs", help="YAML file of parent pairs, one per scale: pairs: [{label, parents: [A, B], base: A, ancestor, params}]."
+    ),
     toy: Optional[str] = typer.Option(None, help="Toy-domain scales, comma-separated (e.g. xs,s,m): Instruct × Instruct-CPT-SFT at each, built if needed."),
     toy_dir: Path = typer.Option(Path("results/toy"), help="With --toy: where the toy world and its parents are built (and reused)."),
     toy_pair: str = typer.Option("instruct,instruct-CPT-SFT", help="With --toy: the two toy parents to merge, base first (e.g. instruct,instruct-CPT)."),

@@ -32,16 +32,16 @@ def build_demo_parents(
     on_step: Optional[Callable[[str, int, int, float], None]] = None,
 ) -> ToyBuild:
     """The pair the demo merges, at the demo's scale, under `root` (default: results/toy)."""
-    from evomerge.toy.pair import TOY_PAIR
     from evomerge.toy.build import build_toy
+    from evomerge.toy.pair import TOY_PAIR
 
     return build_toy(DEMO_SCALE, root, device=device, parents=TOY_PAIR, progress=progress, on_step=on_step)
 
 
 def demo_settings(build: ToyBuild, trials: int = DEMO_TRIALS, device: str = "auto", study: str = DEMO_STUDY) -> SearchSettings:
     """Instruct × Instruct-CPT-SFT on the toy domain benchmark, base = Instruct (as the paper)."""
-    from evomerge.toy.pair import TOY_PAIR
     from evomerge.search.study import SearchSettings
+    from evomerge.toy.pair import TOY_PAIR
 
     instruct, child = (str(build.parents[name].resolve()) for name in TOY_PAIR)
     return SearchSettings(

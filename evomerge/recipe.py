@@ -211,9 +211,7 @@ class Recipe(BaseModel):
             raise RecipeError(f"the recipe has no model {unknown[0]!r} to replace (its models: {', '.join(sorted(used))})")
         return Recipe.from_dict(renamed)
 
-    def parameter_sources(
-        self, model: Optional[str] = None, slice_index: int = 0
-    ) -> list[dict[str, Setting]]:
+    def parameter_sources(self, model: Optional[str] = None, slice_index: int = 0) -> list[dict[str, Setting]]:
         """Settings from highest to lowest precedence, as mergekit's ConfigReader yields them."""
         sources: list[Optional[dict[str, Setting]]] = []
         if self.models:
@@ -251,9 +249,7 @@ class Recipe(BaseModel):
         validate: Callable[[Any], Any] = coerce_number,
     ) -> "ParameterReader":
         """`parameter(name, …, model, slice_index)` for any tensor and depth, each setting validated once."""
-        return ParameterReader(
-            [SettingReader(settings[name], validate) for settings in self.parameter_sources(model, slice_index) if name in settings]
-        )
+        return ParameterReader([SettingReader(settings[name], validate) for settings in self.parameter_sources(model, slice_index) if name in settings])
 
     def all_settings(self) -> Iterator[tuple[str, dict[str, Setting]]]:
         """Every parameter mapping of the recipe, with where it sits (`models[x].parameters`, …)."""
@@ -283,9 +279,7 @@ def _is_scalar(value: Any) -> bool:
     return isinstance(value, (bool, int, float, str))
 
 
-def evaluate_setting(
-    setting: Setting, tensor_name: str, position: float = 0.0, validate: Callable[[Any], Any] = coerce_number
-) -> Any:
+def evaluate_setting(setting: Setting, tensor_name: str, position: float = 0.0, validate: Callable[[Any], Any] = coerce_number) -> Any:
     """mergekit's rule: first matching filter wins; numeric gradients interpolate linearly
     between evenly spaced anchors at `position` in [0, 1]; other lists step. `validate` converts
     each value as the parameter's type does (mergekit validates before interpolating)."""

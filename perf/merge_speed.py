@@ -39,6 +39,7 @@ SHAPES = {
     "llama-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32, num_kv_heads=8),
 }
 
+
 def timed(fn, repeats: int, sync) -> list[float]:
     times = []
     for _ in range(repeats):
@@ -101,9 +102,7 @@ def main() -> None:
         mergekit_result = {}
 
         def run_mergekit() -> None:
-            mergekit_result.update(
-                merge_state_dicts({"a": a_sd, "b": b_sd}, "slerp", base="a", parameters={"t": t_values})
-            )
+            mergekit_result.update(merge_state_dicts({"a": a_sd, "b": b_sd}, "slerp", base="a", parameters={"t": t_values}))
 
         mergekit_times = timed(run_mergekit, args.repeats, sync)
         merged = merger.merged_state_dict()

@@ -19,14 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from _common import SHAPES, make_model, median_time, synthetic_items  # first: it sets the offline environment
 
-import torch
-
+from evomerge.devices import resolve_device
 from evomerge.evaluate.benchmark import make_benchmark
 from evomerge.evaluate.harness import HarnessScorer, export_lm_eval_task
 from evomerge.evaluate.scorer import Scorer
-from evomerge.devices import resolve_device
 
 
 def main() -> int:

@@ -21,9 +21,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from _common import SHAPES, make_model, median_time, synthetic_items  # first: it sets the offline environment
-
 import torch
+from _common import SHAPES, make_model, median_time, synthetic_items  # first: it sets the offline environment
 
 from evomerge.evaluate.benchmark import make_benchmark
 from evomerge.evaluate.harness import export_lm_eval_task, find_task

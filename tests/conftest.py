@@ -25,8 +25,10 @@ from hypothesis import settings
 settings.register_profile("evomerge", database=None, deadline=None, derandomize=True)
 settings.load_profile("evomerge")
 
-from evomerge.toy.tiny import make_family
 from oracle import TORCH_DTYPES
+
+from evomerge.toy.tiny import make_family
+
 
 @pytest.fixture(scope="session")
 def family(tmp_path_factory):
@@ -41,9 +43,7 @@ def family(tmp_path_factory):
         key = (arch, dtype, noise, tuple(sorted(config_kwargs.items())))
         if key not in cache:
             root = tmp_path_factory.mktemp(f"family-{arch}-{dtype}-{noise:g}")
-            cache[key] = make_family(
-                root, arch, children=("c1", "c2"), noise=noise, seed=0, dtype=TORCH_DTYPES[dtype], **config_kwargs
-            )
+            cache[key] = make_family(root, arch, children=("c1", "c2"), noise=noise, seed=0, dtype=TORCH_DTYPES[dtype], **config_kwargs)
         return cache[key]
 
     return build

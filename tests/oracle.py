@@ -39,9 +39,7 @@ class MergekitBatch:
 
     def __init__(self, jobs: Sequence[tuple[Path, Path]], seed: int = MERGE_SEED):
         payload = json.dumps([[str(config), str(out), seed] for config, out in jobs])
-        self._process = subprocess.Popen(
-            [sys.executable, "-c", _DRIVER, payload], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
+        self._process = subprocess.Popen([sys.executable, "-c", _DRIVER, payload], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self._log: Optional[str] = None
 
     def wait(self) -> str:
@@ -91,8 +89,7 @@ def bf16_step(reference: torch.Tensor) -> torch.Tensor:
 def assert_tensors_match(got: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], label: str) -> None:
     """Same names, shapes and dtypes, and bitwise equal values (with the size of any difference)."""
     assert set(got) == set(expected), (
-        f"{label}: tensor names differ; only in engine: {sorted(set(got) - set(expected))}, "
-        f"only in mergekit: {sorted(set(expected) - set(got))}"
+        f"{label}: tensor names differ; only in engine: {sorted(set(got) - set(expected))}, only in mergekit: {sorted(set(expected) - set(got))}"
     )
     problems = []
     for name in sorted(expected):
@@ -112,6 +109,4 @@ def assert_tensors_match(got: dict[str, torch.Tensor], expected: dict[str, torch
             f"{name}: max abs diff {diff.max().item():.3g}, {int((diff > 0).sum())}/{diff.numel()} elements differ, "
             f"{'within' if within else 'OUTSIDE'} {tolerance}"
         )
-    assert not problems, f"{label}: engine differs from mergekit-yaml in {len(problems)} tensors:\n" + "\n".join(
-        problems[:10]
-    )
+    assert not problems, f"{label}: engine differs from mergekit-yaml in {len(problems)} tensors:\n" + "\n".join(problems[:10])

@@ -47,9 +47,7 @@ print("CHECK " + json.dumps({
 }))
 """
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run(
-        [sys.executable, "-c", readme_example() + checks], cwd=tmp_path, capture_output=True, text=True, timeout=900, env=environment
-    )
+    done = subprocess.run([sys.executable, "-c", readme_example() + checks], cwd=tmp_path, capture_output=True, text=True, timeout=900, env=environment)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert "best " in done.stdout and "gain over the best parent" in done.stdout
     line = next(line for line in done.stdout.splitlines() if line.startswith("CHECK "))

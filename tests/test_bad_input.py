@@ -10,10 +10,10 @@ import os
 import shutil
 
 import pytest
+from cli_checks import assert_clean_error
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from cli_checks import assert_clean_error
 from evomerge.cli import app
 from evomerge.recipe import paper_recipe
 from evomerge.toy.tiny import CHAT_TEMPLATE, make_checkpoint, tiny_config
@@ -120,8 +120,16 @@ CASES = [
     ("search-ray-flag-without-ray", "search --parents {root}/instruct,{root}/child --benchmark {root}/bench.jsonl --concurrent 2", ["--concurrent"]),
     ("search-jobs-with-ray", "search --parents {root}/instruct,{root}/child --benchmark {root}/bench.jsonl --backend ray --jobs 2", ["--jobs"]),
     ("search-unknown-backend", "search --parents {root}/instruct,{root}/child --benchmark {root}/bench.jsonl --backend slurm", ["slurm"]),
-    ("search-unreachable-storage", "search --parents {root}/instruct,{root}/child --benchmark {root}/bench.jsonl --storage postgresql+psycopg2://x@127.0.0.1:1/none", ["cannot open storage"]),
-    ("search-three-benchmarks", "search --parents {root}/instruct,{root}/child --benchmark {root}/bench.jsonl,{root}/bench.jsonl,{root}/bench.jsonl", ["--benchmark"]),
+    (
+        "search-unreachable-storage",
+        "search --parents {root}/instruct,{root}/child --benchmark {root}/bench.jsonl --storage postgresql+psycopg2://x@127.0.0.1:1/none",
+        ["cannot open storage"],
+    ),
+    (
+        "search-three-benchmarks",
+        "search --parents {root}/instruct,{root}/child --benchmark {root}/bench.jsonl,{root}/bench.jsonl,{root}/bench.jsonl",
+        ["--benchmark"],
+    ),
     ("worker-no-storage-file", "worker --study s --storage sqlite:///{root}/absent.db", ["absent.db"]),
     ("worker-no-study", "worker --study s", ["--storage"]),
     ("export-no-study", "export --study nothing_here", ["nothing_here"]),

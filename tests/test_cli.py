@@ -5,14 +5,14 @@ import shutil
 
 import pytest
 import torch
+from cli_checks import assert_clean_error
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from evomerge.cli import app
 from evomerge.recipe import Recipe, paper_recipe
-from evomerge.toy.tiny import make_checkpoint, make_family, tiny_config
-from cli_checks import assert_clean_error
 from evomerge.shipped import resolve_recipe, shipped_recipes
+from evomerge.toy.tiny import make_checkpoint, make_family, tiny_config
 
 SHIPPED_PAPER_RECIPE = resolve_recipe("paper_slerp")
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_checks import assert_clean_error
+from says_a import make_it_say_a
 from typer.testing import CliRunner
 
-from cli_checks import assert_clean_error
 from evomerge.cli import app
 from evomerge.files import write_jsonl
 from evomerge.toy.tiny import CHAT_TEMPLATE, make_checkpoint, tiny_config
-from says_a import make_it_say_a
 
 runner = CliRunner()
 
@@ -28,7 +28,9 @@ def items(n: int = 30) -> list[dict]:
     for i in range(n):
         if i % 3:
             choices = [WORDS[(i + j) % 8] for j in range(4)]
-            records.append({"id": f"m{i}", "question": f"Which material {i}?", "type": "mc", "choices": choices, "answer": "ABCD"[i % 4], "category": CATEGORIES[i % 3]})
+            records.append(
+                {"id": f"m{i}", "question": f"Which material {i}?", "type": "mc", "choices": choices, "answer": "ABCD"[i % 4], "category": CATEGORIES[i % 3]}
+            )
         else:
             records.append({"id": f"t{i}", "question": f"{WORDS[i % 8]} {i} is tough.", "type": "tf", "answer": bool(i % 2), "category": CATEGORIES[i % 3]})
     return records
@@ -139,7 +141,9 @@ def test_eval_loglik_builtin_matches_in_process_scorer(setup, builtin_loglik):
 
 
 def test_eval_lm_eval_backend_equals_builtin_loglik(setup, builtin_loglik):
-    data = summary(run("eval", "--model", setup["model"], "--benchmark", setup["bench"], "--backend", "lm-eval", "--protocol", "loglik", "--device", "cpu", "--json"))
+    data = summary(
+        run("eval", "--model", setup["model"], "--benchmark", setup["bench"], "--backend", "lm-eval", "--protocol", "loglik", "--device", "cpu", "--json")
+    )
     assert data["backend"] == "lm-eval" and data["n"] == 30
     assert data["accuracy"] == pytest.approx(builtin_loglik["accuracy"], abs=1e-12)
     assert data["per_category"] == pytest.approx(builtin_loglik["per_category"])
@@ -155,14 +159,18 @@ def test_benchmark_export_then_eval_lm_eval_task(setup, builtin_loglik):
     data = summary(run("eval", "--model", setup["model"], "--benchmark", "lm-eval:evomerge_bench", "--tasks-dir", out, "--device", "cpu", "--json"))
     assert data["n"] == 30 and data["backend"] == "lm-eval"
     assert data["accuracy"] == pytest.approx(builtin_loglik["accuracy"], abs=1e-12)
-    half = summary(run("eval", "--model", setup["model"], "--benchmark", "lm-eval:evomerge_bench", "--tasks-dir", out, "--fraction", "0.5", "--device", "cpu", "--json"))
+    half = summary(
+        run("eval", "--model", setup["model"], "--benchmark", "lm-eval:evomerge_bench", "--tasks-dir", out, "--fraction", "0.5", "--device", "cpu", "--json")
+    )
     assert half["n"] == 15
     assert half["accuracy"] == pytest.approx(in_process(setup, "loglik", 0.5).accuracy, abs=1e-12)
 
 
 @pytest.mark.parametrize("protocol", ["paper", "loglik"])
 def test_eval_fraction_scores_the_first_items(setup, protocol):
-    data = summary(run("eval", "--model", setup["model"], "--benchmark", setup["bench"], "--protocol", protocol, "--fraction", "0.2", "--device", "cpu", "--json"))
+    data = summary(
+        run("eval", "--model", setup["model"], "--benchmark", setup["bench"], "--protocol", protocol, "--fraction", "0.2", "--device", "cpu", "--json")
+    )
     assert data["n"] == 6 and data["fraction"] == 0.2
     assert data["accuracy"] == pytest.approx(in_process(setup, protocol, 0.2).accuracy)
 
@@ -275,7 +283,9 @@ def test_chat_flag_without_template(setup):
 
 
 def test_holdout_with_lm_eval_task(setup):
-    result = run("eval", "--model", setup["model"], "--benchmark", "lm-eval:evomerge_bench", "--tasks-dir", setup["root"], "--holdout", "0.2", "--device", "cpu")
+    result = run(
+        "eval", "--model", setup["model"], "--benchmark", "lm-eval:evomerge_bench", "--tasks-dir", setup["root"], "--holdout", "0.2", "--device", "cpu"
+    )
     assert_clean_error(result, "--holdout")
 
 
@@ -328,7 +338,9 @@ def test_benchmark_list_shows_bio_materials():
 def test_eval_shipped_benchmark_by_name(setup):
     from evomerge.evaluate.benchmark import load_benchmark
 
-    data = summary(run("eval", "--model", setup["model"], "--benchmark", "bio_materials", "--protocol", "loglik", "--fraction", "0.1", "--device", "cpu", "--json"))
+    data = summary(
+        run("eval", "--model", setup["model"], "--benchmark", "bio_materials", "--protocol", "loglik", "--fraction", "0.1", "--device", "cpu", "--json")
+    )
     assert data["n"] == -(-len(load_benchmark("bio_materials")) // 10)
     assert data["benchmark"] == "bio_materials"
 

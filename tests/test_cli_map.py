@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cli_checks import assert_clean_error
+from map_parents import SCALES, build_map_parents, one_thread  # noqa: F401 (a fixture)
 from typer.testing import CliRunner
 
-from cli_checks import assert_clean_error
 from evomerge.cli import app
-from map_parents import SCALES, build_map_parents, one_thread  # noqa: F401 (a fixture)
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from cli_checks import assert_clean_error
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
@@ -19,7 +20,6 @@ from evomerge.cli import app
 from evomerge.recipe import Recipe
 from evomerge.search.study import PARENT_SCORES_ATTR, finished_count
 from evomerge.toy.tiny import CHAT_TEMPLATE, make_checkpoint, tiny_config
-from cli_checks import assert_clean_error
 
 runner = CliRunner()
 SPACES = ("slerp_global", "slerp_gradient", "slerp_layerwise", "linear", "task_arithmetic", "ties", "dare_ties")
@@ -308,9 +308,7 @@ def test_bad_device_dtype_or_holdout_is_refused_before_the_study_is_created(case
     monkeypatch.chdir(tmp_path)
     result = invoke(*search_args(search_parents, "--study", "late", *LATE_ERRORS[case]))
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.exit_code == 2, (
-        f"SEARCH BUG: {case}: exit {result.exit_code} instead of a clean error (exit 2): {result.exception!r}"
-    )
+    assert result.exit_code == 2, f"SEARCH BUG: {case}: exit {result.exit_code} instead of a clean error (exit 2): {result.exception!r}"
     assert not (tmp_path / "results" / "late" / "study.db").exists() and len(lines) == 1, (
         f"SEARCH BUG: {case} is checked only after prepare() opened the storage, so results/late/study.db is "
         f"created and the progress output precedes the error:\n{result.stderr}"

@@ -10,11 +10,11 @@ import json
 import shutil
 
 import pytest
+from cli_checks import assert_clean_error
 from typer.testing import CliRunner
 
 from evomerge.cli import app
 from evomerge.recipe import Recipe
-from cli_checks import assert_clean_error
 
 runner = CliRunner()
 

@@ -8,10 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cli_checks import assert_clean_error
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from cli_checks import assert_clean_error
 from evomerge.cli import app
 from evomerge.files import write_jsonl
 from evomerge.merge.parents import inspect_parent, load_parent
@@ -47,8 +47,24 @@ def setup(tmp_path_factory):
 
 
 def stage(setup, strategy, data, out, *extra):
-    return run("train", "--strategy", strategy, "--model", setup["base"], "--data", setup[data], "--out", out,
-               "--epochs", "1", "--max-length", "64", "--device", "cpu", *extra)
+    return run(
+        "train",
+        "--strategy",
+        strategy,
+        "--model",
+        setup["base"],
+        "--data",
+        setup[data],
+        "--out",
+        out,
+        "--epochs",
+        "1",
+        "--max-length",
+        "64",
+        "--device",
+        "cpu",
+        *extra,
+    )
 
 
 # ----- it works ---------------------------------------------------------------------------------------
@@ -233,7 +249,9 @@ def test_bad_training_options(setup, tmp_path, extra, word, why):
 
 def test_max_length_that_drops_every_preference_pair(setup, tmp_path):
     out = tmp_path / "out"
-    data = write_jsonl(tmp_path / "long.jsonl", [{"prompt": f"Is spider silk {i} tougher than steel?", "chosen": " Yes.", "rejected": " No."} for i in range(8)])
+    data = write_jsonl(
+        tmp_path / "long.jsonl", [{"prompt": f"Is spider silk {i} tougher than steel?", "chosen": " Yes.", "rejected": " No."} for i in range(8)]
+    )
     result = run("train", "--strategy", "dpo", "--model", setup["base"], "--data", data, "--out", out, "--max-length", "8", "--device", "cpu")
     if result.exit_code != 2:
         pytest.fail(f"TRAIN BUG: --max-length 8 drops every DPO pair, then exits {result.exit_code}: {result.exception!r}")

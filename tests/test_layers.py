@@ -60,9 +60,7 @@ def test_each_layer_imports_only_the_ones_below_it():
 def test_nothing_below_search_imports_optuna():
     below = {name for names in LAYERS[RANK["search"] + 1 :] for name in names}
     wrong = [
-        module
-        for module, path in modules()
-        if layer_of(module) in below and any(name == "optuna" or name.startswith("optuna.") for name in imports(path))
+        module for module, path in modules() if layer_of(module) in below and any(name == "optuna" or name.startswith("optuna.") for name in imports(path))
     ]
     assert not wrong, wrong
 

@@ -91,9 +91,7 @@ def mergekit_accepts(text: str) -> MergeConfiguration:
 
 def mergekit_value(setting, tensor_name: str, position: float, validate=float):
     """mergekit's own reading of a setting, after mergekit's own parsing of it."""
-    parsed = MergeConfiguration.model_validate(
-        {"merge_method": "linear", "models": [{"model": "a"}], "parameters": {"x": setting}}
-    ).parameters["x"]
+    parsed = MergeConfiguration.model_validate({"merge_method": "linear", "models": [{"model": "a"}], "parameters": {"x": setting}}).parameters["x"]
     return mergekit_evaluate_setting(tensor_name, parsed, position, validate=validate)
 
 
@@ -135,9 +133,7 @@ def settings_of(leaf):
     value = st.one_of(leaf, gradient)
     entry = st.builds(lambda f, v: {"filter": f, "value": v}, st.sampled_from(FILTERS), value)
     catch_all = st.builds(lambda v: {"value": v}, value)
-    filtered = st.builds(
-        lambda entries, last: entries + last, st.lists(entry, max_size=3), st.lists(catch_all, max_size=1)
-    ).filter(bool)
+    filtered = st.builds(lambda entries, last: entries + last, st.lists(entry, max_size=3), st.lists(catch_all, max_size=1)).filter(bool)
     return st.one_of(value, filtered, entry)
 
 
@@ -400,9 +396,7 @@ def test_with_models_renames_every_reference():
     renamed = recipe.with_models({"base": "/real/instruct", "child": "/real/cpt"})
     assert renamed.base_model == "/real/instruct"
     assert renamed.model_names == ["/real/instruct", "/real/cpt"]
-    assert all(
-        source.model in ("/real/instruct", "/real/cpt") for out_slice in renamed.slices for source in out_slice.sources
-    )
+    assert all(source.model in ("/real/instruct", "/real/cpt") for out_slice in renamed.slices for source in out_slice.sources)
     assert renamed.parameters == recipe.parameters
     assert [s.parameters for s in renamed.slices] == [s.parameters for s in recipe.slices]
     assert recipe.base_model == "base"  # the original is untouched
@@ -482,9 +476,7 @@ def test_range_error_names_the_source_file(tmp_path):
     with pytest.raises(RecipeError) as caught:
         Recipe.load(path)
     assert "t=1.5" in str(caught.value)
-    assert "broken.yaml" in str(caught.value), (
-        f"ENGINE BUG (minor): a range/shape error from Recipe.load does not name the file: {caught.value}"
-    )
+    assert "broken.yaml" in str(caught.value), f"ENGINE BUG (minor): a range/shape error from Recipe.load does not name the file: {caught.value}"
 
 
 def test_yaml_is_loaded_safely():

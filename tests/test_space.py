@@ -157,9 +157,7 @@ def test_layerwise_group_size_gives_one_anchor_per_layer_with_its_groups_value()
     # mergekit reads anchor i at layer i exactly, so layer i merges with its group's t.
     for layer in range(layers):
         position = layer / (layers - 1)
-        assert recipe.parameter("t", f"model.layers.{layer}.self_attn.q_proj.weight", position) == pytest.approx(
-            0.1 * (layer // 4 + 1)
-        )
+        assert recipe.parameter("t", f"model.layers.{layer}.self_attn.q_proj.weight", position) == pytest.approx(0.1 * (layer // 4 + 1))
 
 
 def test_slerp_gradient_baseline_reproduces_the_papers_recipe_exactly():
@@ -422,4 +420,3 @@ def test_mergekit_is_asked_for_the_methods_contract_once_per_space(monkeypatch):
     space.check_parents([A, B, C], A)
     assert space.dimension(32, 3) == 4
     assert calls == ["ties"]
-

@@ -48,9 +48,7 @@ class Interval:
 class Bootstrap:
     """B resamples (with replacement) of n item indices, drawn once from a seeded generator."""
 
-    def __init__(
-        self, n: int, resamples: int = DEFAULT_RESAMPLES, seed: Union[int, Sequence[int]] = 0, confidence: float = CONFIDENCE
-    ):
+    def __init__(self, n: int, resamples: int = DEFAULT_RESAMPLES, seed: Union[int, Sequence[int]] = 0, confidence: float = CONFIDENCE):
         if n < 1:
             raise ValueError("a bootstrap needs at least one item")
         if resamples < 1:
@@ -99,9 +97,7 @@ class MergeMetrics:
     diversity: float  # |P1 − P2|
 
 
-def merge_metrics(
-    merged: Sequence[bool], parent_1: Sequence[bool], parent_2: Sequence[bool], bootstrap: Bootstrap
-) -> MergeMetrics:
+def merge_metrics(merged: Sequence[bool], parent_1: Sequence[bool], parent_2: Sequence[bool], bootstrap: Bootstrap) -> MergeMetrics:
     """Every number of one merge, from per-item correctness in the same item order for all three."""
     m, p1, p2 = (_as_vector(v, bootstrap.n) for v in (merged, parent_1, parent_2))
     m_star, p1_star, p2_star = bootstrap.means(m), bootstrap.means(p1), bootstrap.means(p2)

@@ -127,8 +127,7 @@ def verdict(rows: Sequence[MapRow], label: str) -> str:
         best_text = f"the largest gain over the best parent is at t = {best.t:g}: {format_interval(best.gain, best.gain_low, best.gain_high)}"
         if above:
             parts.append(
-                f"Merging beats the best parent by more than the noise at t = {t_ranges(above, grid)} "
-                f"({len(above)} of {len(sweep)} sweep points); {best_text}."
+                f"Merging beats the best parent by more than the noise at t = {t_ranges(above, grid)} ({len(above)} of {len(sweep)} sweep points); {best_text}."
             )
         else:
             parts.append(f"At no t of the sweep does the gain's interval lie above zero; {best_text}.")

@@ -184,9 +184,7 @@ def _mc_answer(answer, choices: tuple[str, ...], where: str) -> str:
     matches = [letters[i] for i, choice in enumerate(choices) if choice.strip().lower() == text.lower()]
     if len(matches) == 1:
         return matches[0]
-    raise BenchmarkError(
-        f"{where}: answer {answer!r} is not among the choices (a letter {letters[0]}–{letters[-1]} or a choice's text)"
-    )
+    raise BenchmarkError(f"{where}: answer {answer!r} is not among the choices (a letter {letters[0]}–{letters[-1]} or a choice's text)")
 
 
 def _tf_answer(answer, where: str) -> str:

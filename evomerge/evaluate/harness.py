@@ -17,10 +17,10 @@ from typing import Optional, Union
 import yaml
 
 from evomerge.errors import EvomergeError
-from evomerge.extras import require
 from evomerge.evaluate import protocol
 from evomerge.evaluate.benchmark import Benchmark, Item, fraction_count
 from evomerge.evaluate.scorer import ScoreResult, make_result
+from evomerge.extras import require
 from evomerge.files import write_jsonl
 
 PREFIX = "lm-eval:"

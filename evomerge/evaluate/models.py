@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Union
 
-
 from evomerge.devices import resolve_device
 from evomerge.merge.parents import inspect_parent, require_finite
 

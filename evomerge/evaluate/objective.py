@@ -29,9 +29,7 @@ def make_objective(
     chosen = scorer_backend(backend)
     if is_lm_eval_spec(benchmark):
         chosen = scorer_backend("lm-eval")
-    return chosen.objective(
-        benchmark, tokenizer, protocol=protocol, batch_size=batch_size, chat=chat, tasks_dir=tasks_dir, holdout=holdout
-    )
+    return chosen.objective(benchmark, tokenizer, protocol=protocol, batch_size=batch_size, chat=chat, tasks_dir=tasks_dir, holdout=holdout)
 
 
 __all__ = ["BACKENDS", "Objective", "make_objective"]

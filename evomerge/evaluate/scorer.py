@@ -149,9 +149,7 @@ class Scorer:
         else:
             predictions = self._loglik(model, indices, device)
         correct = [prompts.is_correct(item, pred) for item, pred in zip(items, predictions)]
-        result = make_result(
-            [item.id for item in items], [item.category for item in items], correct, predictions, time.perf_counter() - start
-        )
+        result = make_result([item.id for item in items], [item.category for item in items], correct, predictions, time.perf_counter() - start)
         return previous.extended(result) if previous is not None else result
 
     # ----- paper protocol: greedy decoding ------------------------------------------------
@@ -170,9 +168,7 @@ class Scorer:
         items = [self.benchmark.items[i] for i in batch]
         input_ids, attention_mask = self._left_pad([self._encoded[i].prompt for i in batch], device)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        output = model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, logits_to_keep=1
-        )
+        output = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, logits_to_keep=1)
         require_finite(output.logits)
         generated: list[list[int]] = [[] for _ in batch]
         finished = [False] * len(batch)

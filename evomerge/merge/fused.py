@@ -197,9 +197,7 @@ class WeightedPairs:
         )
 
 
-def plan_weighted_pairs(
-    outs: Sequence[torch.Tensor], firsts: Sequence[torch.Tensor], seconds: Sequence[torch.Tensor]
-) -> Optional[WeightedPairs]:
+def plan_weighted_pairs(outs: Sequence[torch.Tensor], firsts: Sequence[torch.Tensor], seconds: Sequence[torch.Tensor]) -> Optional[WeightedPairs]:
     """A `WeightedPairs` for these tensors, or None if the kernel cannot take them (not CPU, not
     float32/bfloat16, mixed dtypes, not contiguous, no kernel on this machine)."""
     dtype = outs[0].dtype if outs else torch.float32

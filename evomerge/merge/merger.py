@@ -38,9 +38,7 @@ class Merger:
     `Merger.load(parent folders, device=…, dtype=…)` checks and loads the parents and allocates the
     model; the constructor only indexes what it is given."""
 
-    def __init__(
-        self, parents: dict[str, Parent], model, targets: dict[str, torch.Tensor], *, infos: Sequence[ParentInfo], device: torch.device
-    ):
+    def __init__(self, parents: dict[str, Parent], model, targets: dict[str, torch.Tensor], *, infos: Sequence[ParentInfo], device: torch.device):
         """`parents` loaded on one device in one dtype, `model` of their architecture with
         `targets` its tensors by checkpoint name, in the model's order (see `load`)."""
         self.parents = parents
@@ -82,10 +80,7 @@ class Merger:
     ) -> "Merger":
         """Check the parents (folders or inspected `ParentInfo`s), load them on `device` in `dtype`
         (default: their own) and allocate the resident model."""
-        infos = [
-            p if isinstance(p, ParentInfo) else inspect_parent(p, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-            for p in parents
-        ]
+        infos = [p if isinstance(p, ParentInfo) else inspect_parent(p, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) for p in parents]
         names = [info.name for info in infos]
         if len(set(names)) != len(names):
             raise ParentError(f"a parent is listed twice: {names}")

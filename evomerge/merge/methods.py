@@ -134,9 +134,7 @@ class ChunkScratch:
         return first[:size], second[:size]
 
 
-def weighted_pair_into(
-    out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c0: float, c1: float, scratch: ChunkScratch
-) -> None:
+def weighted_pair_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c0: float, c1: float, scratch: ChunkScratch) -> None:
     """out = c0·a + c1·b in the compute dtype, rounded once to out's dtype, one cache-sized chunk at a time."""
     flat_out, flat_a, flat_b = out.view(-1), a.reshape(-1), b.reshape(-1)
     dtype = compute_dtype(a.dtype)
@@ -159,9 +157,7 @@ def weighted_pair_into(
 # ----- linear ------------------------------------------------------------------------------
 
 
-def linear(
-    tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool = True, out: Optional[torch.Tensor] = None
-) -> torch.Tensor:
+def linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool = True, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Weighted average of same-shaped tensors, as mergekit's `linear` method computes it; written
     into `out` if given (accumulated there directly when it has the compute dtype)."""
     first = tensors[0].unsqueeze(0)
@@ -199,9 +195,7 @@ def _rescale_norm(rescale: bool) -> Optional[RescaleNorm]:
     return RescaleNorm.l1 if rescale else None
 
 
-def sparsify_magnitude(
-    delta: torch.Tensor, density: float, rescale: bool, order: Optional[torch.Tensor] = None
-) -> torch.Tensor:
+def sparsify_magnitude(delta: torch.Tensor, density: float, rescale: bool, order: Optional[torch.Tensor] = None) -> torch.Tensor:
     """mergekit's `sparsify.magnitude` (TIES: keep the `density` largest-magnitude elements),
     reusing a precomputed `magnitude_order` if given."""
     if density >= 1:
@@ -316,4 +310,3 @@ def merge_task_arithmetic(
         orders=orders,
         out=out,
     )
-

@@ -102,9 +102,7 @@ def layer_index(tensor_name: str) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
-def inspect_parent(
-    reference: Union[str, Path], *, allow_pickle: bool = False, trust_remote_code: bool = False
-) -> ParentInfo:
+def inspect_parent(reference: Union[str, Path], *, allow_pickle: bool = False, trust_remote_code: bool = False) -> ParentInfo:
     """Read a checkpoint's config and tensor headers; raise ParentError on anything unusable."""
     path = Path(reference).expanduser()
     name = str(reference)
@@ -161,17 +159,13 @@ def check_parents(infos: Sequence[ParentInfo]) -> None:
     first = infos[0]
     for other in infos[1:]:
         if other.architecture != first.architecture:
-            raise ParentError(
-                f"parents have different architectures: {first.name} is {first.architecture}, "
-                f"{other.name} is {other.architecture}"
-            )
+            raise ParentError(f"parents have different architectures: {first.name} is {first.architecture}, {other.name} is {other.architecture}")
         missing = [n for n in first.shapes if n not in other.shapes]
         extra = [n for n in other.shapes if n not in first.shapes]
         if missing or extra:
             example = (missing or extra)[0]
             raise ParentError(
-                f"parents have different tensors: {example} is in "
-                f"{first.name if missing else other.name} only ({len(missing) + len(extra)} differ)"
+                f"parents have different tensors: {example} is in {first.name if missing else other.name} only ({len(missing) + len(extra)} differ)"
             )
         for tensor_name, shape in first.shapes.items():
             if other.shapes[tensor_name] != shape:
@@ -180,14 +174,11 @@ def check_parents(infos: Sequence[ParentInfo]) -> None:
                 if vocabulary_tensor and other.shapes[tensor_name][:1] != shape[:1]:  # rows are tokens
                     hint = " (different vocabulary sizes: resize the embeddings to one tokenizer first)"
                 raise ParentError(
-                    f"parents differ in shape at {tensor_name}: {first.name} {list(shape)} vs "
-                    f"{other.name} {list(other.shapes[tensor_name])}{hint}"
+                    f"parents differ in shape at {tensor_name}: {first.name} {list(shape)} vs {other.name} {list(other.shapes[tensor_name])}{hint}"
                 )
 
 
-def load_parent(
-    info: ParentInfo, *, dtype: Optional[torch.dtype] = None, device: Union[str, torch.device] = "cpu"
-) -> Parent:
+def load_parent(info: ParentInfo, *, dtype: Optional[torch.dtype] = None, device: Union[str, torch.device] = "cpu") -> Parent:
     """Load an inspected parent's tensors, cast to `dtype` if given, on `device`."""
     if info.adapter_base is not None:
         tensors = _merge_adapter(info)
@@ -256,9 +247,7 @@ def _weight_files(path: Path, allow_pickle: bool) -> list[Path]:
         return [path / SINGLE_FILE]
     if (path / PICKLE_FILE).is_file():
         if not allow_pickle:
-            raise ParentError(
-                f"{path} has only pickled weights ({PICKLE_FILE}); convert to safetensors or pass --allow-pickle"
-            )
+            raise ParentError(f"{path} has only pickled weights ({PICKLE_FILE}); convert to safetensors or pass --allow-pickle")
         return [path / PICKLE_FILE]
     raise ParentError(f"{path} has no weights ({SINGLE_FILE} or {SHARD_INDEX})")
 
@@ -311,9 +300,7 @@ def _inspect_adapter(path: Path, name: str, allow_pickle: bool, trust_remote_cod
         raise ParentError(f"LoRA adapter {path} has no {ADAPTER_WEIGHTS}")
     _safetensors_header(path / ADAPTER_WEIGHTS)  # fails early on a truncated adapter
     base = inspect_parent(base_path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    return ParentInfo(
-        name, path, base.config, dict(base.shapes), dict(base.dtypes), [path / ADAPTER_WEIGHTS], adapter_base=base
-    )
+    return ParentInfo(name, path, base.config, dict(base.shapes), dict(base.dtypes), [path / ADAPTER_WEIGHTS], adapter_base=base)
 
 
 def _merge_adapter(info: ParentInfo) -> dict[str, torch.Tensor]:

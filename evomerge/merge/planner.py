@@ -91,8 +91,7 @@ class Planner:
         ignored = [key for key in FOLDER_KEYS if getattr(recipe, key) is not None]
         if ignored:
             raise RecipeError(
-                f"the in-memory engine does not apply the recipe's {', '.join(ignored)}; "
-                "remove it, or merge with `evomerge merge --engine mergekit`"
+                f"the in-memory engine does not apply the recipe's {', '.join(ignored)}; remove it, or merge with `evomerge merge --engine mergekit`"
             )
         if recipe.dtype is not None and recipe.dtype != self.dtype_name:
             raise RecipeError(f"the recipe asks for dtype {recipe.dtype} but the parents are resident in torch.{self.dtype_name}")
@@ -109,9 +108,7 @@ class Planner:
         used = {name for _, settings in recipe.all_settings() for name in settings}
         unknown = sorted(used - {spec.name for spec in specs})
         if unknown:
-            raise RecipeError(
-                f"{recipe.merge_method} has no parameter {unknown[0]!r}; it takes: {', '.join(spec.name for spec in specs) or 'none'}"
-            )
+            raise RecipeError(f"{recipe.merge_method} has no parameter {unknown[0]!r}; it takes: {', '.join(spec.name for spec in specs) or 'none'}")
         placements = self._placements_for(self._slice_layout(recipe))
         slice_count = len(recipe.slices) if recipe.slices else 1
         # One reader per parameter, parent (None: shared) and slice, so each setting is validated
@@ -124,19 +121,14 @@ class Planner:
             else:
                 whose = [(m, ref) for m, ref in zip(models, references) if spec.scope.value == "input" or m != base]
             default = None if spec.required else spec.validate(spec.default)
-            by_model = [
-                (m, ref, [recipe.reader(spec.name, ref, index, spec.validate) for index in range(slice_count)]) for m, ref in whose
-            ]
+            by_model = [(m, ref, [recipe.reader(spec.name, ref, index, spec.validate) for index in range(slice_count)]) for m, ref in whose]
             readers.append((spec, is_shared, default, by_model))
         tensors = []
         for tensor_name, (slice_index, position) in zip(self.tensor_names, placements):
             shared: dict[str, Any] = {}
             per_model: dict[str, dict[str, Any]] = {}
             for spec, is_shared, default, by_model in readers:
-                values = {
-                    m: _resolve(recipe.merge_method, spec, default, slices[slice_index], tensor_name, position, ref)
-                    for m, ref, slices in by_model
-                }
+                values = {m: _resolve(recipe.merge_method, spec, default, slices[slice_index], tensor_name, position, ref) for m, ref, slices in by_model}
                 if is_shared:
                     shared[spec.name] = values[None]
                 else:

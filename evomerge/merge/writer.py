@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-
 from safetensors import SafetensorError
 
 from evomerge.errors import EvomergeError, first_line
@@ -50,9 +49,7 @@ def copy_tokenizer(source: ParentInfo, dest: Path) -> None:
 
 def inspect_recipe_parents(recipe: Recipe, allow_pickle: bool = False, trust_remote_code: bool = False) -> list[ParentInfo]:
     """Inspect and check every parent a recipe names, before any weights are read."""
-    infos = [
-        inspect_parent(ref, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) for ref in recipe.model_names
-    ]
+    infos = [inspect_parent(ref, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) for ref in recipe.model_names]
     check_parents(infos)
     return infos
 
@@ -84,9 +81,7 @@ def write_merged(
         _write_with_mergekit(recipe, Path(out), device, seed, trust_remote_code)
 
 
-def _write_with_evomerge(
-    recipe: Recipe, infos: list[ParentInfo], out: Path, device: str, seed: Optional[int], trust_remote_code: bool
-) -> None:
+def _write_with_evomerge(recipe: Recipe, infos: list[ParentInfo], out: Path, device: str, seed: Optional[int], trust_remote_code: bool) -> None:
     merger = Merger.load(infos, device=device, dtype=recipe.dtype, trust_remote_code=trust_remote_code)
     model = merger.apply(recipe, seed=seed)  # apply plans (and checks) the recipe before writing a tensor
     out_dtype = DTYPES[recipe.out_dtype] if recipe.out_dtype else None

@@ -86,6 +86,7 @@ def gain_interval(trial: optuna.trial.FrozenTrial, parent_scores: ParentScores, 
     parents = [scores[0].get("correct") for scores in parent_scores.by_parent.values()]
     if not merged or not parents or any(p is None or len(p) != len(merged) for p in parents):
         return None
+
     def as_bools(text: str) -> list[bool]:
         return [c == "1" for c in text]
 

@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 from evomerge.errors import interrupt_reason, raise_if_interrupted
 from evomerge.evaluate.benchmark import Benchmark
 from evomerge.evaluate.objective import Objective, make_objective
-from evomerge.evaluate.scorer import ScoreResult, Scorer, make_result
+from evomerge.evaluate.scorer import Scorer, ScoreResult, make_result
 from evomerge.merge.merger import Merger
 from evomerge.merge.parents import ParentInfo
 from evomerge.recipe import Recipe
@@ -108,9 +108,7 @@ def subset_result(result: ScoreResult, item_ids: Sequence[str]) -> ScoreResult:
     return make_result(list(item_ids), categories, [result.correct[i] for i in picked], predictions, 0.0)
 
 
-def parent_scores_from_results(
-    results: Mapping[str, ScoreResult], search: Benchmark, held: Optional[Benchmark], fidelities: Sequence[float]
-) -> dict:
+def parent_scores_from_results(results: Mapping[str, ScoreResult], search: Benchmark, held: Optional[Benchmark], fidelities: Sequence[float]) -> dict:
     """The study's parent scores (as `TrialRunner.compute_parent_scores` stores them, one
     benchmark) from each parent's results on every item of a benchmark whose search and held-out
     splits are `search` and `held`: fraction f is the first `search.count(f)` search items, as a

@@ -28,11 +28,11 @@ import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
+from evomerge.devices import resolve_device, resolve_dtype
 from evomerge.errors import EvomergeError, deferred_interrupts
 from evomerge.evaluate.benchmark import Benchmark, fraction_count, load_benchmark
 from evomerge.evaluate.harness import find_task, is_lm_eval_spec
 from evomerge.evaluate.scorer import ScoreResult
-from evomerge.devices import resolve_device, resolve_dtype
 from evomerge.merge.parents import ParentInfo, check_finite, check_parents, fingerprint, inspect_parent
 from evomerge.search.locks import study_lock
 from evomerge.search.objective import CLAIM_ATTR, TrialRunner, ensure_parent_scores
@@ -375,9 +375,7 @@ class SearchRun:
     folder: Path  # results/<study>/
 
 
-def run_search(
-    settings: SearchSettings, *, timeout: Optional[float] = None, jobs: int = 1, progress: Optional[SearchProgress] = None
-) -> SearchRun:
+def run_search(settings: SearchSettings, *, timeout: Optional[float] = None, jobs: int = 1, progress: Optional[SearchProgress] = None) -> SearchRun:
     """Check everything, open (create or resume) the study, run trials with the executor that
     `settings.executor` names until the study has its total, score the best recipe on the held-out
     items and write the results folder. Ctrl-C (or SIGTERM) marks the running trials failed,

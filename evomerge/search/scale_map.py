@@ -34,12 +34,12 @@ from evomerge.analysis.metrics import DEFAULT_RESAMPLES, Bootstrap, Kinship, Map
 from evomerge.analysis.plots import draw_all
 from evomerge.analysis.report import highlights, summary_rows, write_items_csv, write_kinship_csv, write_map_csv, write_report
 from evomerge.config import load_yaml_file, validate
+from evomerge.devices import resolve_device, resolve_dtype
 from evomerge.errors import EvomergeError
 from evomerge.evaluate.benchmark import Benchmark, load_benchmark, shipped_benchmarks
 from evomerge.evaluate.harness import is_lm_eval_spec
-from evomerge.evaluate.scorer import ScoreResult, Scorer
+from evomerge.evaluate.scorer import Scorer, ScoreResult
 from evomerge.files import staged_folder
-from evomerge.devices import resolve_device, resolve_dtype
 from evomerge.merge.parents import ParentInfo, check_parents, inspect_parent, layer_index, load_parent
 from evomerge.recipe import paper_recipe, slerp_recipe
 from evomerge.search.objective import free_accelerator_memory, load_pair, recipe_dtype_name, subset_result
@@ -149,7 +149,9 @@ class PairEntry(BaseModel):
     @classmethod
     def _reference(cls, value, info):
         if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise ValueError(f"'{info.field_name}' must be a model folder" if info.field_name != "benchmark" else "'benchmark' must be a benchmark name or a JSONL path")
+            raise ValueError(
+                f"'{info.field_name}' must be a model folder" if info.field_name != "benchmark" else "'benchmark' must be a benchmark name or a JSONL path"
+            )
         return value
 
     @field_validator("params", mode="before")
@@ -203,9 +205,7 @@ def load_pairs(path: Path) -> list[PairSpec]:
             raise EvomergeError(f"{where('parents')}: the two parents are the same folder")
         base = entry.base if entry.base is not None else entry.parents[0]
         if _path(base, folder) not in resolved:
-            raise EvomergeError(
-                f"{where('base')}: 'base' must be one of the two parents (SLERP's t = 0 end); put a common pre-trained model under 'ancestor'"
-            )
+            raise EvomergeError(f"{where('base')}: 'base' must be one of the two parents (SLERP's t = 0 end); put a common pre-trained model under 'ancestor'")
         pairs.append(
             PairSpec(
                 label=entry.label,
@@ -291,9 +291,7 @@ def check_options(settings: MapSettings) -> None:
     if settings.search_trials < 0:
         raise EvomergeError(f"--search must be 0 (no search) or a number of trials, got {settings.search_trials}")
     if settings.search_trials and not 0 < settings.holdout < 1:
-        raise EvomergeError(
-            f"--search needs --holdout in (0, 1), got {settings.holdout}: the searched recipe is judged on items the search never saw"
-        )
+        raise EvomergeError(f"--search needs --holdout in (0, 1), got {settings.holdout}: the searched recipe is judged on items the search never saw")
     if settings.resamples < MIN_RESAMPLES:
         raise EvomergeError(f"--resamples must be at least {MIN_RESAMPLES}, got {settings.resamples}")
     if settings.protocol not in ("paper", "loglik"):
@@ -645,11 +643,7 @@ def _write_outputs(folder, settings, checked, rows, kinships, items, pair_summar
     pairs_file = {"pairs": [_absolute_pair(pair) for pair in checked]}
     (folder / "pairs.yaml").write_text(yaml.safe_dump(pairs_file, sort_keys=False), encoding="utf-8")
     summary = {
-        "settings": {
-            key: value
-            for key, value in asdict(settings).items()
-            if key not in ("pairs", "out", "overwrite")
-        },
+        "settings": {key: value for key, value in asdict(settings).items() if key not in ("pairs", "out", "overwrite")},
         "pairs": pair_summaries,
         "table": summary_rows(rows),
         "wall_s": round(seconds, 2),

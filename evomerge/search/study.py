@@ -19,13 +19,12 @@ from typing import Optional
 
 import optuna
 from optuna.trial import TrialState
-
 from pydantic import ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from evomerge.errors import EvomergeError, first_line
-from evomerge.search.locks import study_lock
 from evomerge.extras import require
+from evomerge.search.locks import study_lock
 from evomerge.search.pruners import PRUNERS, make_pruner, pruner_choice  # noqa: F401 (PRUNERS: re-exported)
 from evomerge.search.samplers import SAMPLERS, multi_objective_samplers, sampler_choice  # noqa: F401 (SAMPLERS: re-exported)
 
@@ -138,13 +137,10 @@ class SearchSettings:
             raise EvomergeError("--benchmark takes one benchmark, or two (domain,general) for a multi-objective study")
         if self.multi_objective and not sampler.multi_objective:
             names = multi_objective_samplers()
-            raise EvomergeError(
-                f"a two-benchmark study is multi-objective: use --sampler {', '.join(names[:-1])} or {names[-1]}, not {self.sampler}"
-            )
+            raise EvomergeError(f"a two-benchmark study is multi-objective: use --sampler {', '.join(names[:-1])} or {names[-1]}, not {self.sampler}")
         from evomerge.search.executors import executor_class
 
         executor_class(self.executor).check_settings(self)
-
 
 
 def settings_from(**values) -> SearchSettings:
@@ -276,10 +272,7 @@ def create_or_load_study(settings: SearchSettings, storage, grid=None, fingerpri
     before = SearchSettings.from_json(stored)
     for key in ("space", "benchmarks", "objective", "fidelities", "holdout", "protocol"):
         if getattr(before, key) != getattr(settings, key):
-            raise EvomergeError(
-                f"study {settings.study} exists with {key}={getattr(before, key)!r}, not {getattr(settings, key)!r}; "
-                "use another --study name"
-            )
+            raise EvomergeError(f"study {settings.study} exists with {key}={getattr(before, key)!r}, not {getattr(settings, key)!r}; use another --study name")
     check_same_parents(settings, before, study.user_attrs.get(FINGERPRINTS_ATTR), fingerprints)
     study.sampler = make_sampler(settings, grid, seed=joining_seed(settings.seed, len(study.get_trials(deepcopy=False))))
     return study
@@ -296,10 +289,7 @@ def check_same_parents(settings: SearchSettings, before: SearchSettings, stored:
             return
         if same_paths:
             changed = next(p for p, a, b in zip(settings.parents, stored, now) if a != b)
-            raise EvomergeError(
-                f"parent {changed} has changed since study {settings.study} started (its weights or config differ); "
-                "use another --study name"
-            )
+            raise EvomergeError(f"parent {changed} has changed since study {settings.study} started (its weights or config differ); use another --study name")
     if not same_paths:
         raise EvomergeError(
             f"study {settings.study} exists with parents {','.join(before.parents)} (base {before.base}), "

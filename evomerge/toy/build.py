@@ -388,7 +388,9 @@ def score_parents(build: ToyBuild, device: str = "auto", protocol: str = "paper"
         for name, folder in build.parents.items():
             report[name] = _score_parent(folder, scorers, facts, device)
             if progress:
-                progress(f"{build.scale}/{name}: domain {report[name]['domain']:.3f} · general {report[name]['general']:.3f} · facts {report[name]['facts']:.3f}")
+                progress(
+                    f"{build.scale}/{name}: domain {report[name]['domain']:.3f} · general {report[name]['general']:.3f} · facts {report[name]['facts']:.3f}"
+                )
     path = build.root / build.scale / "accuracy.json"
     existing = json.loads(path.read_text()) if path.is_file() else {}
     existing.update({name: {**entry, "protocol": protocol} for name, entry in report.items()})

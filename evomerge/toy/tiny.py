@@ -18,8 +18,7 @@ _CONFIG_CLASSES = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": 
 ARCHITECTURES = tuple(_CONFIG_CLASSES)  # what `tiny_config` makes
 
 CHAT_TEMPLATE = (
-    "{% for message in messages %}<|{{ message['role'] }}|> {{ message['content'] }} {% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    "{% for message in messages %}<|{{ message['role'] }}|> {{ message['content'] }} {% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
 
 
@@ -72,9 +71,7 @@ def save_char_tokenizer(out: Union[str, Path], vocab_size: int, chat_template: O
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     if chat_template:
         tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(str(out))
@@ -194,7 +191,5 @@ def save_word_tokenizer(
     backend.pre_tokenizer = splitter
     # Words are joined with spaces, and " ." / " ," cleaned up, so a reply reads as text.
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     return _finish_tokenizer(tokenizer, out, extra_special_tokens, chat_template)

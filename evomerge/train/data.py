@@ -1,8 +1,8 @@
 """Training data: local JSONL files, validated for the strategy before any training starts.
 
-    cpt        {"text": …}
-    sft        {"messages": [{"role", "content"}, …]}  or  {"prompt": …, "completion": …}
-    dpo, orpo  {"prompt": …, "chosen": …, "rejected": …}
+cpt        {"text": …}
+sft        {"messages": [{"role", "content"}, …]}  or  {"prompt": …, "completion": …}
+dpo, orpo  {"prompt": …, "chosen": …, "rejected": …}
 """
 
 from __future__ import annotations

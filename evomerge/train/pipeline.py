@@ -75,9 +75,7 @@ class PipelineFile(BaseModel):
         return value
 
 
-def load_pipeline(
-    path: Union[str, Path], model: Optional[Union[str, Path]] = None, out: Optional[Union[str, Path]] = None
-) -> tuple[Path, Path, list[dict]]:
+def load_pipeline(path: Union[str, Path], model: Optional[Union[str, Path]] = None, out: Optional[Union[str, Path]] = None) -> tuple[Path, Path, list[dict]]:
     """(starting model, output root, stages) with paths resolved and every stage checked;
     `model` and `out` replace the file's own (a shipped pipeline on your model); `path` may be a
     shipped pipeline's name (`small_cpu`)."""
@@ -110,9 +108,7 @@ def load_pipeline(
     trained_from = set(_parents(stages))
     for stage in stages:
         if stage.get("lora") and not stage.get("merge_lora") and stage["name"] in trained_from:
-            raise PipelineError(
-                f"{path}: stage {stage['name']!r} writes a LoRA adapter, which a later stage cannot train from; add merge_lora: true"
-            )
+            raise PipelineError(f"{path}: stage {stage['name']!r} writes a LoRA adapter, which a later stage cannot train from; add merge_lora: true")
     return model, (Path(out).resolve() if out is not None else _resolve(folder, parsed.out)), stages
 
 

@@ -19,12 +19,11 @@ import json
 import logging
 import shutil
 from dataclasses import asdict, dataclass, field
-
-from pydantic.dataclasses import dataclass as pydantic_dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from evomerge.errors import EvomergeError
 from evomerge.extras import require
@@ -255,9 +254,7 @@ def _lora_config(settings: TrainSettings, model):
     if missing:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)} - {"lm_head"})
         raise EvomergeError(f"--lora-targets: the model has no module {missing[0]!r}; its linear modules are {', '.join(linear)}")
-    return LoraConfig(
-        r=settings.lora_r, lora_alpha=settings.lora_alpha, target_modules=list(settings.lora_targets), task_type="CAUSAL_LM"
-    )
+    return LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, target_modules=list(settings.lora_targets), task_type="CAUSAL_LM")
 
 
 def _make_trainer(settings: TrainSettings, model, tokenizer, dataset, peft_config, output_dir: Path):

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from says_a import make_it_say_a
 
 from evomerge.files import write_jsonl
 from evomerge.toy.tiny import CHAT_TEMPLATE, make_checkpoint, tiny_config
-from says_a import make_it_say_a
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -160,9 +160,7 @@ def word_tokenizer():
     assert len(vocab) <= 128, len(vocab)
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
 @pytest.fixture
@@ -231,9 +229,7 @@ def bos_chat_tokenizer(model_dir):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", tokenizer.bos_token_id)]
-    )
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tokenizer.bos_token_id)])
     tokenizer.chat_template = "{{ bos_token }}" + CHAT_TEMPLATE
     assert tokenizer.encode("ab")[0] == tokenizer.bos_token_id
     return tokenizer

@@ -189,7 +189,15 @@ def test_tf_answers_accept_booleans_and_strings(tmp_path, jsonl):
 
 
 def test_exact_items_keep_aliases_category_and_split(tmp_path, jsonl):
-    record = {"id": "e1", "question": "Nacre's mineral?", "type": "exact", "answer": " Aragonite ", "aliases": ["CaCO3"], "category": "specific", "split": "test"}
+    record = {
+        "id": "e1",
+        "question": "Nacre's mineral?",
+        "type": "exact",
+        "answer": " Aragonite ",
+        "aliases": ["CaCO3"],
+        "category": "specific",
+        "split": "test",
+    }
     (item,) = load_benchmark(jsonl(tmp_path / "exact.jsonl", [record])).items
     assert (item.answer, item.aliases, item.category, item.split, item.options) == ("Aragonite", ("CaCO3",), "specific", "test", ())
 
@@ -240,10 +248,7 @@ def test_fraction_out_of_range_is_an_error(bench, fraction):
 
 
 def synthetic(n: int, seed: int = 0, shuffle: int = 0, forced: frozenset = frozenset()):
-    items = [
-        Item(f"item-{i}", f"Question {i}?", "tf", "True" if i % 2 else "False", split="holdout" if f"item-{i}" in forced else None)
-        for i in range(n)
-    ]
+    items = [Item(f"item-{i}", f"Question {i}?", "tf", "True" if i % 2 else "False", split="holdout" if f"item-{i}" in forced else None) for i in range(n)]
     if shuffle:
         random.Random(shuffle).shuffle(items)
     return make_benchmark("many", items, seed=seed)

@@ -53,9 +53,10 @@ def test_chat_prompt_uses_the_template(chat_tokenizer, char_tokenizer):
     from evomerge.evaluate.protocol import question_text
 
     prompt = build_prompt(MC, chat_tokenizer, chat=True)
-    expected = chat_tokenizer.apply_chat_template(
-        [{"role": "user", "content": question_text(MC)}], tokenize=False, add_generation_prompt=True
-    ) + "The correct answer is:"
+    expected = (
+        chat_tokenizer.apply_chat_template([{"role": "user", "content": question_text(MC)}], tokenize=False, add_generation_prompt=True)
+        + "The correct answer is:"
+    )
     assert prompt == expected
     assert prompt.startswith("<|user|> " + INSTRUCTION) and "<|assistant|>" in prompt
     assert prompt.endswith("<|assistant|>The correct answer is:")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 

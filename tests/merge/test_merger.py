@@ -16,7 +16,6 @@ from typing import Optional
 
 import pytest
 import torch
-
 from oracle import (
     ARCHS,
     MERGE_SEED,
@@ -24,6 +23,7 @@ from oracle import (
     assert_tensors_match,
     run_mergekit_yaml_binary,
 )
+
 from evomerge.errors import ParentError, RecipeError
 from evomerge.merge.merger import Merger
 from evomerge.recipe import Recipe
@@ -174,108 +174,159 @@ def oracle(family, tmp_path_factory) -> Oracle:
                     oracle.add(contract_key(arch, dtype, method, index), arch, dtype, random_recipe(rng, method, paths, dtype))
 
     p = paths_yaml(family("llama", "float32"))
-    oracle.add("nuslerp", "llama", "float32", f"""
+    oracle.add(
+        "nuslerp",
+        "llama",
+        "float32",
+        f"""
 merge_method: nuslerp
-base_model: {p['base']}
+base_model: {p["base"]}
 models:
-- {{model: {p['c1']}, parameters: {{weight: [0.2, 0.9]}}}}
-- {{model: {p['c2']}, parameters: {{weight: 0.6}}}}
+- {{model: {p["c1"]}, parameters: {{weight: [0.2, 0.9]}}}}
+- {{model: {p["c2"]}, parameters: {{weight: 0.6}}}}
 dtype: float32
-""")
-    oracle.add("model_stock", "llama", "float32", f"""
+""",
+    )
+    oracle.add(
+        "model_stock",
+        "llama",
+        "float32",
+        f"""
 merge_method: model_stock
-base_model: {p['base']}
-models: [{{model: {p['c1']}}}, {{model: {p['c2']}}}]
+base_model: {p["base"]}
+models: [{{model: {p["c1"]}}}, {{model: {p["c2"]}}}]
 parameters: {{filter_wise: false}}
 dtype: float32
-""")
-    oracle.add("karcher", "llama", "float32", f"""
+""",
+    )
+    oracle.add(
+        "karcher",
+        "llama",
+        "float32",
+        f"""
 merge_method: karcher
-models: [{{model: {p['base']}}}, {{model: {p['c1']}}}, {{model: {p['c2']}}}]
+models: [{{model: {p["base"]}}}, {{model: {p["c1"]}}}, {{model: {p["c2"]}}}]
 dtype: float32
-""")
+""",
+    )
     q = paths_yaml(family("qwen2", "bfloat16"))
-    oracle.add("nuslerp-bf16", "qwen2", "bfloat16", f"""
+    oracle.add(
+        "nuslerp-bf16",
+        "qwen2",
+        "bfloat16",
+        f"""
 merge_method: nuslerp
 models:
-- {{model: {q['c1']}, parameters: {{weight: 0.3}}}}
-- {{model: {q['c2']}, parameters: {{weight: [1, 0.4]}}}}
+- {{model: {q["c1"]}, parameters: {{weight: 0.3}}}}
+- {{model: {q["c2"]}, parameters: {{weight: [1, 0.4]}}}}
 dtype: bfloat16
-""")
+""",
+    )
 
     for arch, dtype in [("llama", "float32"), ("mistral", "bfloat16")]:
         p = paths_yaml(family(arch, dtype))
-        oracle.add(f"slices-slerp-{arch}", arch, dtype, f"""
+        oracle.add(
+            f"slices-slerp-{arch}",
+            arch,
+            dtype,
+            f"""
 merge_method: slerp
-base_model: {p['base']}
+base_model: {p["base"]}
 slices:
 - sources:
-  - {{model: {p['base']}, layer_range: [0, 2]}}
-  - {{model: {p['c1']}, layer_range: [0, 2]}}
+  - {{model: {p["base"]}, layer_range: [0, 2]}}
+  - {{model: {p["c1"]}, layer_range: [0, 2]}}
   parameters:
     t: [{{filter: mlp, value: [0.9, 0.1]}}, {{value: [0, 1]}}]
 - sources:
-  - {{model: {p['base']}, layer_range: [2, 3]}}
-  - {{model: {p['c1']}, layer_range: [2, 3]}}
+  - {{model: {p["base"]}, layer_range: [2, 3]}}
+  - {{model: {p["c1"]}, layer_range: [2, 3]}}
 - sources:
-  - {{model: {p['base']}, layer_range: [3, 4]}}
-  - {{model: {p['c1']}, layer_range: [3, 4]}}
+  - {{model: {p["base"]}, layer_range: [3, 4]}}
+  - {{model: {p["c1"]}, layer_range: [3, 4]}}
   parameters: {{t: 0.25}}
 parameters:
   t: [{{filter: self_attn, value: [0.2, 0.8]}}, {{value: [0.6, 0.1, 0.3]}}]
 dtype: {dtype}
-""")
-        oracle.add(f"slices-ties-{arch}", arch, dtype, f"""
+""",
+        )
+        oracle.add(
+            f"slices-ties-{arch}",
+            arch,
+            dtype,
+            f"""
 merge_method: ties
-base_model: {p['base']}
+base_model: {p["base"]}
 slices:
 - sources:
-  - {{model: {p['base']}, layer_range: [0, 3]}}
-  - {{model: {p['c1']}, layer_range: [0, 3], parameters: {{weight: [0.2, 1.0], density: 0.4}}}}
-  - {{model: {p['c2']}, layer_range: [0, 3], parameters: {{weight: 0.7}}}}
+  - {{model: {p["base"]}, layer_range: [0, 3]}}
+  - {{model: {p["c1"]}, layer_range: [0, 3], parameters: {{weight: [0.2, 1.0], density: 0.4}}}}
+  - {{model: {p["c2"]}, layer_range: [0, 3], parameters: {{weight: 0.7}}}}
   parameters: {{density: [0.3, 0.9]}}
 - sources:
-  - {{model: {p['base']}, layer_range: [3, 4]}}
-  - {{model: {p['c1']}, layer_range: [3, 4], parameters: {{weight: 0.5}}}}
-  - {{model: {p['c2']}, layer_range: [3, 4], parameters: {{weight: [0.9, 0.1], density: 0.6}}}}
+  - {{model: {p["base"]}, layer_range: [3, 4]}}
+  - {{model: {p["c1"]}, layer_range: [3, 4], parameters: {{weight: 0.5}}}}
+  - {{model: {p["c2"]}, layer_range: [3, 4], parameters: {{weight: [0.9, 0.1], density: 0.6}}}}
 parameters: {{normalize: true}}
 dtype: {dtype}
-""")
+""",
+        )
 
     for dtype in DTYPES:
         p = paths_yaml(family("llama", dtype, noise=NEAR_COLINEAR))
-        oracle.add(f"lerp-fallback-{dtype}", "llama", dtype, {
-            "merge_method": "slerp",
-            "base_model": p["base"],
-            "models": [{"model": p["base"]}, {"model": p["c1"]}],
-            "parameters": {"t": [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]}, {"value": [0.9, 0.2]}]},
-            "dtype": dtype,
-        }, noise=NEAR_COLINEAR)
+        oracle.add(
+            f"lerp-fallback-{dtype}",
+            "llama",
+            dtype,
+            {
+                "merge_method": "slerp",
+                "base_model": p["base"],
+                "models": [{"model": p["base"]}, {"model": p["c1"]}],
+                "parameters": {"t": [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]}, {"value": [0.9, 0.2]}]},
+                "dtype": dtype,
+            },
+            noise=NEAR_COLINEAR,
+        )
 
     g = paths_yaml(family("gemma", "bfloat16"))
-    oracle.add("no-dtype", "gemma", "bfloat16", f"""
+    oracle.add(
+        "no-dtype",
+        "gemma",
+        "bfloat16",
+        f"""
 merge_method: dare_linear
-base_model: {g['base']}
+base_model: {g["base"]}
 models:
-- {{model: {g['c1']}, parameters: {{weight: 0.8, density: [0.9, 0.2]}}}}
-- {{model: {g['c2']}, parameters: {{weight: [0.3, 0.6], density: 0.5}}}}
-""")
+- {{model: {g["c1"]}, parameters: {{weight: 0.8, density: [0.9, 0.2]}}}}
+- {{model: {g["c2"]}, parameters: {{weight: [0.3, 0.6], density: 0.5}}}}
+""",
+    )
     p = paths_yaml(family("llama", "float32"))
-    oracle.add("float32-parents-merged-in-bfloat16", "llama", "bfloat16", f"""
+    oracle.add(
+        "float32-parents-merged-in-bfloat16",
+        "llama",
+        "bfloat16",
+        f"""
 merge_method: slerp
-base_model: {p['base']}
-models: [{{model: {p['base']}}}, {{model: {p['c2']}}}]
+base_model: {p["base"]}
+models: [{{model: {p["base"]}}}, {{model: {p["c2"]}}}]
 parameters:
   t: [{{filter: self_attn, value: [0, 0.5, 0.3, 0.7, 1]}}, {{filter: mlp, value: [1, 0.5, 0.7, 0.3, 0]}}, {{value: 0.5}}]
 dtype: bfloat16
-""")
-    oracle.add("scientific-notation", "llama", "float32", f"""
+""",
+    )
+    oracle.add(
+        "scientific-notation",
+        "llama",
+        "float32",
+        f"""
 merge_method: slerp
-base_model: {p['base']}
-models: [{{model: {p['base']}}}, {{model: {p['c1']}}}]
+base_model: {p["base"]}
+models: [{{model: {p["base"]}}}, {{model: {p["c1"]}}}]
 parameters: {{t: [1e-1, 1]}}
 dtype: float32
-""")
+""",
+    )
     oracle.start()
     return oracle
 
@@ -318,13 +369,7 @@ def test_fast_path_equals_mergekit_yaml(oracle, merger_for, arch, dtype, method)
 
 def test_random_recipes_cover_the_recipe_language(oracle):
     """The random recipes are not all the same shape: scalars, gradients, filters, shared settings."""
-    keys = [
-        contract_key(arch, dtype, method, index)
-        for arch in ARCHS
-        for dtype in DTYPES
-        for method in FAST_METHODS
-        for index in range(RECIPES_PER_METHOD)
-    ]
+    keys = [contract_key(arch, dtype, method, index) for arch in ARCHS for dtype in DTYPES for method in FAST_METHODS for index in range(RECIPES_PER_METHOD)]
     texts = [oracle.cases[key].recipe.to_yaml() for key in keys]
     assert len(set(texts)) == len(texts)
     joined = "\n".join(texts)
@@ -496,7 +541,9 @@ def plan_error(merger: Merger, text: str) -> str:
 
 def test_unknown_method_lists_the_known_ones(merger_for, llama_paths):
     p = llama_paths
-    message = plan_error(merger_for("llama", "float32"), f"merge_method: slurp\nbase_model: {p['base']}\nmodels: [{{model: {p['base']}}}, {{model: {p['c1']}}}]\n")
+    message = plan_error(
+        merger_for("llama", "float32"), f"merge_method: slurp\nbase_model: {p['base']}\nmodels: [{{model: {p['base']}}}, {{model: {p['c1']}}}]\n"
+    )
     assert "slurp" in message
     for known in ("slerp", "linear", "ties", "dare_ties", "task_arithmetic", "model_stock"):
         assert known in message
@@ -566,20 +613,16 @@ def test_what_only_mergekit_yaml_honours_is_refused(merger_for, llama_paths, key
     p = llama_paths
     message = plan_error(
         merger_for("llama", "float32"),
-        f"merge_method: slerp\nbase_model: {p['base']}\nmodels: [{{model: {p['base']}}}, {{model: {p['c1']}}}]\n"
-        f"parameters: {{t: 0.5}}\n{key}: {value}\n",
+        f"merge_method: slerp\nbase_model: {p['base']}\nmodels: [{{model: {p['base']}}}, {{model: {p['c1']}}}]\nparameters: {{t: 0.5}}\n{key}: {value}\n",
     )
-    assert message == (
-        f"the in-memory engine does not apply the recipe's {key}; remove it, or merge with `evomerge merge --engine mergekit`"
-    )
+    assert message == (f"the in-memory engine does not apply the recipe's {key}; remove it, or merge with `evomerge merge --engine mergekit`")
 
 
 def test_a_value_the_parameter_type_refuses_names_the_parameter_and_tensor(merger_for, llama_paths):
     p = llama_paths
     message = plan_error(
         merger_for("llama", "float32"),
-        f"merge_method: ties\nbase_model: {p['base']}\nmodels: [{{model: {p['c1']}, parameters: {{weight: 1}}}}]\n"
-        "parameters: {normalize: maybe}\n",
+        f"merge_method: ties\nbase_model: {p['base']}\nmodels: [{{model: {p['c1']}, parameters: {{weight: 1}}}}]\nparameters: {{normalize: maybe}}\n",
     )
     assert message.startswith("parameter 'normalize' is not valid for model.embed_tokens.weight: ")
     assert "\n" not in message
@@ -598,21 +641,21 @@ def test_slices_must_be_layer_aligned(merger_for, llama_paths):
     p = llama_paths
     shifted = f"""
 merge_method: slerp
-base_model: {p['base']}
+base_model: {p["base"]}
 slices:
 - sources:
-  - {{model: {p['base']}, layer_range: [0, 2]}}
-  - {{model: {p['c1']}, layer_range: [2, 4]}}
+  - {{model: {p["base"]}, layer_range: [0, 2]}}
+  - {{model: {p["c1"]}, layer_range: [2, 4]}}
 parameters: {{t: 0.5}}
 """
     assert "layer-aligned" in plan_error(merger_for("llama", "float32"), shifted)
     short = f"""
 merge_method: slerp
-base_model: {p['base']}
+base_model: {p["base"]}
 slices:
 - sources:
-  - {{model: {p['base']}, layer_range: [0, 3]}}
-  - {{model: {p['c1']}, layer_range: [0, 3]}}
+  - {{model: {p["base"]}, layer_range: [0, 3]}}
+  - {{model: {p["c1"]}, layer_range: [0, 3]}}
 parameters: {{t: 0.5}}
 """
     assert "4" in plan_error(merger_for("llama", "float32"), short)

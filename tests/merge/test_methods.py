@@ -59,8 +59,7 @@ def assert_bitwise(got: torch.Tensor, expected: torch.Tensor, label: str = "") -
     if not torch.equal(got, expected):
         diff = (got.double() - expected.double()).abs()
         raise AssertionError(
-            f"{label}: not bitwise equal to mergekit; max abs diff {diff.max().item():.3g}, "
-            f"{int((diff > 0).sum())}/{diff.numel()} elements differ"
+            f"{label}: not bitwise equal to mergekit; max abs diff {diff.max().item():.3g}, {int((diff > 0).sum())}/{diff.numel()} elements differ"
         )
 
 
@@ -146,9 +145,7 @@ def test_slerp_degenerate_tensors(dtype):
     empty = torch.zeros(0, 16, dtype=dtype)
     assert engine_slerp(0.25, empty, empty).shape == (0, 16)
     scalar_like = torch.tensor([3.0], dtype=dtype)
-    assert_bitwise(
-        engine_slerp(0.6, scalar_like, -scalar_like), reference_slerp(0.6, scalar_like, -scalar_like), "one element"
-    )
+    assert_bitwise(engine_slerp(0.6, scalar_like, -scalar_like), reference_slerp(0.6, scalar_like, -scalar_like), "one element")
 
 
 def test_stacked_geometry_gives_each_tensors_own_coefficients():
@@ -194,7 +191,7 @@ def test_scratch_stays_one_chunk_however_large_the_tensor():
     scratch = ChunkScratch()
     v0, v1 = pair((3 * APPLY_CHUNK + 5,), torch.bfloat16, 11, closeness=0.4)
     assert_bitwise(engine_slerp(0.3, v0, v1, scratch), reference_slerp(0.3, v0, v1), "three chunks and a bit")
-    (first, second), = scratch._buffers.values()
+    ((first, second),) = scratch._buffers.values()
     assert first.numel() == second.numel() == APPLY_CHUNK
 
 
@@ -203,9 +200,7 @@ def test_scratch_stays_one_chunk_however_large_the_tensor():
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("normalize", [True, False])
-@pytest.mark.parametrize(
-    "weights", [[0.5, 0.5], [0.3, 1.2], [1.0, -0.25, 0.6], [0.2, 0.9, 0.123456]], ids=lambda w: f"{len(w)}-{w[1]}"
-)
+@pytest.mark.parametrize("weights", [[0.5, 0.5], [0.3, 1.2], [1.0, -0.25, 0.6], [0.2, 0.9, 0.123456]], ids=lambda w: f"{len(w)}-{w[1]}")
 def test_linear_equals_mergekit(dtype, normalize, weights):
     generator = torch.Generator().manual_seed(len(weights))
     for shape in [(64, 48), (48,), (2, 3, 4)]:
@@ -276,9 +271,7 @@ def test_task_arithmetic_family_equals_mergekit(method, dtype, parameters):
     generator = torch.Generator().manual_seed(77)
     for shape in [(96, 64), (64,), (3, 20, 7)]:
         base = torch.randn(shape, generator=generator).to(dtype)
-        children = [
-            (base.float() + 0.3 * torch.randn(shape, generator=generator)).to(dtype) for _ in parameters["weight"]
-        ]
+        children = [(base.float() + 0.3 * torch.randn(shape, generator=generator)).to(dtype) for _ in parameters["weight"]]
         torch.manual_seed(2024)
         expected = merge_tensors([base, *children], method, base_index=0, parameters=parameters)
         torch.manual_seed(2024)
@@ -290,9 +283,7 @@ def test_task_arithmetic_family_equals_mergekit(method, dtype, parameters):
         assert_bitwise(out, expected, f"{method} {shape} written into out")
         if method == "ties":
             orders = [methods.magnitude_order(child - base) for child in children]
-            assert_bitwise(
-                run_task_arithmetic(method, base, children, parameters, orders), expected, f"{method} {shape} cached order"
-            )
+            assert_bitwise(run_task_arithmetic(method, base, children, parameters, orders), expected, f"{method} {shape} cached order")
 
 
 def test_dare_draws_from_the_global_generator():

@@ -183,9 +183,7 @@ def test_different_shapes_are_refused_naming_the_tensor_and_both_shapes(tmp_path
     make_checkpoint(tmp_path / folder, tiny_config("llama", **config))
     with pytest.raises(ParentError) as caught:
         check_parents([inspect_parent(llama["base"]), inspect_parent(tmp_path / folder)])
-    assert str(caught.value) == (
-        f"parents differ in shape at lm_head.weight: {llama['base']} [128, 64] vs {tmp_path / folder} {other_shape}{hint}"
-    )
+    assert str(caught.value) == (f"parents differ in shape at lm_head.weight: {llama['base']} [128, 64] vs {tmp_path / folder} {other_shape}{hint}")
 
 
 def test_different_depths_are_refused(tmp_path, llama):
@@ -231,9 +229,7 @@ def lora_adapter(llama, tmp_path_factory):
     base_path = llama["base"].resolve()
     torch.manual_seed(11)
     model = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32)
-    peft_model = get_peft_model(
-        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    )
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     out = tmp_path_factory.mktemp("lora") / "adapter"
     peft_model.save_pretrained(str(out))
     adapter_config = json.loads((out / "adapter_config.json").read_text())

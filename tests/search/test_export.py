@@ -124,9 +124,7 @@ def test_mergekit_yaml_rebuilds_the_best_recipe_bit_equal_to_evomerge_merge(fini
     recipe = finished["folder"] / "best-recipe.yaml"
     theirs, ours = tmp_path / "mergekit", tmp_path / "evomerge"
     # From another folder: the absolute paths in the YAML are what makes this work.
-    done = subprocess.run(
-        [str(MERGEKIT_YAML), str(recipe), str(theirs), "--quiet"], capture_output=True, text=True, timeout=300, cwd=tmp_path
-    )
+    done = subprocess.run([str(MERGEKIT_YAML), str(recipe), str(theirs), "--quiet"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     result = CliRunner().invoke(app, ["merge", str(recipe), "--out", str(ours), "--device", "cpu"])
     assert result.exit_code == 0, result.output

@@ -16,13 +16,13 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
+from search_helpers import settings_for
 
 from evomerge.errors import EvomergeError
 from evomerge.merge.merger import Merger
 from evomerge.recipe import paper_recipe
 from evomerge.search.run import optimise, prepare
 from evomerge.search.study import finished_count
-from search_helpers import settings_for
 
 EVOMERGE = [sys.executable, "-m", "evomerge.cli"]
 

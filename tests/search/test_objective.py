@@ -19,13 +19,13 @@ from dataclasses import replace
 import optuna
 import pytest
 from optuna.trial import TrialState
+from search_helpers import DELLA, settings_for, write_space
 
 from evomerge.errors import EvomergeError
 from evomerge.evaluate.scorer import Scorer
 from evomerge.recipe import Recipe, paper_recipe
 from evomerge.search.run import TooManyFailures, optimise, prepare, score_holdout
 from evomerge.search.study import PARENT_SCORES_ATTR, SETTINGS_ATTR, SearchSettings, finished_count
-from search_helpers import DELLA, settings_for, write_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -266,8 +266,7 @@ def test_median_pruner_stops_a_hopeless_recipe_after_the_first_fraction(search_p
     monkeypatch.chdir(tmp_path)
     space = write_space(
         tmp_path,
-        "method: slerp\nparameters:\n  t:\n    filters:\n      no_such_tensor: {low: 0, high: 1, step: 0.1}\n"
-        "    default: {low: 0, high: 1, step: 0.1}\n",
+        "method: slerp\nparameters:\n  t:\n    filters:\n      no_such_tensor: {low: 0, high: 1, step: 0.1}\n    default: {low: 0, high: 1, step: 0.1}\n",
     )
     settings = settings_for(search_parents, tmp_path, space=space, protocol="paper", pruner="median", trials=4)
     prepared = prepare(settings)
@@ -298,8 +297,7 @@ def test_pruned_trials_record_only_partial_fidelities(search_parents, tmp_path, 
     monkeypatch.chdir(tmp_path)
     space = write_space(
         tmp_path,
-        "method: slerp\nparameters:\n  t:\n    filters:\n      no_such_tensor: {low: 0, high: 1, step: 0.1}\n"
-        "    default: {low: 0, high: 1, step: 0.1}\n",
+        "method: slerp\nparameters:\n  t:\n    filters:\n      no_such_tensor: {low: 0, high: 1, step: 0.1}\n    default: {low: 0, high: 1, step: 0.1}\n",
     )
     settings = settings_for(search_parents, tmp_path, space=space, protocol="paper", pruner="median", trials=6)
     prepared = prepare(settings)

@@ -24,9 +24,12 @@ import time
 
 import optuna
 import pytest
+from cli_checks import assert_clean_error
 from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 from ray.tune.search import Searcher
+from search_helpers import DELLA, write_space
+from search_helpers import settings_for as objective_settings
 from typer.testing import CliRunner
 
 from evomerge.cli import app
@@ -52,9 +55,6 @@ from evomerge.search.ray_tune import (
 )
 from evomerge.search.run import join_study, optimise, prepare, score_holdout
 from evomerge.search.study import FINGERPRINTS_ATTR, PARENT_SCORES_ATTR, SETTINGS_ATTR, SearchSettings, create_or_load_study, finished_count
-from cli_checks import assert_clean_error
-from search_helpers import DELLA, write_space
-from search_helpers import settings_for as objective_settings
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 EVOMERGE = [sys.executable, "-m", "evomerge.cli"]
@@ -235,9 +235,7 @@ def test_the_searcher_asks_no_more_than_the_study_total(search_parents, tmp_path
     settings = settings_for(search_parents, tmp_path, trials=2)
     prepared = prepare(settings)
     create_or_load_study(settings, prepared.storage)
-    searcher = StudySearch(
-        prepared, num_layers=2, dtype_name="float32", timeout=None, on_trial=None, loads=WorkerLoads(), error_dir="x"
-    )
+    searcher = StudySearch(prepared, num_layers=2, dtype_name="float32", timeout=None, on_trial=None, loads=WorkerLoads(), error_dir="x")
     searcher.suggest("a")
     searcher.suggest("b")
     assert searcher.suggest("c") is None, "two running trials fill the total: wait, one may fail"
@@ -395,7 +393,9 @@ def six(local_ray, search_parents, tmp_path_factory):
     start = time.perf_counter()
     study, runner, holdout = ray_search(settings, folder, log=lines.append)
     seconds = time.perf_counter() - start
-    reference_settings = SearchSettings(**{**settings.__dict__, "executor": "optuna", "concurrent": None, "cpus_per_trial": 1.0, "trials": 3, "device": "cpu", "study": "ref"})
+    reference_settings = SearchSettings(
+        **{**settings.__dict__, "executor": "optuna", "concurrent": None, "cpus_per_trial": 1.0, "trials": 3, "device": "cpu", "study": "ref"}
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
         reference, reference_runner = optimise(prepare(reference_settings))
@@ -473,8 +473,7 @@ def test_asha_stops_a_hopeless_recipe_after_the_first_fraction(local_ray, search
     paper's protocol; t=0.5 scores 0 there, below ASHA's cutoff, and is stopped: PRUNED."""
     space = write_space(
         tmp_path,
-        "method: slerp\nparameters:\n  t:\n    filters:\n      no_such_tensor: {low: 0, high: 1, step: 0.1}\n"
-        "    default: {low: 0, high: 1, step: 0.1}\n",
+        "method: slerp\nparameters:\n  t:\n    filters:\n      no_such_tensor: {low: 0, high: 1, step: 0.1}\n    default: {low: 0, high: 1, step: 0.1}\n",
     )
     settings = settings_for(search_parents, tmp_path, space=space, protocol="paper", trials=4, concurrent=2)
     seeded = create_or_load_study(settings, optuna.storages.RDBStorage(settings.storage))

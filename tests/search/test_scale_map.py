@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from map_parents import SCALES, build_map_parents, one_thread  # noqa: F401 (a fixture)
 
 from evomerge.analysis.metrics import MapRow
 from evomerge.analysis.plots import FIGURES
@@ -20,7 +21,6 @@ from evomerge.merge.merger import Merger
 from evomerge.search.objective import TrialRunner
 from evomerge.search.scale_map import MapSettings, PairSpec, check_map, load_pairs, parse_sweep, run_map, slerp_recipe
 from evomerge.search.study import PARENT_SCORES_ATTR
-from map_parents import SCALES, build_map_parents, one_thread  # noqa: F401 (a fixture)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SWEEP = "0:1:0.5"
@@ -37,8 +37,14 @@ def parents(tmp_path_factory):
 
 def settings_for(parents, out: Path, **overrides) -> MapSettings:
     values = dict(
-        out=out, pairs=load_pairs(parents["pairs"]), sweep=parse_sweep(SWEEP), search_trials=TRIALS,
-        protocol="loglik", device="cpu", resamples=200, seed=3,
+        out=out,
+        pairs=load_pairs(parents["pairs"]),
+        sweep=parse_sweep(SWEEP),
+        search_trials=TRIALS,
+        protocol="loglik",
+        device="cpu",
+        resamples=200,
+        seed=3,
     )
     values.update(overrides)
     return MapSettings(**values)

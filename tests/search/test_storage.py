@@ -27,12 +27,18 @@ EVOMERGE = [sys.executable, "-m", "evomerge.cli"]
 def search_command(parents, study, trials, storage=None, extra=()):
     command = EVOMERGE + [
         "search",
-        "--parents", f"{parents['instruct']},{parents['child']}",
-        "--benchmark", str(parents["benchmark"]),
-        "--trials", str(trials),
-        "--study", study,
-        "--protocol", "loglik",
-        "--holdout", "0",
+        "--parents",
+        f"{parents['instruct']},{parents['child']}",
+        "--benchmark",
+        str(parents["benchmark"]),
+        "--trials",
+        str(trials),
+        "--study",
+        study,
+        "--protocol",
+        "loglik",
+        "--holdout",
+        "0",
     ]
     if storage:
         command += ["--storage", storage]
@@ -130,7 +136,9 @@ def postgres_url():
     port = _free_port()
     subprocess.run(as_user + [str(bindir / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "postgres"], check=True, capture_output=True)
     options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
-    subprocess.run(as_user + [str(bindir / "pg_ctl"), "-D", str(data / "db"), "-o", options, "-l", str(data / "log"), "-w", "start"], check=True, capture_output=True)
+    subprocess.run(
+        as_user + [str(bindir / "pg_ctl"), "-D", str(data / "db"), "-o", options, "-l", str(data / "log"), "-w", "start"], check=True, capture_output=True
+    )
     yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
     subprocess.run(as_user + [str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "stop"], capture_output=True)
     shutil.rmtree(data, ignore_errors=True)
@@ -203,7 +211,10 @@ def test_a_worker_joins_a_postgres_study_from_its_storage_alone(search_parents, 
 def test_unreachable_postgres_fails_fast_with_one_line(search_parents, tmp_path):
     done = subprocess.run(
         search_command(search_parents, "nowhere", 4, "postgresql+psycopg2://nobody@127.0.0.1:1/none"),
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]

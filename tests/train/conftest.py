@@ -30,9 +30,7 @@ REPEATS = 4  # 16 records: 4 steps per epoch at batch size 4
 
 
 def tiny_llama_config():
-    return tiny_config(
-        "llama", vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2, tie_word_embeddings=False
-    )
+    return tiny_config("llama", vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2, tie_word_embeddings=False)
 
 
 @pytest.fixture(scope="session")
@@ -48,10 +46,7 @@ def train_data(tmp_path_factory) -> dict[str, Path]:
     """{"cpt", "sft", "sft_messages", "pref": path} — tiny JSONL files of each format."""
     root = tmp_path_factory.mktemp("train-data")
     sft = [{"prompt": q, "completion": " " + a} for q, a in zip(TRAIN_QUESTIONS, TRAIN_FACTS)]
-    messages = [
-        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-        for q, a in zip(TRAIN_QUESTIONS, TRAIN_FACTS)
-    ]
+    messages = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in zip(TRAIN_QUESTIONS, TRAIN_FACTS)]
     return {
         "cpt": write_jsonl(root / "cpt.jsonl", [{"text": t} for t in TRAIN_FACTS] * REPEATS),
         "sft": write_jsonl(root / "sft.jsonl", sft * REPEATS),

@@ -15,9 +15,9 @@ import yaml
 from safetensors.torch import load_file
 
 from evomerge.errors import EvomergeError
+from evomerge.files import LINEAGE_FILE
 from evomerge.merge.parents import inspect_parent
 from evomerge.train.pipeline import load_pipeline, run_pipeline
-from evomerge.files import LINEAGE_FILE
 from evomerge.train.trainers import DEFAULT_BETA
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,6 +106,7 @@ def test_each_stage_trains_on_the_previous_output(chain, train_base):
     base, after_sft, after_dpo, after_orpo = weights(train_base), weights(sft.out), weights(dpo.out), weights(orpo.out)
     for earlier, later in ((base, after_sft), (after_sft, after_dpo), (after_sft, after_orpo), (after_dpo, after_orpo)):
         assert any(not torch.equal(earlier[k], later[k]) for k in earlier)
+
     # DPO moved from SFT's weights, not from the base's: it is nearer the SFT checkpoint.
     def distance(a, b):
         return sum((a[k] - b[k]).pow(2).sum().item() for k in a)
@@ -142,9 +143,7 @@ def test_model_and_out_overrides(train_base, workdir):
 
 
 def test_relative_paths_are_read_from_the_pipeline_folder(train_base, workdir, tmp_path_factory, monkeypatch):
-    path = write_pipeline(
-        workdir, f"model: {train_base}\nout: parents\nstages:\n  - {{strategy: sft, data: sft.jsonl, max_steps: 1, max_length: 64}}\n"
-    )
+    path = write_pipeline(workdir, f"model: {train_base}\nout: parents\nstages:\n  - {{strategy: sft, data: sft.jsonl, max_steps: 1, max_length: 64}}\n")
     monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
     (result,) = run_pipeline(path, device="cpu")
     assert result.out == (workdir / "parents" / "Instruct-SFT").resolve()
@@ -249,9 +248,7 @@ BAD_PIPELINES = {
     "from-names-no-earlier-stage": ("MODEL", [STAGE, "{strategy: dpo, data: pref.jsonl, from: cpt}"], ["from", "cpt"]),
     "two-stages-with-one-name": ("MODEL", [STAGE, STAGE], ["sft", "name"]),
     "unknown-stage-key": ("MODEL", ["{strategy: sft, data: sft.jsonl, learning_rate: 0.1}"], ["learning_rate"]),
-    "a-lora-adapter-feeds-a-later-stage": (
-        "MODEL", ["{strategy: sft, data: sft.jsonl, lora: true}", "{strategy: dpo, data: pref.jsonl}"], ["merge_lora"]
-    ),
+    "a-lora-adapter-feeds-a-later-stage": ("MODEL", ["{strategy: sft, data: sft.jsonl, lora: true}", "{strategy: dpo, data: pref.jsonl}"], ["merge_lora"]),
     "a-lora-adapter-feeds-a-stage-through-from": (
         "MODEL",
         [
@@ -311,9 +308,7 @@ def test_missing_pipeline_file(tmp_path):
 
 
 def test_a_value_of_the_wrong_type(train_base, workdir):
-    path = write_pipeline(
-        workdir, f"model: {train_base}\nout: parents\nstages:\n  - {{strategy: sft, data: sft.jsonl, epochs: three}}\n"
-    )
+    path = write_pipeline(workdir, f"model: {train_base}\nout: parents\nstages:\n  - {{strategy: sft, data: sft.jsonl, epochs: three}}\n")
     refuse(path, "epochs")
 
 

@@ -17,12 +17,12 @@ import torch
 from safetensors.torch import load_file
 
 from evomerge.errors import EvomergeError
+from evomerge.files import LINEAGE_FILE
 from evomerge.merge.merger import Merger
 from evomerge.merge.parents import inspect_parent, load_parent
 from evomerge.recipe import Recipe
 from evomerge.toy.tiny import make_checkpoint, tiny_config
 from evomerge.train.data import DataError, load_records
-from evomerge.files import LINEAGE_FILE
 from evomerge.train.trainers import DEFAULT_BETA, DEFAULT_LR, TrainSettings, default_label, train
 
 LR = 1e-3
@@ -475,9 +475,7 @@ def test_model_folder_without_config(train_data, runs, tmp_path):
 
 
 def test_lora_target_the_model_lacks(train_base, train_data, runs):
-    message = assert_refused(
-        settings("sft", train_base, train_data["sft"], runs / "out", lora=True, lora_targets=["q_proj", "c_attn"]), "c_attn"
-    )
+    message = assert_refused(settings("sft", train_base, train_data["sft"], runs / "out", lora=True, lora_targets=["q_proj", "c_attn"]), "c_attn")
     for real in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
         assert real in message, (real, message)
 

@@ -9,7 +9,12 @@ from evomerge.errors import EvomergeError
 from evomerge.search.executors.base import Executor, OnTrial, Say
 
 # The Ray executor's options, each with the value that means "not given".
-RAY_FLAGS = (("ray_address", "--ray-address", None), ("gpus_per_trial", "--gpus-per-trial", None), ("cpus_per_trial", "--cpus-per-trial", 1.0), ("concurrent", "--concurrent", None))
+RAY_FLAGS = (
+    ("ray_address", "--ray-address", None),
+    ("gpus_per_trial", "--gpus-per-trial", None),
+    ("cpus_per_trial", "--cpus-per-trial", 1.0),
+    ("concurrent", "--concurrent", None),
+)
 
 
 class InProcessExecutor(Executor):
