@@ -19,6 +19,7 @@ from evomerge.search.samplers.cmaes import CmaEsSampler
 from evomerge.search.samplers.gp import GaussianProcessSampler
 from evomerge.search.samplers.grid import GridSearch
 from evomerge.search.samplers.nsga2 import Nsga2Sampler
+from evomerge.search.samplers.qmc import QmcSampler
 from evomerge.search.samplers.random_search import RandomSearch
 from evomerge.search.samplers.tpe import TpeSampler
 
@@ -29,6 +30,7 @@ SAMPLERS: dict[str, type[SamplerChoice]] = {
     "grid": GridSearch,
     "gp": GaussianProcessSampler,
     "nsga2": Nsga2Sampler,
+    "qmc": QmcSampler,
 }
 
 
