@@ -22,7 +22,24 @@ from evomerge.search.study import PARENT_SCORES_ATTR, finished_count
 from evomerge.toy.tiny import CHAT_TEMPLATE, make_checkpoint, tiny_config
 
 runner = CliRunner()
-SPACES = ("slerp_global", "slerp_gradient", "slerp_layerwise", "linear", "task_arithmetic", "ties", "dare_ties")
+SPACES = (
+    "slerp_global",
+    "slerp_gradient",
+    "slerp_layerwise",
+    "linear",
+    "task_arithmetic",
+    "ties",
+    "dare_ties",
+    "dare_linear",
+    "della",
+    "della_linear",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "model_stock",
+    "nuslerp",
+    "sce",
+    "karcher",
+)
 STUDY = "instruct-child-slerp_gradient"  # the default name: parents' folder names and the space
 MARKER = 0.015625  # 1/64, printed as 0.016: no real score on 16 items
 
@@ -200,7 +217,7 @@ def test_worker_on_a_missing_study_is_a_clean_error(cli_study):
     assert_clean_error(invoke("worker", "--study", "nobody", "--storage", cli_study["storage"]), "no study 'nobody'")
 
 
-def test_spaces_lists_all_seven_with_their_dimension():
+def test_spaces_lists_every_shipped_space_with_its_dimension():
     result = invoke("spaces")
     assert result.exit_code == 0, result.output
     rows = {}
@@ -213,6 +230,7 @@ def test_spaces_lists_all_seven_with_their_dimension():
     assert rows["slerp_global"][3] == "1"
     assert rows["slerp_layerwise"][3] == "17"
     assert rows["ties"][2] == "ties" and rows["ties"][3] == "2"
+    assert rows["della"][2] == "della" and rows["della"][3] == "3"
 
 
 def test_dashboard_help_works_without_starting_a_server():

@@ -15,7 +15,25 @@ import pytest
 from evomerge.recipe import PAPER_T, Recipe, paper_recipe
 from evomerge.space import SearchSpace, SpaceError, load_space, parse_space, shipped_spaces
 
-SHIPPED = {"slerp_global", "slerp_gradient", "slerp_layerwise", "linear", "task_arithmetic", "ties", "dare_ties"}
+SHIPPED = {
+    "slerp_global",
+    "slerp_gradient",
+    "slerp_layerwise",
+    "linear",
+    "task_arithmetic",
+    "ties",
+    "dare_ties",
+    # every further mergekit method that takes parameters
+    "dare_linear",
+    "della",
+    "della_linear",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "model_stock",
+    "nuslerp",
+    "sce",
+    "karcher",
+}
 A, B, C = "./instruct", "./child", "./third"
 # Dimension for 32 layers and two parents, as `evomerge spaces` reports it.
 DIMENSIONS_32 = {
@@ -26,6 +44,15 @@ DIMENSIONS_32 = {
     "task_arithmetic": 1,  # one weight for the one non-base parent
     "ties": 2,  # weight and density for the non-base parent
     "dare_ties": 2,
+    "dare_linear": 2,
+    "della": 3,  # weight, density, epsilon for the non-base parent
+    "della_linear": 3,
+    "breadcrumbs": 3,  # weight, density, gamma
+    "breadcrumbs_ties": 3,
+    "model_stock": 1,  # filter_wise
+    "nuslerp": 4,  # a weight per parent (no base), flatten, row_wise
+    "sce": 1,  # select_topk
+    "karcher": 2,  # max_iter, tol
 }
 
 
@@ -45,12 +72,18 @@ class DictTrial:
             return self.default(name, low, high, step)
         return low if self.default is None else self.default
 
+    def suggest_categorical(self, name, choices):
+        self.asked[name] = tuple(choices)
+        return self.values.get(name, choices[0])
+
 
 def parents_for(space: SearchSpace):
     """Parents and base that fit a space: two for SLERP, three for the others (more per-model values)."""
     if space.method == "slerp":
         return [A, B], A
-    if space.method in ("task_arithmetic", "ties", "dare_ties"):
+    if space.method == "nuslerp":  # exactly two non-base parents
+        return [B, C], None
+    if space.contract[0]:  # the methods that need a base
         return [A, B, C], A
     return [A, B, C], None
 
@@ -64,7 +97,7 @@ def write(tmp_path, text, name="space.yaml"):
 # ----- shipped spaces --------------------------------------------------------------------------
 
 
-def test_all_seven_spaces_ship_and_parse():
+def test_every_shipped_space_ships_and_parses():
     assert set(shipped_spaces()) == SHIPPED
     for name in SHIPPED:
         space = load_space(name)
@@ -79,7 +112,7 @@ def test_every_shipped_space_suggests_recipes_mergekit_accepts(name):
     parents, base = parents_for(space)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     seen = set()
-    for _ in range(5):
+    for _ in range(8):  # a one-switch space (model_stock) has two recipes
         trial = study.ask()
         recipe = space.suggest(trial, parents, base, num_layers=6, dtype="float32")
         assert isinstance(recipe, Recipe)
@@ -91,7 +124,7 @@ def test_every_shipped_space_suggests_recipes_mergekit_accepts(name):
         assert Recipe.from_yaml(recipe.to_yaml()).to_dict() == recipe.to_dict()
         seen.add(recipe.to_yaml())
         study.tell(trial, 0.0)
-    assert len(seen) > 1, f"{name}: five random trials gave one recipe"
+    assert len(seen) > 1, f"{name}: eight random trials gave one recipe"
 
 
 def test_dimensions_match_what_evomerge_spaces_reports():
@@ -203,6 +236,41 @@ def test_grid_enumerates_every_step():
     grid = load_space("ties").grid(4, [A, B, C], A)
     assert set(grid) == {"weight.m0", "weight.m1", "density.m0", "density.m1"}
     assert grid["density.m0"][0] == 0.1 and grid["density.m0"][-1] == 1.0 and len(grid["density.m0"]) == 19
+
+
+def test_choices_are_categorical_values_in_the_recipe_and_the_grid():
+    space = load_space("model_stock")
+    trial = DictTrial({"filter_wise": True})
+    recipe = space.suggest(trial, [A, B, C], A, num_layers=4)
+    assert recipe.parameters == {"filter_wise": True}
+    assert trial.asked == {"filter_wise": (False, True)}
+    assert space.grid(4, [A, B, C], A) == {"filter_wise": [False, True]}
+    # Through a real Optuna trial too, with an int choice kept an int (karcher's max_iter).
+    karcher = load_space("karcher")
+    recipe = karcher.suggest(optuna.trial.FixedTrial({"max_iter": 5, "tol": 1e-5}), [A, B], None, num_layers=4)
+    assert recipe.parameters == {"max_iter": 5, "tol": 1e-5} and isinstance(recipe.parameters["max_iter"], int)
+    assert karcher.grid(4, [A, B], None) is None  # tol is a log range, without steps
+
+
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("{choices: []}", "non-empty"),
+        ("{choices: [0.2, 0.2]}", "repeat"),
+        ("{choices: [0.2, 0.5], low: 0}", "choices take no 'low'"),
+        ("{choices: 0.5}", "non-empty list"),
+    ],
+)
+def test_malformed_choices_are_refused(tmp_path, spec, words):
+    path = write(tmp_path, f"method: ties\nparameters:\n  weight: {{per_model: true, default: 1}}\n  density: {spec}\n")
+    with pytest.raises(SpaceError, match=re.escape(words)):
+        load_space(path)
+
+
+def test_a_choice_outside_the_parameters_range_is_refused(tmp_path):
+    path = write(tmp_path, "method: ties\nparameters:\n  weight: {per_model: true, default: 1}\n  density: {choices: [0.5, 1.5]}\n")
+    with pytest.raises(SpaceError, match=re.escape("density range reaches 1.5, outside (0, 1]")):
+        load_space(path)
 
 
 def test_grid_is_none_without_a_step(tmp_path):

@@ -144,13 +144,16 @@ class Merger:
     def _apply_with_mergekit(self, plan: MergePlan) -> None:
         from mergekit.merge_methods import PerGroupValues, merge_state_dicts
 
+        # In name order, as mergekit-yaml executes them: methods that draw random masks (DARE,
+        # DELLA) then draw them in the same order.
+        tensors = sorted(plan.tensors, key=lambda tensor: tensor.name)
         parameters: dict[str, Any] = {}
-        for key in plan.tensors[0].shared:
-            parameters[key] = PerGroupValues([tensor.shared[key] for tensor in plan.tensors])
-        for key in plan.tensors[0].per_model:
-            parameters[key] = PerGroupValues([tensor.per_model[key] for tensor in plan.tensors])
+        for key in tensors[0].shared:
+            parameters[key] = PerGroupValues([tensor.shared[key] for tensor in tensors])
+        for key in tensors[0].per_model:
+            parameters[key] = PerGroupValues([tensor.per_model[key] for tensor in tensors])
         merged = merge_state_dicts(
-            {m: {n: self.parents[m].tensors[n] for n in self.tensor_names} for m in plan.models},
+            {m: {tensor.name: self.parents[m].tensors[tensor.name] for tensor in tensors} for m in plan.models},
             plan.method,
             base=plan.base,
             parameters=parameters,
