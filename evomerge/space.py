@@ -373,6 +373,10 @@ def space_from_document(document: YamlDocument, default_name: str = "space") -> 
         raise SpaceError(f"{document.source}: a search space is a mapping with 'method' and 'parameters'")
     if "method" not in document.data:
         raise SpaceError(f"{document.source}: 'method' (a mergekit merge method) is missing")
+    if "depthwise" in document.data:  # which parent supplies each block of layers (evomerge/depthwise.py)
+        from evomerge.depthwise import depthwise_from_document
+
+        return depthwise_from_document(document, default_name)
     parsed = validate(SpaceFile, document, SpaceError)
     parameters = []
     for name, config in parsed.parameters.items():

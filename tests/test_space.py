@@ -33,7 +33,11 @@ SHIPPED = {
     "nuslerp",
     "sce",
     "karcher",
+    # depth-wise: which parent supplies each block of layers, how deep the result is
+    "depthwise",
+    "depthwise_slerp",
 }
+DEPTHWISE = {"depthwise", "depthwise_slerp"}
 A, B, C = "./instruct", "./child", "./third"
 # Dimension for 32 layers and two parents, as `evomerge spaces` reports it.
 DIMENSIONS_32 = {
@@ -53,6 +57,8 @@ DIMENSIONS_32 = {
     "nuslerp": 4,  # a weight per parent (no base), flatten, row_wise
     "sce": 1,  # select_topk
     "karcher": 2,  # max_iter, tol
+    "depthwise": 13,  # depth, and a parent for each of 12 blocks at depth 1.5
+    "depthwise_slerp": 11,  # depth, and a t for each of 10 blocks at depth 1.25
 }
 
 
@@ -81,6 +87,8 @@ def parents_for(space: SearchSpace):
     """Parents and base that fit a space: two for SLERP, three for the others (more per-model values)."""
     if space.method == "slerp":
         return [A, B], A
+    if space.name == "depthwise":
+        return [A, B, C], A
     if space.method == "nuslerp":  # exactly two non-base parents
         return [B, C], None
     if space.contract[0]:  # the methods that need a base
@@ -103,7 +111,7 @@ def test_every_shipped_space_ships_and_parses():
         space = load_space(name)
         assert space.name == name
         assert space.description, f"{name} has no description for `evomerge spaces`"
-        assert space.parameters
+        assert space.parameters or name in DEPTHWISE
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
@@ -119,7 +127,10 @@ def test_every_shipped_space_suggests_recipes_mergekit_accepts(name):
         assert recipe.merge_method == space.method
         config = recipe.to_mergekit()  # mergekit's own parser; raises RecipeError if rejected
         assert config.merge_method == space.method
-        assert [m.model.model.path for m in config.models] == parents
+        if recipe.slices:  # a depth-wise space: slices of the parents' layers
+            assert set(recipe.model_names) <= set(parents)
+        else:
+            assert [m.model.model.path for m in config.models] == parents
         # The YAML round-trips to the same recipe.
         assert Recipe.from_yaml(recipe.to_yaml()).to_dict() == recipe.to_dict()
         seen.add(recipe.to_yaml())
@@ -140,7 +151,7 @@ def test_dimensions_match_what_evomerge_spaces_reports():
 
 def test_dimension_equals_number_of_values_asked_for():
     """The reported dimension is the number of suggest_float calls one recipe makes."""
-    for name in SHIPPED:
+    for name in SHIPPED - DEPTHWISE:
         space = load_space(name)
         for layers in (4, 9):
             trial = DictTrial(default=lambda n, low, high, step: low)
@@ -488,3 +499,60 @@ def test_mergekit_is_asked_for_the_methods_contract_once_per_space(monkeypatch):
     space.check_parents([A, B, C], A)
     assert space.dimension(32, 3) == 4
     assert calls == ["ties"]
+
+
+# ----- depth-wise spaces ---------------------------------------------------------------------------
+
+
+def test_depthwise_blocks_keep_order_and_stack_or_drop_with_the_depth():
+    space = load_space("depthwise")
+    assert space.block_ranges(32) == [(i, i + 4) for i in range(0, 32, 4)]
+    assert space.block_ranges(4) == [(0, 1), (1, 2), (2, 3), (3, 4)]  # fewer blocks than 8: one layer each
+    assert space.block_ranges(10) == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+    assert space.source_blocks(8, 8) == list(range(8))
+    assert space.source_blocks(8, 12) == [0, 1, 1, 2, 3, 3, 4, 4, 5, 6, 6, 7]  # repeated blocks: stacking
+    assert space.source_blocks(8, 6) == [0, 1, 3, 4, 6, 7]  # dropped blocks, still in order
+    trial = DictTrial({"depth": 1.5, **{f"block.{j}": j % 3 for j in range(6)}})
+    recipe = space.suggest(trial, [A, B, C], A, num_layers=4, dtype="float32")
+    assert recipe.merge_method == "passthrough" and recipe.base_model is None
+    assert [(s.sources[0].model, tuple(s.sources[0].layer_range)) for s in recipe.slices] == [
+        (A, (0, 1)),
+        (B, (1, 2)),
+        (C, (1, 2)),
+        (A, (2, 3)),
+        (B, (2, 3)),
+        (C, (3, 4)),
+    ]
+    assert trial.asked["depth"] == (1, 0.75, 1.25, 1.5) and trial.asked["block.0"] == (0, 1, 2)
+    asked = DictTrial({"depth": 1.5})
+    space.suggest(asked, [A, B], A, num_layers=32)
+    assert len(asked.asked) == space.dimension(32, 2) == 13
+
+
+def test_depthwise_slerp_searches_a_t_per_block_between_base_and_other():
+    space = load_space("depthwise_slerp")
+    trial = DictTrial({"depth": 1, "t.0": 0.0, "t.1": 1.0}, default=0.5)
+    recipe = space.suggest(trial, [A, B], B, num_layers=4)
+    assert recipe.merge_method == "slerp" and recipe.base_model == B
+    assert [[src.model for src in s.sources] for s in recipe.slices] == [[B, A]] * 4
+    assert [s.parameters["t"] for s in recipe.slices] == [0.0, 1.0, 0.5, 0.5]
+    recipe.to_mergekit()
+    with pytest.raises(SpaceError, match="exactly two parents"):
+        space.check_parents([A, B, C], A)
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("method: ties\ndepthwise: {blocks: 4}\n", "passthrough or slerp"),
+        ("method: slerp\ndepthwise: {blocks: 4}\n", "needs 't'"),
+        ("method: passthrough\ndepthwise: {blocks: 4, t: 0.5}\n", "'t' is for method slerp"),
+        ("method: passthrough\ndepthwise: {blocks: 0}\n", "blocks must be at least 1"),
+        ("method: passthrough\ndepthwise: {depth: {low: 1, high: 2}}\n", "depth is a number or"),
+        ("method: passthrough\ndepthwise: {depth: {choices: [1, -1]}}\n", "positive"),
+        ("method: slerp\ndepthwise: {t: {low: 0, high: 2}}\n", "outside [0, 1]"),
+    ],
+)
+def test_malformed_depthwise_space_is_refused(tmp_path, text, words):
+    with pytest.raises(SpaceError, match=re.escape(words)):
+        load_space(write(tmp_path, text))
