@@ -16,7 +16,8 @@ blocks (layer stacking) and a smaller one drops some, always in order. Per outpu
 
 The recipe is a mergekit `slices:` recipe, so `mergekit-yaml` rebuilds the exported best one. The
 in-memory engine builds a model of the new depth when the depth changes (merge/layout.py), and a
-passthrough result whenever its blocks change: a trial records that time as `rebuild_s`.
+passthrough result whenever its blocks change: a trial records that time as `rebuild_s` (SLERP
+blocks at depth 1 keep the parents' layers in place and merge into the resident model: no rebuild).
 Embeddings come from the first output block's source, the final norm and head from the last's, as
 mergekit plans them.
 """
