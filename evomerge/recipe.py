@@ -179,8 +179,8 @@ class Recipe(BaseModel):
         """Input models in mergekit's order: as listed, then the base if it was not listed."""
         if self.models:
             names = [entry.model for entry in self.models]
-        else:
-            names = [source.model for source in self.slices[0].sources]
+        else:  # every slice's sources: a layer-stacking recipe takes slices from different models
+            names = list(dict.fromkeys(source.model for out_slice in self.slices for source in out_slice.sources))
         if self.base_model and self.base_model not in names:
             names.append(self.base_model)
         return names

@@ -11,10 +11,12 @@ A space names a mergekit method and, per parameter, how its value is searched:
         default: {low: 0, high: 1, step: 0.05}     # the catch-all (embeddings, norms, head)
 
 A value spec is a fixed number (`0.5` or `{value: 0.5}`), a range (`{low, high, step?, log?}`), a
-gradient (`{anchors: N, low, high, step?}`: N searched anchors over depth) or per layer group
-(`{group_size: G, low, high, step?}`: one value per G layers). `per_model: true` searches the
-parameter once per non-base parent (weight, density). Nothing here imports Optuna: values are asked
-for through the trial's `suggest_float(name, low, high, step=…, log=…)`, so any such object works.
+gradient (`{anchors: N, low, high, step?}`: N searched anchors over depth), per layer group
+(`{group_size: G, low, high, step?}`: one value per G layers) or one of a list (`{choices: [false,
+true]}`: a categorical value, for switches such as model_stock's `filter_wise`). `per_model: true`
+searches the parameter once per non-base parent (weight, density). Nothing here imports Optuna:
+values are asked for through the trial's `suggest_float(name, low, high, step=…, log=…)` and
+`suggest_categorical(name, choices)`, so any such object works.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional, Protocol, Union
+from typing import Any, Optional, Protocol, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
@@ -53,6 +55,8 @@ def method_contract(method: str) -> tuple[bool, Optional[int], set[str]]:
 class Trial(Protocol):
     def suggest_float(self, name: str, low: float, high: float, *, step: Optional[float] = None, log: bool = False) -> float: ...
 
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any: ...
+
 
 @dataclass(frozen=True)
 class ValueSpec:
@@ -65,10 +69,13 @@ class ValueSpec:
     log: bool = False
     anchors: int = 0  # > 0: a gradient of this many anchors
     group_size: int = 0  # > 0: one value per this many layers
+    choices: tuple = ()  # non-empty: one of these (a categorical value)
 
     def suggest(self, trial: Trial, name: str, num_layers: int) -> Union[float, list[float]]:
         if self.fixed is not None:
             return self.fixed
+        if self.choices:
+            return trial.suggest_categorical(name, list(self.choices))
         if self.anchors:
             return [self._one(trial, f"{name}.{i}") for i in range(self.anchors)]
         if self.group_size:
@@ -126,7 +133,8 @@ class SearchSpace:
         if len(parents) < 2:
             raise SpaceError("a search needs at least two parents")
         try:
-            mergekit_method(self.method).spec.contract.validate_ids(list(parents), base)
+            # The recipes name a base only where the method needs one (see `suggest`).
+            mergekit_method(self.method).spec.contract.validate_ids(list(parents), base if needs_base else None)
         except ValueError as error:
             raise SpaceError(f"space {self.name}: {self.method}: {error}") from None
 
@@ -136,7 +144,7 @@ class SearchSpace:
         recorder = _RecordingTrial()
         parents = [f"parent-{index}" for index in range(n_models)]
         self.suggest(recorder, parents, parents[0] if self.contract[0] else None, num_layers)
-        return len(recorder.ranges)
+        return recorder.count
 
     def suggest(self, trial: Trial, parents: list[str], base: Optional[str], num_layers: int, dtype: Optional[str] = None) -> Recipe:
         """The recipe a trial's suggested values describe."""
@@ -176,6 +184,7 @@ class SearchSpace:
                 return None
             count = int(round((high - low) / step))
             grid[name] = [round(low + i * step, 10) for i in range(count + 1)]
+        grid.update(recorder.choices)
         return grid
 
     def baseline_params(self, num_layers: int) -> Optional[dict[str, float]]:
@@ -249,6 +258,7 @@ class ValueConfig(BaseModel):
     log: bool = False
     anchors: int = 0
     group_size: int = 0
+    choices: Optional[list[Union[bool, int, float, str]]] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -257,6 +267,15 @@ class ValueConfig(BaseModel):
             return {"value": data}
         if not isinstance(data, dict):
             raise ValueError("expected a number or a mapping like {low: 0, high: 1, step: 0.05}")
+        if "choices" in data:
+            choices = data["choices"]
+            if not isinstance(choices, list) or not choices or not all(isinstance(c, (bool, int, float, str)) for c in choices):
+                raise ValueError("choices must be a non-empty list of numbers, booleans or strings")
+            if len(set(map(repr, choices))) != len(choices):
+                raise ValueError(f"choices repeat a value: {choices}")
+            others = sorted(set(data) - {"choices"})
+            if others:
+                raise ValueError(f"choices take no {others[0]!r}")
         return data
 
     @field_validator("value", "low", "high", "step", mode="before")
@@ -266,7 +285,7 @@ class ValueConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "ValueConfig":
-        if self.value is not None:
+        if self.value is not None or self.choices is not None:
             return self
         if self.low is None or self.high is None:
             raise ValueError("a searched value needs 'low' and 'high'")
@@ -285,6 +304,8 @@ class ValueConfig(BaseModel):
     def spec(self) -> ValueSpec:
         if self.value is not None:
             return ValueSpec(fixed=self.value)
+        if self.choices is not None:
+            return ValueSpec(choices=tuple(self.choices))
         return ValueSpec(None, self.low, self.high, self.step, self.log, self.anchors, self.group_size)
 
 
@@ -352,6 +373,10 @@ def space_from_document(document: YamlDocument, default_name: str = "space") -> 
         raise SpaceError(f"{document.source}: a search space is a mapping with 'method' and 'parameters'")
     if "method" not in document.data:
         raise SpaceError(f"{document.source}: 'method' (a mergekit merge method) is missing")
+    if "depthwise" in document.data:  # which parent supplies each block of layers (evomerge/depthwise.py)
+        from evomerge.depthwise import depthwise_from_document
+
+        return depthwise_from_document(document, default_name)
     parsed = validate(SpaceFile, document, SpaceError)
     parameters = []
     for name, config in parsed.parameters.items():
@@ -364,7 +389,13 @@ def space_from_document(document: YamlDocument, default_name: str = "space") -> 
 
 def _checked(name: str, spec: ValueSpec, where: str) -> ValueSpec:
     """A range must stay inside what the parameter allows (t in [0, 1], density in (0, 1], …)."""
-    for value in [spec.fixed] if spec.fixed is not None else [spec.low, spec.high]:
+    if spec.fixed is not None:
+        values = [spec.fixed]
+    elif spec.choices:
+        values = [c for c in spec.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+    else:
+        values = [spec.low, spec.high]
+    for value in values:
         interval = outside_range(name, value)
         if interval:
             raise SpaceError(f"{where}: {name} range reaches {value}, outside {interval}")
@@ -376,7 +407,17 @@ class _RecordingTrial:
 
     def __init__(self) -> None:
         self.ranges: dict[str, tuple[float, float, Optional[float]]] = {}
+        self.choices: dict[str, list[Any]] = {}
 
     def suggest_float(self, name: str, low: float, high: float, *, step: Optional[float] = None, log: bool = False) -> float:
         self.ranges[name] = (low, high, None if log else step)
         return low
+
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
+        self.choices[name] = list(choices)
+        return choices[0]
+
+    @property
+    def count(self) -> int:
+        """How many values were asked for."""
+        return len(self.ranges) + len(self.choices)

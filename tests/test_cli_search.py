@@ -22,7 +22,24 @@ from evomerge.search.study import PARENT_SCORES_ATTR, finished_count
 from evomerge.toy.tiny import CHAT_TEMPLATE, make_checkpoint, tiny_config
 
 runner = CliRunner()
-SPACES = ("slerp_global", "slerp_gradient", "slerp_layerwise", "linear", "task_arithmetic", "ties", "dare_ties")
+SPACES = (
+    "slerp_global",
+    "slerp_gradient",
+    "slerp_layerwise",
+    "linear",
+    "task_arithmetic",
+    "ties",
+    "dare_ties",
+    "dare_linear",
+    "della",
+    "della_linear",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "model_stock",
+    "nuslerp",
+    "sce",
+    "karcher",
+)
 STUDY = "instruct-child-slerp_gradient"  # the default name: parents' folder names and the space
 MARKER = 0.015625  # 1/64, printed as 0.016: no real score on 16 items
 
@@ -200,7 +217,7 @@ def test_worker_on_a_missing_study_is_a_clean_error(cli_study):
     assert_clean_error(invoke("worker", "--study", "nobody", "--storage", cli_study["storage"]), "no study 'nobody'")
 
 
-def test_spaces_lists_all_seven_with_their_dimension():
+def test_spaces_lists_every_shipped_space_with_its_dimension():
     result = invoke("spaces")
     assert result.exit_code == 0, result.output
     rows = {}
@@ -213,6 +230,7 @@ def test_spaces_lists_all_seven_with_their_dimension():
     assert rows["slerp_global"][3] == "1"
     assert rows["slerp_layerwise"][3] == "17"
     assert rows["ties"][2] == "ties" and rows["ties"][3] == "2"
+    assert rows["della"][2] == "della" and rows["della"][3] == "3"
 
 
 def test_dashboard_help_works_without_starting_a_server():
@@ -314,3 +332,35 @@ def test_bad_device_dtype_or_holdout_is_refused_before_the_study_is_created(case
         f"created and the progress output precedes the error:\n{result.stderr}"
     )
     assert lines[0].startswith("error:"), lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("space", ["depthwise", "depthwise_slerp"])
+def test_a_depthwise_search_runs_from_the_cli_to_a_recipe_mergekit_yaml_rebuilds(search_parents, tmp_path, monkeypatch, space):
+    """`evomerge search --space depthwise`: trials restack the parents' layers in memory (the
+    layout model's build time recorded per trial), and the exported best recipe, run through the
+    real mergekit-yaml, gives the tensors `evomerge merge` writes for it."""
+    from oracle import assert_tensors_match, load_output, run_mergekit_yaml_binary
+
+    monkeypatch.chdir(tmp_path)
+    result = invoke(*search_args(search_parents, "--space", space, "--study", space, "--seed", "3", trials=5))
+    assert result.exit_code == 0, (result.output, result.exception)
+    study = optuna.load_study(study_name=space, storage=f"sqlite:///{tmp_path / 'results' / space / 'study.db'}")
+    evaluated = [t for t in study.trials if "merge_s" in t.user_attrs]
+    assert evaluated
+    for trial in evaluated:
+        # Passthrough always restacks; SLERP blocks at the parents' own depth merge in place.
+        restacked = space == "depthwise" or len(Recipe.from_yaml(trial.user_attrs["recipe"]).slices) != 2
+        assert ("rebuild_s" in trial.user_attrs) == restacked, trial.user_attrs
+        assert trial.user_attrs.get("rebuild_s", 0) <= trial.user_attrs["merge_s"]
+    assert any("rebuild_s" in trial.user_attrs for trial in evaluated), "no trial restacked the layers"
+    best = tmp_path / "results" / space / "best-recipe.yaml"
+    recipe = Recipe.load(best)
+    assert recipe.slices and recipe.merge_method == ("passthrough" if space == "depthwise" else "slerp")
+    expected = run_mergekit_yaml_binary(best, tmp_path / "mergekit-out")
+    merged = invoke("merge", best, "--out", tmp_path / "evomerge-out", "--device", "cpu")
+    assert merged.exit_code == 0, merged.output
+    assert_tensors_match(load_output(tmp_path / "evomerge-out"), expected, f"{space} best recipe")
+    layers = json.loads((tmp_path / "mergekit-out" / "config.json").read_text())["num_hidden_layers"]
+    assert layers == json.loads((tmp_path / "evomerge-out" / "config.json").read_text())["num_hidden_layers"]
+    assert layers == sum(s.sources[0].layer_range[1] - s.sources[0].layer_range[0] for s in recipe.slices)

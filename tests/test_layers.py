@@ -19,7 +19,7 @@ LAYERS = [
     {"analysis"},
     {"evaluate", "train"},
     {"merge"},
-    {"recipe", "space"},
+    {"recipe", "space", "depthwise"},
     {"config", "devices", "files", "errors", "extras", "shipped"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}

@@ -15,7 +15,29 @@ import pytest
 from evomerge.recipe import PAPER_T, Recipe, paper_recipe
 from evomerge.space import SearchSpace, SpaceError, load_space, parse_space, shipped_spaces
 
-SHIPPED = {"slerp_global", "slerp_gradient", "slerp_layerwise", "linear", "task_arithmetic", "ties", "dare_ties"}
+SHIPPED = {
+    "slerp_global",
+    "slerp_gradient",
+    "slerp_layerwise",
+    "linear",
+    "task_arithmetic",
+    "ties",
+    "dare_ties",
+    # every further mergekit method that takes parameters
+    "dare_linear",
+    "della",
+    "della_linear",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "model_stock",
+    "nuslerp",
+    "sce",
+    "karcher",
+    # depth-wise: which parent supplies each block of layers, how deep the result is
+    "depthwise",
+    "depthwise_slerp",
+}
+DEPTHWISE = {"depthwise", "depthwise_slerp"}
 A, B, C = "./instruct", "./child", "./third"
 # Dimension for 32 layers and two parents, as `evomerge spaces` reports it.
 DIMENSIONS_32 = {
@@ -26,6 +48,17 @@ DIMENSIONS_32 = {
     "task_arithmetic": 1,  # one weight for the one non-base parent
     "ties": 2,  # weight and density for the non-base parent
     "dare_ties": 2,
+    "dare_linear": 2,
+    "della": 3,  # weight, density, epsilon for the non-base parent
+    "della_linear": 3,
+    "breadcrumbs": 3,  # weight, density, gamma
+    "breadcrumbs_ties": 3,
+    "model_stock": 1,  # filter_wise
+    "nuslerp": 4,  # a weight per parent (no base), flatten, row_wise
+    "sce": 1,  # select_topk
+    "karcher": 2,  # max_iter, tol
+    "depthwise": 13,  # depth, and a parent for each of 12 blocks at depth 1.5
+    "depthwise_slerp": 11,  # depth, and a t for each of 10 blocks at depth 1.25
 }
 
 
@@ -45,12 +78,20 @@ class DictTrial:
             return self.default(name, low, high, step)
         return low if self.default is None else self.default
 
+    def suggest_categorical(self, name, choices):
+        self.asked[name] = tuple(choices)
+        return self.values.get(name, choices[0])
+
 
 def parents_for(space: SearchSpace):
     """Parents and base that fit a space: two for SLERP, three for the others (more per-model values)."""
     if space.method == "slerp":
         return [A, B], A
-    if space.method in ("task_arithmetic", "ties", "dare_ties"):
+    if space.name == "depthwise":
+        return [A, B, C], A
+    if space.method == "nuslerp":  # exactly two non-base parents
+        return [B, C], None
+    if space.contract[0]:  # the methods that need a base
         return [A, B, C], A
     return [A, B, C], None
 
@@ -64,13 +105,13 @@ def write(tmp_path, text, name="space.yaml"):
 # ----- shipped spaces --------------------------------------------------------------------------
 
 
-def test_all_seven_spaces_ship_and_parse():
+def test_every_shipped_space_ships_and_parses():
     assert set(shipped_spaces()) == SHIPPED
     for name in SHIPPED:
         space = load_space(name)
         assert space.name == name
         assert space.description, f"{name} has no description for `evomerge spaces`"
-        assert space.parameters
+        assert space.parameters or name in DEPTHWISE
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))
@@ -79,19 +120,22 @@ def test_every_shipped_space_suggests_recipes_mergekit_accepts(name):
     parents, base = parents_for(space)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     seen = set()
-    for _ in range(5):
+    for _ in range(8):  # a one-switch space (model_stock) has two recipes
         trial = study.ask()
         recipe = space.suggest(trial, parents, base, num_layers=6, dtype="float32")
         assert isinstance(recipe, Recipe)
         assert recipe.merge_method == space.method
         config = recipe.to_mergekit()  # mergekit's own parser; raises RecipeError if rejected
         assert config.merge_method == space.method
-        assert [m.model.model.path for m in config.models] == parents
+        if recipe.slices:  # a depth-wise space: slices of the parents' layers
+            assert set(recipe.model_names) <= set(parents)
+        else:
+            assert [m.model.model.path for m in config.models] == parents
         # The YAML round-trips to the same recipe.
         assert Recipe.from_yaml(recipe.to_yaml()).to_dict() == recipe.to_dict()
         seen.add(recipe.to_yaml())
         study.tell(trial, 0.0)
-    assert len(seen) > 1, f"{name}: five random trials gave one recipe"
+    assert len(seen) > 1, f"{name}: eight random trials gave one recipe"
 
 
 def test_dimensions_match_what_evomerge_spaces_reports():
@@ -107,7 +151,7 @@ def test_dimensions_match_what_evomerge_spaces_reports():
 
 def test_dimension_equals_number_of_values_asked_for():
     """The reported dimension is the number of suggest_float calls one recipe makes."""
-    for name in SHIPPED:
+    for name in SHIPPED - DEPTHWISE:
         space = load_space(name)
         for layers in (4, 9):
             trial = DictTrial(default=lambda n, low, high, step: low)
@@ -203,6 +247,41 @@ def test_grid_enumerates_every_step():
     grid = load_space("ties").grid(4, [A, B, C], A)
     assert set(grid) == {"weight.m0", "weight.m1", "density.m0", "density.m1"}
     assert grid["density.m0"][0] == 0.1 and grid["density.m0"][-1] == 1.0 and len(grid["density.m0"]) == 19
+
+
+def test_choices_are_categorical_values_in_the_recipe_and_the_grid():
+    space = load_space("model_stock")
+    trial = DictTrial({"filter_wise": True})
+    recipe = space.suggest(trial, [A, B, C], A, num_layers=4)
+    assert recipe.parameters == {"filter_wise": True}
+    assert trial.asked == {"filter_wise": (False, True)}
+    assert space.grid(4, [A, B, C], A) == {"filter_wise": [False, True]}
+    # Through a real Optuna trial too, with an int choice kept an int (karcher's max_iter).
+    karcher = load_space("karcher")
+    recipe = karcher.suggest(optuna.trial.FixedTrial({"max_iter": 5, "tol": 1e-5}), [A, B], None, num_layers=4)
+    assert recipe.parameters == {"max_iter": 5, "tol": 1e-5} and isinstance(recipe.parameters["max_iter"], int)
+    assert karcher.grid(4, [A, B], None) is None  # tol is a log range, without steps
+
+
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ("{choices: []}", "non-empty"),
+        ("{choices: [0.2, 0.2]}", "repeat"),
+        ("{choices: [0.2, 0.5], low: 0}", "choices take no 'low'"),
+        ("{choices: 0.5}", "non-empty list"),
+    ],
+)
+def test_malformed_choices_are_refused(tmp_path, spec, words):
+    path = write(tmp_path, f"method: ties\nparameters:\n  weight: {{per_model: true, default: 1}}\n  density: {spec}\n")
+    with pytest.raises(SpaceError, match=re.escape(words)):
+        load_space(path)
+
+
+def test_a_choice_outside_the_parameters_range_is_refused(tmp_path):
+    path = write(tmp_path, "method: ties\nparameters:\n  weight: {per_model: true, default: 1}\n  density: {choices: [0.5, 1.5]}\n")
+    with pytest.raises(SpaceError, match=re.escape("density range reaches 1.5, outside (0, 1]")):
+        load_space(path)
 
 
 def test_grid_is_none_without_a_step(tmp_path):
@@ -420,3 +499,60 @@ def test_mergekit_is_asked_for_the_methods_contract_once_per_space(monkeypatch):
     space.check_parents([A, B, C], A)
     assert space.dimension(32, 3) == 4
     assert calls == ["ties"]
+
+
+# ----- depth-wise spaces ---------------------------------------------------------------------------
+
+
+def test_depthwise_blocks_keep_order_and_stack_or_drop_with_the_depth():
+    space = load_space("depthwise")
+    assert space.block_ranges(32) == [(i, i + 4) for i in range(0, 32, 4)]
+    assert space.block_ranges(4) == [(0, 1), (1, 2), (2, 3), (3, 4)]  # fewer blocks than 8: one layer each
+    assert space.block_ranges(10) == [(0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+    assert space.source_blocks(8, 8) == list(range(8))
+    assert space.source_blocks(8, 12) == [0, 1, 1, 2, 3, 3, 4, 4, 5, 6, 6, 7]  # repeated blocks: stacking
+    assert space.source_blocks(8, 6) == [0, 1, 3, 4, 6, 7]  # dropped blocks, still in order
+    trial = DictTrial({"depth": 1.5, **{f"block.{j}": j % 3 for j in range(6)}})
+    recipe = space.suggest(trial, [A, B, C], A, num_layers=4, dtype="float32")
+    assert recipe.merge_method == "passthrough" and recipe.base_model is None
+    assert [(s.sources[0].model, tuple(s.sources[0].layer_range)) for s in recipe.slices] == [
+        (A, (0, 1)),
+        (B, (1, 2)),
+        (C, (1, 2)),
+        (A, (2, 3)),
+        (B, (2, 3)),
+        (C, (3, 4)),
+    ]
+    assert trial.asked["depth"] == (1, 0.75, 1.25, 1.5) and trial.asked["block.0"] == (0, 1, 2)
+    asked = DictTrial({"depth": 1.5})
+    space.suggest(asked, [A, B], A, num_layers=32)
+    assert len(asked.asked) == space.dimension(32, 2) == 13
+
+
+def test_depthwise_slerp_searches_a_t_per_block_between_base_and_other():
+    space = load_space("depthwise_slerp")
+    trial = DictTrial({"depth": 1, "t.0": 0.0, "t.1": 1.0}, default=0.5)
+    recipe = space.suggest(trial, [A, B], B, num_layers=4)
+    assert recipe.merge_method == "slerp" and recipe.base_model == B
+    assert [[src.model for src in s.sources] for s in recipe.slices] == [[B, A]] * 4
+    assert [s.parameters["t"] for s in recipe.slices] == [0.0, 1.0, 0.5, 0.5]
+    recipe.to_mergekit()
+    with pytest.raises(SpaceError, match="exactly two parents"):
+        space.check_parents([A, B, C], A)
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("method: ties\ndepthwise: {blocks: 4}\n", "passthrough or slerp"),
+        ("method: slerp\ndepthwise: {blocks: 4}\n", "needs 't'"),
+        ("method: passthrough\ndepthwise: {blocks: 4, t: 0.5}\n", "'t' is for method slerp"),
+        ("method: passthrough\ndepthwise: {blocks: 0}\n", "blocks must be at least 1"),
+        ("method: passthrough\ndepthwise: {depth: {low: 1, high: 2}}\n", "depth is a number or"),
+        ("method: passthrough\ndepthwise: {depth: {choices: [1, -1]}}\n", "positive"),
+        ("method: slerp\ndepthwise: {t: {low: 0, high: 2}}\n", "outside [0, 1]"),
+    ],
+)
+def test_malformed_depthwise_space_is_refused(tmp_path, text, words):
+    with pytest.raises(SpaceError, match=re.escape(words)):
+        load_space(write(tmp_path, text))

@@ -21,8 +21,9 @@ from evomerge.devices import DTYPE_CHOICES, resolve_device, resolve_dtype
 from evomerge.errors import ParentError, RecipeError
 from evomerge.merge import methods
 from evomerge.merge.fast import fast_method
+from evomerge.merge.layout import LayoutModel, apply_passthrough, build_layout_model, layout_key, sources_key, view_of
 from evomerge.merge.parents import Parent, ParentInfo, check_parents, inspect_parent, load_parent
-from evomerge.merge.planner import FOLDER_KEYS, MergePlan, Planner, TensorPlan
+from evomerge.merge.planner import FOLDER_KEYS, MergePlan, Planner, TensorPlan, execution_key
 from evomerge.recipe import Recipe
 
 LOG = logging.getLogger(__name__)
@@ -67,6 +68,11 @@ class Merger:
         self.scratch = methods.ChunkScratch()  # the chunked writers' reusable buffers
         self.prepared: dict[Hashable, Any] = {}  # each fast method's per-study preparation, by its key
         self.apply_count = 0
+        # A result with other layers than the parents' (passthrough, layer stacking) lives in a
+        # second model, rebuilt only when its layout changes (see merge/layout.py).
+        self.layout_model: Optional[LayoutModel] = None
+        self.on_layout = False  # whether the last apply wrote the layout model
+        self.last_rebuild_s: Optional[float] = None  # the last apply's rebuild time (0: reused); None: no layout
 
     @classmethod
     def load(
@@ -84,7 +90,7 @@ class Merger:
         names = [info.name for info in infos]
         if len(set(names)) != len(names):
             raise ParentError(f"a parent is listed twice: {names}")
-        check_parents(infos)
+        check_parents(infos, minimum=1)  # one parent: a passthrough recipe may restack its layers
         device = resolve_device(device)
         dtype = resolve_dtype(dtype) or DTYPES[infos[0].stored_dtype]
         loaded = {info.name: load_parent(info, dtype=dtype, device=device) for info in infos}
@@ -114,6 +120,11 @@ class Merger:
         plan = recipe if isinstance(recipe, MergePlan) else self.plan(recipe)
         if seed is not None:
             torch.manual_seed(seed)
+        if plan.layout is not None:
+            model = self._apply_layout(plan)
+            self.apply_count += 1
+            return model
+        self.on_layout, self.last_rebuild_s = False, None
         for buffer in self._mixed_buffers:  # the plan's parents agree on it (checked by plan)
             self.targets[buffer].copy_(self.parents[plan.models[0]].tensors[buffer])
         fast = fast_method(plan.method)
@@ -133,30 +144,75 @@ class Merger:
         parent = self.parents[self.parent_name(reference)]
         for name, target in self.targets.items():
             target.copy_(parent.tensors[name])
+        self.on_layout, self.last_rebuild_s = False, None
         return self.model
 
+    @property
+    def active_model(self):
+        """The model the last `apply` wrote: the resident model, or the layout model of a result
+        whose layers are not the parents' own."""
+        return self.layout_model.model if self.on_layout else self.model
+
     def merged_state_dict(self) -> dict[str, torch.Tensor]:
-        """The merged tensors under the checkpoint's names (views into the resident model)."""
-        return dict(self.targets)
+        """The merged tensors under the checkpoint's names (views into the model the last `apply`
+        wrote; a passthrough result's are the parents' own tensors: read them, never write)."""
+        return dict(self.layout_model.targets if self.on_layout else self.targets)
+
+    # ----- results with other layers -------------------------------------------------------
+
+    def _apply_layout(self, plan: MergePlan):
+        """A plan with a layout: rebuild the layout model if the layout changed, then merge into it."""
+        key = layout_key(plan, getattr(self.model.config, "layer_types", None))
+        rebuilt = self.layout_model is None or self.layout_model.key != key
+        if rebuilt:
+            self.layout_model = None  # the old one's memory goes before the new one is built
+            self.layout_model = build_layout_model(self, plan)
+        layout_model = self.layout_model
+        self.on_layout, self.last_rebuild_s = True, (layout_model.build_s if rebuilt else 0.0)
+        if plan.layout.shared:
+            apply_passthrough(self, plan, layout_model)
+            return layout_model.model
+        view = view_of(self, plan, layout_model)
+        for tensor in plan.tensors:
+            target = layout_model.targets[tensor.name]
+            if not target.is_floating_point():
+                target.copy_(view.parents[plan.models[0]].tensors[tensor.name])
+        fast = fast_method(plan.method)
+        if fast is not None:
+            prepared_key = (type(fast), fast.key(plan), sources_key(plan))
+            if prepared_key not in layout_model.prepared:
+                layout_model.prepared[prepared_key] = fast.prepare(view, plan)
+            fast.apply(view, plan, layout_model.prepared[prepared_key])
+        else:
+            self._apply_with_mergekit(plan, view.parents, view.targets)
+        return layout_model.model
 
     # ----- what no fast path computes ------------------------------------------------------
 
-    def _apply_with_mergekit(self, plan: MergePlan) -> None:
+    def _apply_with_mergekit(self, plan: MergePlan, parents=None, targets=None) -> None:
+        """mergekit's in-memory merge of the plan into `targets` (default: the resident model's),
+        reading `parents` (default: the loaded ones; a `LayoutView`'s for a layout)."""
         from mergekit.merge_methods import PerGroupValues, merge_state_dicts
 
+        parents = self.parents if parents is None else parents
+        targets = self.targets if targets is None else targets
+
+        # In mergekit-yaml's execution order: methods that draw random masks (DARE, DELLA) then
+        # draw them in the same order.
+        tensors = sorted(plan.tensors, key=execution_key)
         parameters: dict[str, Any] = {}
-        for key in plan.tensors[0].shared:
-            parameters[key] = PerGroupValues([tensor.shared[key] for tensor in plan.tensors])
-        for key in plan.tensors[0].per_model:
-            parameters[key] = PerGroupValues([tensor.per_model[key] for tensor in plan.tensors])
+        for key in tensors[0].shared:
+            parameters[key] = PerGroupValues([tensor.shared[key] for tensor in tensors])
+        for key in tensors[0].per_model:
+            parameters[key] = PerGroupValues([tensor.per_model[key] for tensor in tensors])
         merged = merge_state_dicts(
-            {m: {n: self.parents[m].tensors[n] for n in self.tensor_names} for m in plan.models},
+            {m: {tensor.name: parents[m].tensors[tensor.name] for tensor in tensors} for m in plan.models},
             plan.method,
             base=plan.base,
             parameters=parameters,
         )
         for tensor_name, tensor in merged.items():
-            self.targets[tensor_name].copy_(tensor)
+            targets[tensor_name].copy_(tensor)
 
     def _check_buffers(self, models: list[str]) -> None:
         """Non-floating buffers must agree between the recipe's parents (mergekit copies them, or refuses)."""

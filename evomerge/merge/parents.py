@@ -102,6 +102,14 @@ def layer_index(tensor_name: str) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
+def with_layer_index(tensor_name: str, index: int) -> str:
+    """The same tensor in decoder layer `index` (`model.layers.7.mlp…`, 2 → `model.layers.2.mlp…`)."""
+    match = _LAYER_INDEX.search(tensor_name)
+    if match is None:
+        raise ValueError(f"{tensor_name} is not in a decoder layer")
+    return tensor_name[: match.start(1)] + str(index) + tensor_name[match.end(1) :]
+
+
 def inspect_parent(reference: Union[str, Path], *, allow_pickle: bool = False, trust_remote_code: bool = False) -> ParentInfo:
     """Read a checkpoint's config and tensor headers; raise ParentError on anything unusable."""
     path = Path(reference).expanduser()
@@ -152,10 +160,11 @@ def fingerprint(info: ParentInfo) -> str:
     return digest.hexdigest()[:32]
 
 
-def check_parents(infos: Sequence[ParentInfo]) -> None:
-    """Refuse parents that cannot be merged tensor by tensor."""
-    if len(infos) < 2:
-        raise ParentError("a merge needs at least two parents")
+def check_parents(infos: Sequence[ParentInfo], minimum: int = 2) -> None:
+    """Refuse parents that cannot be merged tensor by tensor (and fewer than `minimum`: one
+    parent is enough for a passthrough recipe that restacks its layers)."""
+    if len(infos) < minimum:
+        raise ParentError("a merge needs at least two parents" if minimum == 2 else f"a merge needs at least {minimum} parent(s)")
     first = infos[0]
     for other in infos[1:]:
         if other.architecture != first.architecture:

@@ -50,7 +50,7 @@ def copy_tokenizer(source: ParentInfo, dest: Path) -> None:
 def inspect_recipe_parents(recipe: Recipe, allow_pickle: bool = False, trust_remote_code: bool = False) -> list[ParentInfo]:
     """Inspect and check every parent a recipe names, before any weights are read."""
     infos = [inspect_parent(ref, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) for ref in recipe.model_names]
-    check_parents(infos)
+    check_parents(infos, minimum=1)  # one parent is a merge too: a passthrough recipe restacking its layers
     return infos
 
 
@@ -85,10 +85,13 @@ def _write_with_evomerge(recipe: Recipe, infos: list[ParentInfo], out: Path, dev
     merger = Merger.load(infos, device=device, dtype=recipe.dtype, trust_remote_code=trust_remote_code)
     model = merger.apply(recipe, seed=seed)  # apply plans (and checks) the recipe before writing a tensor
     out_dtype = DTYPES[recipe.out_dtype] if recipe.out_dtype else None
-    state = {
-        name: (tensor.to(out_dtype) if out_dtype and tensor.is_floating_point() else tensor).detach().cpu()
-        for name, tensor in merger.merged_state_dict().items()
-    }
+    state, seen = {}, set()
+    for name, tensor in merger.merged_state_dict().items():
+        tensor = (tensor.to(out_dtype) if out_dtype and tensor.is_floating_point() else tensor).detach().cpu()
+        if tensor.data_ptr() in seen:  # a layer a passthrough recipe uses twice: one tensor in memory, two in the file
+            tensor = tensor.clone()
+        seen.add(tensor.data_ptr())
+        state[name] = tensor
     base = infos[recipe.model_names.index(recipe.base_model)] if recipe.base_model else infos[0]
     with staged_folder(out) as staging:
         if out_dtype is not None:

@@ -40,7 +40,7 @@ from evomerge.space import SearchSpace
 Values = Union[float, tuple[float, ...]]
 # What a duplicate does not copy from the trial it repeats: its own recipe bookkeeping, timings
 # and the process that ran it (a duplicate runs nowhere).
-NOT_COPIED = ("recipe", "recipe_key", "baseline", "duplicate_of", "merge_s", "score_s", "worker", "claimed_by")
+NOT_COPIED = ("recipe", "recipe_key", "baseline", "duplicate_of", "merge_s", "rebuild_s", "score_s", "worker", "claimed_by")
 # Set on the one trial that evaluates a recipe (by its process's name), under the study's lock.
 CLAIM_ATTR = "claimed_by"
 WAIT_POLL_S = 0.5
@@ -307,6 +307,8 @@ class TrialRunner:
         start = time.perf_counter()
         model = self.merger.apply(recipe, seed=settings.seed)
         trial.set_user_attr("merge_s", round(time.perf_counter() - start, 4))
+        if self.merger.last_rebuild_s is not None:  # a result with other layers: its model's build, within merge_s (0: reused)
+            trial.set_user_attr("rebuild_s", round(self.merger.last_rebuild_s, 4))
         raise_if_interrupted()
 
         score_start = time.perf_counter()

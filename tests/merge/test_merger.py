@@ -637,28 +637,30 @@ def test_recipe_dtype_must_be_the_mergers(merger_for, llama_paths):
     assert "bfloat16" in message and "float32" in message
 
 
-def test_slices_must_be_layer_aligned(merger_for, llama_paths):
+def test_slices_of_layers_the_parents_lack_are_refused(merger_for, llama_paths):
+    """Slices that take other layers than their own are a layout (merge/layout.py); ranges the
+    parents do not have, or sources of different lengths, are refused before a tensor is written."""
     p = llama_paths
-    shifted = f"""
+    beyond = f"""
 merge_method: slerp
 base_model: {p["base"]}
 slices:
 - sources:
   - {{model: {p["base"]}, layer_range: [0, 2]}}
-  - {{model: {p["c1"]}, layer_range: [2, 4]}}
+  - {{model: {p["c1"]}, layer_range: [3, 5]}}
 parameters: {{t: 0.5}}
 """
-    assert "layer-aligned" in plan_error(merger_for("llama", "float32"), shifted)
-    short = f"""
+    assert "layer_range [3, 5]" in plan_error(merger_for("llama", "float32"), beyond)
+    uneven = f"""
 merge_method: slerp
 base_model: {p["base"]}
 slices:
 - sources:
   - {{model: {p["base"]}, layer_range: [0, 3]}}
-  - {{model: {p["c1"]}, layer_range: [0, 3]}}
+  - {{model: {p["c1"]}, layer_range: [0, 2]}}
 parameters: {{t: 0.5}}
 """
-    assert "4" in plan_error(merger_for("llama", "float32"), short)
+    assert "same number of layers" in plan_error(merger_for("llama", "float32"), uneven)
 
 
 def test_parents_may_be_named_by_another_spelling_of_their_path(merger_for, llama_paths):
