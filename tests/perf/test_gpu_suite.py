@@ -21,6 +21,7 @@ def run_suite(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
 
 
+@pytest.mark.slow  # 24-82 s on the shared 2-core machine, depending on its load
 def test_tiny_on_cpu_measures_every_stage():
     done = run_suite("--device", "cpu", "--shape", "tiny")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
