@@ -141,6 +141,16 @@ class SearchSettings:
         from evomerge.search.executors import executor_class
 
         executor_class(self.executor).check_settings(self)
+        if self.prunes and sampler.ignores_pruned:
+            warnings.warn(pruned_ignored_warning(self), UserWarning, stacklevel=2)
+
+
+def pruned_ignored_warning(settings: SearchSettings) -> str:
+    """Why a sampler that learns only from completed trials is a poor match for a pruning study."""
+    return (
+        f"--sampler {settings.sampler} learns only from completed trials: the trials --pruner {settings.pruner} stops "
+        "(most of them) teach it nothing; use --sampler tpe or cmaes, which learn from pruned trials too, or --pruner none"
+    )
 
 
 def settings_from(**values) -> SearchSettings:
