@@ -75,6 +75,7 @@ class SearchSettings:
     gpus_per_trial: Optional[float] = None  # None: 1 where the Ray cluster has GPUs, else 0
     cpus_per_trial: float = 1.0
     concurrent: Optional[int] = None  # None: as many trials as the cluster's resources hold
+    warm_start: Optional[str] = None  # STUDY[@STORAGE]: queue that finished study's best recipes first (search/warm_start.py)
 
     @property
     def multi_objective(self) -> bool:
