@@ -384,6 +384,7 @@ def search(
     gpus_per_trial: Optional[float] = None,
     cpus_per_trial: float = 1.0,
     concurrent: Optional[int] = None,
+    warm_start: Optional[str] = None,
     progress: Optional[SearchProgress] = None,
 ) -> SearchResult:
     """Search merge recipes of the parents for the best score on a domain benchmark.
@@ -398,8 +399,10 @@ def search(
     multi-objective study. `space`: a shipped space (see `spaces()`) or a YAML path; `grid_limit`:
     with sampler="grid", the most points a grid may have. `backend`:
     "optuna" (this machine, `jobs` processes) or "ray" (a Ray cluster; `ray_address`,
-    `gpus_per_trial`, `cpus_per_trial`, `concurrent`). `progress`: a `SearchProgress` to follow
-    the trials. Ctrl-C exports what the study has and re-raises."""
+    `gpus_per_trial`, `cpus_per_trial`, `concurrent`). `warm_start`: "STUDY" or "STUDY@STORAGE",
+    a finished study whose best recipes are queued first (layer-group values mapped by relative
+    depth when the parents' depths differ). `progress`: a `SearchProgress` to follow the trials.
+    Ctrl-C exports what the study has and re-raises."""
     from evomerge.evaluate.harness import is_lm_eval_spec
     from evomerge.search.study import settings_from
 
@@ -432,6 +435,7 @@ def search(
         gpus_per_trial=gpus_per_trial,
         cpus_per_trial=cpus_per_trial,
         concurrent=concurrent,
+        warm_start=warm_start,
     )
     return run_settings(settings, timeout=timeout, jobs=jobs, progress=progress)
 

@@ -446,6 +446,9 @@ def search(
     gpus_per_trial: Optional[float] = typer.Option(None, help="With --backend ray: GPUs each trial reserves. Default: 1 where the cluster has GPUs, else 0."),
     cpus_per_trial: float = typer.Option(1.0, help="With --backend ray: CPUs each trial reserves."),
     concurrent: Optional[int] = typer.Option(None, help="With --backend ray: trials at once. Default: as many as the cluster's resources hold."),
+    warm_start: Optional[str] = typer.Option(
+        None, help="STUDY or STUDY@STORAGE: queue that finished study's best recipes first (layer groups mapped by relative depth)."
+    ),
 ) -> None:
     """Search merge recipes of the parents for the best score on a domain benchmark.
 
@@ -481,6 +484,7 @@ def search(
         gpus_per_trial=gpus_per_trial,
         cpus_per_trial=cpus_per_trial,
         concurrent=concurrent,
+        warm_start=warm_start,
         progress=SearchBar(),
     )
     print_search(found)

@@ -22,11 +22,12 @@ values are asked for through the trial's `suggest_float(name, low, high, step=�
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional, Protocol, Sequence, Union
+from typing import Any, Mapping, Optional, Protocol, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
@@ -186,6 +187,46 @@ class SearchSpace:
             grid[name] = [round(low + i * step, 10) for i in range(count + 1)]
         grid.update(recorder.choices)
         return grid
+
+    def searched_ranges(self, num_layers: int, n_models: int = 2) -> dict[str, tuple[float, float, Optional[float]]]:
+        """Every value a trial suggests for parents of `num_layers` layers: name → (low, high, step)."""
+        recorder = _RecordingTrial()
+        parents = [f"parent-{index}" for index in range(n_models)]
+        self.suggest(recorder, parents, parents[0] if self.contract[0] else None, num_layers)
+        return recorder.ranges
+
+    def map_params(self, params: Mapping[str, float], num_layers: int, n_models: int = 2) -> dict[str, float]:
+        """A finished trial's values (from a study of this space on parents of any depth) as values
+        of this space for parents of `num_layers` layers. A per-layer-group value (`NAME.gK`) is
+        read at the same relative depth: target group k of n takes the source group whose span holds
+        depth (k + ½)/n; anchors of a gradient and single values are kept as they are (a gradient
+        is already relative to depth). Values this space does not search are dropped, values
+        outside its range clipped, and values it searches that the trial lacks left to the sampler."""
+        source_groups: dict[str, int] = {}
+        for name in params:
+            prefix, group = _group_of(name)
+            if group is not None:
+                source_groups[prefix] = max(source_groups.get(prefix, 0), group + 1)
+        target = self.searched_ranges(num_layers, n_models)
+        target_groups: dict[str, int] = {}
+        for name in target:
+            prefix, group = _group_of(name)
+            if group is not None:
+                target_groups[prefix] = max(target_groups.get(prefix, 0), group + 1)
+        mapped: dict[str, float] = {}
+        for name, (low, high, step) in target.items():
+            prefix, group = _group_of(name)
+            source = name
+            if group is not None and prefix in source_groups:
+                depth = (group + 0.5) / target_groups[prefix]
+                source = f"{prefix}.g{min(source_groups[prefix] - 1, int(depth * source_groups[prefix]))}"
+            if source not in params:
+                continue
+            value = min(high, max(low, float(params[source])))
+            if step:  # back onto the space's steps (a clipped or differently stepped value)
+                value = min(high, low + round((value - low) / step) * step)
+            mapped[name] = round(value, 10)
+        return mapped
 
     def baseline_params(self, num_layers: int) -> Optional[dict[str, float]]:
         """Trial values that reproduce the paper's hand-made recipe, or None if the space cannot
@@ -400,6 +441,15 @@ def _checked(name: str, spec: ValueSpec, where: str) -> ValueSpec:
         if interval:
             raise SpaceError(f"{where}: {name} range reaches {value}, outside {interval}")
     return spec
+
+
+_GROUP = re.compile(r"^(.*)\.g(\d+)$")
+
+
+def _group_of(name: str) -> tuple[str, Optional[int]]:
+    """`t.mlp.g3` → ("t.mlp", 3); a name of no layer group → (name, None)."""
+    match = _GROUP.match(name)
+    return (match.group(1), int(match.group(2))) if match else (name, None)
 
 
 class _RecordingTrial:

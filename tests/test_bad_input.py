@@ -116,6 +116,7 @@ CASES = [
     ("search-unsafe-study-name", "search --parents {root}/instruct,{root}/child --benchmark {root}/bench.jsonl --study ../up", ["--study"]),
     ("search-base-not-a-parent", "search --parents {root}/instruct,{root}/child --benchmark {root}/bench.jsonl --base {root}/wide", ["--base"]),
     ("search-bad-timeout", "search --parents {root}/instruct,{root}/child --benchmark {root}/bench.jsonl --timeout soon", ["soon"]),
+    ("search-warm-start-missing", "search --parents {root}/instruct,{root}/child --benchmark {root}/bench.jsonl --warm-start nowhere", ["--warm-start"]),
     ("search-bad-objective", "search --parents {root}/instruct,{root}/child --benchmark {root}/bench.jsonl --objective joy", ["joy"]),
     ("search-ray-flag-without-ray", "search --parents {root}/instruct,{root}/child --benchmark {root}/bench.jsonl --concurrent 2", ["--concurrent"]),
     ("search-jobs-with-ray", "search --parents {root}/instruct,{root}/child --benchmark {root}/bench.jsonl --backend ray --jobs 2", ["--jobs"]),

@@ -48,6 +48,7 @@ from evomerge.search.study import (
     open_storage,
     process_is_gone,
 )
+from evomerge.search.warm_start import WarmStart, enqueue_warm_start, load_warm_start
 from evomerge.space import SearchSpace, load_space
 
 MAX_CONSECUTIVE_FAILURES = 5
@@ -67,6 +68,7 @@ class Prepared:
     infos: list[ParentInfo]
     storage: object = None  # None until the storage is opened (see `prepare`)
     grid: Optional[dict] = None  # the grid sampler's values, when --sampler grid
+    warm_start: Optional[WarmStart] = None  # a finished study's best recipes, when --warm-start
 
 
 def check_search(settings: SearchSettings, infos: Optional[Sequence[ParentInfo]] = None) -> Prepared:
@@ -100,7 +102,8 @@ def check_search(settings: SearchSettings, infos: Optional[Sequence[ParentInfo]]
                 f"{'×'.join(str(len(v)) for v in grid.values())}), more than --grid-limit {settings.grid_limit}; "
                 "search fewer values (e.g. --space slerp_global) or raise --grid-limit"
             )
-    return Prepared(settings, space, list(infos), grid=grid)
+    warm = load_warm_start(settings, space, infos[0].num_layers) if settings.warm_start else None
+    return Prepared(settings, space, list(infos), grid=grid, warm_start=warm)
 
 
 def check_benchmark_size(benchmark: Benchmark, settings: SearchSettings) -> None:
@@ -178,6 +181,8 @@ def open_study(prepared: Prepared, compute_parent_scores: Callable[[], dict]) ->
     parent_scores = ensure_parent_scores(study, compute_parent_scores)
     with study_lock(prepared.settings.storage_url(), study.study_name):  # two processes opening it queue it once
         enqueue_baseline(study, prepared.space, prepared.infos[0].num_layers)
+        if prepared.warm_start is not None:
+            enqueue_warm_start(study, prepared.warm_start)
     return study, parent_scores
 
 
@@ -341,6 +346,7 @@ def join_study(study_name: str, storage_url: str) -> SearchSettings:
     """The settings of an existing study, so `evomerge worker` needs nothing but its name and storage."""
     settings = load_settings(load_existing_study(study_name, storage_url)).in_process()  # whichever backend started the study
     settings.storage = storage_url
+    settings.warm_start = None  # its creator queued the warm start; the source may not be reachable from here
     return settings
 
 

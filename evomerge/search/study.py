@@ -75,6 +75,7 @@ class SearchSettings:
     gpus_per_trial: Optional[float] = None  # None: 1 where the Ray cluster has GPUs, else 0
     cpus_per_trial: float = 1.0
     concurrent: Optional[int] = None  # None: as many trials as the cluster's resources hold
+    warm_start: Optional[str] = None  # STUDY[@STORAGE]: queue that finished study's best recipes first (search/warm_start.py)
 
     @property
     def multi_objective(self) -> bool:
@@ -141,6 +142,16 @@ class SearchSettings:
         from evomerge.search.executors import executor_class
 
         executor_class(self.executor).check_settings(self)
+        if self.prunes and sampler.ignores_pruned:
+            warnings.warn(pruned_ignored_warning(self), UserWarning, stacklevel=2)
+
+
+def pruned_ignored_warning(settings: SearchSettings) -> str:
+    """Why a sampler that learns only from completed trials is a poor match for a pruning study."""
+    return (
+        f"--sampler {settings.sampler} learns only from completed trials: the trials --pruner {settings.pruner} stops "
+        "(most of them) teach it nothing; use --sampler tpe or cmaes, which learn from pruned trials too, or --pruner none"
+    )
 
 
 def settings_from(**values) -> SearchSettings:

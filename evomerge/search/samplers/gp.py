@@ -14,6 +14,7 @@ class GaussianProcessSampler(SamplerChoice):
     name = "gp"
     description = "a Gaussian process with expected improvement after 5 random trials"
     multi_objective = False
+    ignores_pruned = True  # Optuna's GPSampler fits completed trials only
 
     def make(self, seed: int, grid: Optional[dict[str, list[float]]] = None) -> optuna.samplers.BaseSampler:
         import optuna
