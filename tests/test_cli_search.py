@@ -109,7 +109,16 @@ def cli_study(search_parents, tmp_path_factory):
             study.set_user_attr(PARENT_SCORES_ATTR, marked)
             after_first["marked"] = marked
         second = invoke(*search_args(search_parents, trials=6))
-    return {"work": work, "folder": folder, "storage": storage, "first": first, "second": second, "after_first": after_first}
+    return {
+        "work": work,
+        "folder": folder,
+        "storage": storage,
+        "first": first,
+        "second": second,
+        "after_first": after_first,
+        "parents": [search_parents["instruct"], search_parents["child"]],
+        "parents_bench": search_parents["benchmark"],
+    }
 
 
 def test_search_runs_end_to_end_prints_the_summary_and_writes_results(cli_study):
@@ -117,11 +126,11 @@ def test_search_runs_end_to_end_prints_the_summary_and_writes_results(cli_study)
     assert first.exit_code == 0, (first.output, first.exception)
     out = first.stdout
     assert f"Study {STUDY}" in out
-    # One row per parent, named by its path (which a narrow terminal may wrap after "parent").
-    assert out.count("│ parent ") == 2, out
+    # One row per parent, named by its folder (not its long path).
+    assert "│ parent instruct " in out and "│ parent child " in out, out
+    assert str(cli_study["work"]) not in out.split("Results:")[0], "a parent's long path in the table"
     assert "paper's recipe" in out and "best found (trial" in out
     assert "gain over the best parent" in out and "synergy over the parents' mean" in out
-    assert "best on held-out items (n=" in out  # --holdout defaults to 0.2
     # The trial counts as the study holds them (rich may wrap the line on a narrow terminal).
     counts = re.search(r"Trials: (\d+) complete, (\d+) pruned, (\d+) failed, (\d+) duplicates not re-evaluated", " ".join(out.split()))
     assert counts, out
@@ -135,6 +144,68 @@ def test_search_runs_end_to_end_prints_the_summary_and_writes_results(cli_study)
     assert summary["study"] == STUDY and summary["holdout"]["holdout_n"] > 0
     assert summary["trials"]["complete"] + summary["trials"]["pruned"] == 4
     assert summary["baseline_accuracy"] is not None
+
+
+def table_row(out: str, name: str) -> list[str]:
+    """The cells of the table row whose first cell starts with `name`."""
+    for line in out.splitlines():
+        cells = [cell.strip() for cell in line.split("│")]
+        if len(cells) > 2 and cells[1].startswith(name):
+            return cells[1:-1]
+    raise AssertionError(f"no row {name!r} in:\n{out}")
+
+
+def test_every_search_ends_with_the_held_out_scores_gain_interval_and_verdict(cli_study):
+    """--holdout defaults to 0.2: the parents and the best recipe on the held-out items, the gain
+    over the best parent with its paired 95% interval, and a verdict that never calls noise a gain,
+    in the table, in summary.json and in the Python result."""
+    out = cli_study["first"].stdout
+    held = cli_study["after_first"]["summary"]["holdout"]
+    n = held["holdout_n"]
+    assert n > 0 and f"held-out (n={n})" in out
+    assert "held-out items the search never saw, 95% CI" in " ".join(out.split())
+    assert set(held["parents"]) == {str(p) for p in cli_study["parents"]}
+    for parent, accuracy in held["parents"].items():
+        assert table_row(out, f"parent {Path(parent).name}")[2] == f"{accuracy:.3f}"
+    assert held["best_parent"] == max(held["parents"].values())
+    assert held["gain"] == pytest.approx(held["holdout_accuracy"] - held["best_parent"])
+    low, high = held["gain_interval"]
+    assert low <= held["gain"] <= high
+    best = table_row(out, "best found (trial")
+    assert best[2] == f"{held['holdout_accuracy']:.3f} [{held['holdout_interval'][0]:.3f}, {held['holdout_interval'][1]:.3f}]"
+    assert table_row(out, "gain over the best parent")[2] == f"{held['gain']:+.3f} [{low:+.3f}, {high:+.3f}]"
+    verdicts = [line for line in out.splitlines() if line.startswith(("Gain:", "Loss:", "No gain shown:"))]
+    assert verdicts == [held["verdict"]], out
+    if low <= 0 <= high:
+        assert held["verdict"].startswith("No gain shown:")  # noise is never a gain
+    # The parents' held-out per-item results are kept with their scores (for the paired bootstrap).
+    for scores in cli_study["after_first"]["parent_scores"].values():
+        assert len(scores[0]["holdout_correct"]) == n
+
+
+@pytest.mark.parametrize("split", ["holdout", "search", "all"])
+def test_eval_split_scores_exactly_the_items_the_search_used(cli_study, split):
+    """`eval --split` on a parent: the held-out items give the parent's held-out score the search
+    stored, the search items its score on them, and all both."""
+    parent = cli_study["parents"][0]
+    result = invoke("eval", "--model", parent, "--benchmark", cli_study["parents_bench"], "--protocol", "loglik", "--device", "cpu", "--split", split, "--json")
+    assert result.exit_code == 0, result.output
+    scored = json.loads(result.stdout.strip().splitlines()[-1])
+    stored = cli_study["after_first"]["parent_scores"][str(parent)][0]
+    held = cli_study["after_first"]["summary"]["holdout"]
+    expected = {
+        "holdout": (held["holdout_n"], stored["holdout"]),
+        "search": (len(stored["correct"]), stored["fidelity"]["1.0"]),
+        "all": (16, None),
+    }[split]
+    assert scored["n"] == expected[0]
+    if expected[1] is not None:
+        assert scored["accuracy"] == pytest.approx(expected[1], abs=1e-12)
+
+
+def test_eval_split_on_an_lm_eval_task_is_a_clean_error(search_parents):
+    result = invoke("eval", "--model", search_parents["instruct"], "--benchmark", "lm-eval:any_task", "--split", "holdout", "--device", "cpu")
+    assert_clean_error(result, "--split")
 
 
 def test_rerunning_the_command_with_more_trials_continues_the_study(cli_study):

@@ -38,6 +38,7 @@ from evomerge.search.locks import study_lock
 from evomerge.search.objective import CLAIM_ATTR, TrialRunner, ensure_parent_scores
 from evomerge.search.study import (
     HEARTBEAT_S,
+    PARENT_SCORES_ATTR,
     TAKEN,
     SearchSettings,
     best_trial,
@@ -288,13 +289,15 @@ class HeldOut:
 
     trial: optuna.trial.FrozenTrial
     result: ScoreResult  # per item, in the held-out items' order
-    scores: dict  # the study's HOLDOUT_ATTR: trial, search_accuracy, holdout_accuracy, holdout_n
+    scores: dict  # the study's HOLDOUT_ATTR (see `holdout_scores`)
 
 
 def holdout_result(study: optuna.Study, runner) -> Optional[HeldOut]:
-    """Score the best recipe on the held-out items the search never saw, and store its scores on
-    the study; None without held-out items. `runner` is anything with `settings` and
-    `holdout_score(recipe_yaml)` (the Ray backend scores on a worker)."""
+    """Score the best recipe on the held-out items the search never saw, measure it against the
+    parents on the same items (their per-item results, stored with the parents' scores once per
+    study, so nothing is scored twice), and store the scores on the study; None without held-out
+    items. `runner` is anything with `settings` and `holdout_score(recipe_yaml)` (the Ray backend
+    scores on a worker)."""
     if not runner.settings.holdout or runner.settings.multi_objective:
         return None
     best = best_trial(study)
@@ -303,9 +306,51 @@ def holdout_result(study: optuna.Study, runner) -> Optional[HeldOut]:
     result = runner.holdout_score(best.user_attrs["recipe"])
     if result is None:
         return None
-    scores = {"trial": best.number, "search_accuracy": best.user_attrs.get("accuracy"), "holdout_accuracy": result.accuracy, "holdout_n": result.n}
+    scores = holdout_scores(best, result, study.user_attrs.get(PARENT_SCORES_ATTR, {}), runner.settings.seed)
     study.set_user_attr(HOLDOUT_ATTR, scores)
     return HeldOut(best, result, scores)
+
+
+def holdout_scores(best: optuna.trial.FrozenTrial, result: ScoreResult, parent_scores: dict, seed: int) -> dict:
+    """What the study stores about its held-out items: the best trial, its accuracy on the search
+    and on the held-out items (with a 95% interval), each parent's held-out accuracy, the gain over
+    the best parent with its paired 95% bootstrap interval, and a one-line verdict that calls the
+    gain a gain only when the whole interval lies above zero. A study whose parents' held-out
+    per-item results were not stored (made by an older evomerge) gets the gain without interval."""
+    from evomerge.analysis.metrics import DEFAULT_RESAMPLES, Bootstrap, accuracy_interval, gain_over_parents, gain_verdict
+
+    entries = {parent: per_benchmark[0] for parent, per_benchmark in parent_scores.items() if per_benchmark}
+    parents = {parent: entry.get("holdout") for parent, entry in entries.items()}
+    scores = {
+        "trial": best.number,
+        "search_accuracy": best.user_attrs.get("accuracy"),
+        "holdout_accuracy": result.accuracy,
+        "holdout_n": result.n,
+        "holdout_interval": None,
+        "parents": parents,
+        "best_parent": max(parents.values()) if parents and None not in parents.values() else None,
+        "gain": None,
+        "gain_interval": None,
+        "verdict": None,
+    }
+    if scores["best_parent"] is None:
+        scores["verdict"] = "No held-out scores of the parents in this study: no gain can be measured on the held-out items."
+        return scores
+    scores["gain"] = result.accuracy - scores["best_parent"]
+    vectors = [entry.get("holdout_correct") for entry in entries.values()]
+    if any(vector is None or len(vector) != result.n for vector in vectors):
+        scores["verdict"] = (
+            f"Gain {scores['gain']:+.3f} on {result.n} held-out items, without an interval: this study did not keep the "
+            "parents' per-item held-out results (rerun the search in a new study for one)."
+        )
+        return scores
+    bootstrap = Bootstrap(result.n, DEFAULT_RESAMPLES, seed=seed)
+    gain = gain_over_parents(result.correct, [[c == "1" for c in vector] for vector in vectors], bootstrap)
+    accuracy = accuracy_interval(result.correct, bootstrap)
+    scores["holdout_interval"] = [accuracy.low, accuracy.high]
+    scores["gain_interval"] = [gain.low, gain.high]
+    scores["verdict"] = gain_verdict(gain, result.n)
+    return scores
 
 
 def score_holdout(study: optuna.Study, runner) -> Optional[dict]:
