@@ -109,7 +109,9 @@ def cli_study(search_parents, tmp_path_factory):
             study.set_user_attr(PARENT_SCORES_ATTR, marked)
             after_first["marked"] = marked
         second = invoke(*search_args(search_parents, trials=6))
+        third = invoke(*search_args(search_parents, trials=6))  # the study has its 6 already
     return {
+        "third": third,
         "work": work,
         "folder": folder,
         "storage": storage,
@@ -223,6 +225,15 @@ def test_rerunning_the_command_with_more_trials_continues_the_study(cli_study):
     assert f"{MARKER:.3f}" in second.stdout
     with open(cli_study["folder"] / "trials.csv", newline="") as handle:
         assert len(list(csv.DictReader(handle))) == len(study.trials)
+
+
+def test_rerunning_a_finished_study_says_it_is_complete(cli_study):
+    third = cli_study["third"]
+    assert third.exit_code == 0, third.output
+    assert "study instruct-child-slerp_gradient is complete (6 trials); raise --trials to continue" in third.stderr
+    assert "0/6" not in third.stderr
+    study = optuna.load_study(study_name=STUDY, storage=cli_study["storage"])
+    assert finished_count(study) == 6
 
 
 def test_results_folder_holds_recipe_table_summary_and_plots(cli_study):

@@ -402,8 +402,9 @@ class SearchProgress:
     def say(self, message: str) -> None:
         """A line for the user (the parents are being scored, Ray's resources, an interruption)."""
 
-    def trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """A trial of the study finished (complete, pruned or failed), in any process."""
+    def trial_finished(self, study: optuna.Study, trial: Optional[optuna.trial.FrozenTrial]) -> None:
+        """A trial of the study finished (complete, pruned or failed), in any process; `trial` is
+        None when a resumed study shows the trials it has already."""
 
     def stopped(self) -> None:
         """The search ended (normally or not); `started` was called before."""
@@ -446,8 +447,9 @@ def _run_search(settings: SearchSettings, *, timeout: Optional[float], jobs: int
         prepared = prepare(settings, preflight=executor.start)
         folder = settings.results_dir
         progress.started(settings)
+        complete = say_if_complete(prepared, progress)
         try:
-            progress.say("Loading parents and scoring each alone …")
+            progress.say("Loading parents …" if complete else "Loading parents and scoring each alone …")
             study, runner = executor.run(prepared, timeout=timeout, on_trial=progress.trial_finished, say=progress.say)
             holdout = score_holdout(study, runner)
         except KeyboardInterrupt as interrupt:
@@ -459,6 +461,22 @@ def _run_search(settings: SearchSettings, *, timeout: Optional[float], jobs: int
             progress.stopped()
     summary = export_all(study, folder, time.perf_counter() - start)
     return SearchRun(study, settings, summary, holdout, folder)
+
+
+def say_if_complete(prepared: Prepared, progress: SearchProgress) -> bool:
+    """A resumed study shows the trials it has; one that has its total already says so (rather
+    than a bar at 0 of N that never moves). Whether it has its total."""
+    try:
+        study = optuna.load_study(study_name=prepared.settings.study, storage=prepared.storage)
+    except KeyError:  # a new study
+        return False
+    done = finished_count(study)
+    if done:
+        progress.trial_finished(study, None)
+    if done >= prepared.settings.trials:
+        progress.say(f"study {prepared.settings.study} is complete ({done} trials); raise --trials to continue")
+        return True
+    return False
 
 
 def export_after_interrupt(settings: SearchSettings, folder: Path, wall_s: float, say: Callable[[str], None], reason: Optional[str] = None) -> None:
