@@ -118,18 +118,28 @@ def merge(
     overwrite: bool = False,
 ) -> MergeResult:
     """Merge the parents a recipe names and write a loadable model folder (config, safetensors,
-    the base parent's tokenizer, the recipe as mergekit_config.yml) to `out`.
+    the base parent's tokenizer, the recipe as mergekit_config.yml, a model card as README.md:
+    the recipe, the parents, evomerge's version and, for a search's export, the study and its
+    scores) to `out`.
 
     `recipe`: a `Recipe`, a shipped recipe's name (see `recipes()`) or a mergekit YAML's path. `engine`: "evomerge" (in memory) or "mergekit"
     (mergekit's own pipeline); both write the same tensors. `seed`: DARE's masks, as
     `mergekit-yaml --random-seed`. `parent`: {recipe's model name: real folder}, as `--parent
     NAME=PATH`. The folder appears only once the merge has finished."""
+    from evomerge import __version__
+    from evomerge.errors import RecipeError
+    from evomerge.merge.card import model_card
     from evomerge.merge.writer import check_output, write_merged
-    from evomerge.recipe import Recipe
+    from evomerge.recipe import Recipe, read_export_metadata
+    from evomerge.shipped import resolve_recipe
 
     if engine not in ("evomerge", "mergekit"):
         raise EvomergeError(f"unknown engine {engine!r}; expected evomerge or mergekit")
-    recipe = recipe if isinstance(recipe, Recipe) else Recipe.load(recipe)
+    search_metadata = None
+    if not isinstance(recipe, Recipe):
+        path = resolve_recipe(recipe, RecipeError)
+        recipe = Recipe.load(path)
+        search_metadata = read_export_metadata(path.read_text(encoding="utf-8"))  # a search's export says where it came from
     if parent:
         recipe = recipe.with_models(dict(parent))
     out = Path(out)
@@ -137,7 +147,8 @@ def merge(
     if engine == "mergekit":
         recipe.to_mergekit()
     start = time.perf_counter()
-    write_merged(recipe, out, engine=engine, device=device, seed=seed, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    card = model_card(recipe, out.resolve().name, __version__, search_metadata)
+    write_merged(recipe, out, engine=engine, device=device, seed=seed, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, card=card)
     return MergeResult(out, recipe, engine, time.perf_counter() - start)
 
 

@@ -272,6 +272,23 @@ def test_export_command_writes_the_kth_best(cli_study, tmp_path, monkeypatch):
     assert_clean_error(invoke("export", "--study", "other", "--storage", cli_study["storage"]), "no study 'other'")
 
 
+def test_merging_an_exported_recipe_writes_a_card_with_the_study_and_its_scores(cli_study, tmp_path):
+    """`evomerge merge` on a search's export: README.md names the study and the trial, the parents'
+    and the merge's scores on the search and held-out items, the gain's interval and the verdict."""
+    out = tmp_path / "merged"
+    result = invoke("merge", cli_study["folder"] / "best-recipe.yaml", "--out", out, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    card = (out / "README.md").read_text()
+    summary = json.loads((cli_study["folder"] / "summary.json").read_text())
+    held = summary["holdout"]
+    assert f"evomerge study `{STUDY}`" in card and f"trial {summary['best_trial']}, rank 1" in card
+    assert f"held-out items (n={held['holdout_n']})" in card
+    assert f"| parent instruct | {summary['parents'][str(cli_study['parents'][0])]:.3f} | {held['parents'][str(cli_study['parents'][0])]:.3f} |" in card
+    assert f"| this merge | {summary['best_accuracy']:.3f} | {held['holdout_accuracy']:.3f} [" in card
+    assert held["verdict"] in card
+    assert "merge_method: slerp" in card
+
+
 def test_export_without_a_study_database_is_a_clean_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert_clean_error(invoke("export", "--study", "nothing"), "no study storage")
