@@ -573,19 +573,42 @@ class SpaceInfo:
 
     name: str
     method: str
-    dimension: int  # values one trial suggests, for 32 layers and two parents
+    dimension: int  # values one trial suggests, for `layers` layers and `parents` parents
     description: str
+    layers: int = 32
+    parents: int = 2
+    notes: list[str] = field(default_factory=list)  # searched values that cannot change the merge of these parents
 
 
-def spaces() -> list[SpaceInfo]:
-    """The shipped search spaces, with their method and dimension (for 32 layers, two parents)."""
+DEFAULT_SPACE_LAYERS = 32  # what `spaces()` sizes a space for without parents (an 8B Llama)
+
+
+def spaces(parents: Optional[Names] = None) -> list[SpaceInfo]:
+    """The shipped search spaces, with their method and dimension: for these `parents` (model
+    folders, the first the base, as `search` takes them: their layer count and number), or for
+    32 layers and two parents. With parents, each space also notes the searched values that
+    cannot change their merge."""
     from evomerge.space import load_space, shipped_spaces
 
-    infos = []
+    parent_list = comma_list(parents) if parents else []
+    layers = DEFAULT_SPACE_LAYERS
+    if parent_list:
+        from evomerge.merge.parents import check_parents, inspect_parent
+
+        infos = [inspect_parent(parent) for parent in parent_list]
+        check_parents(infos)
+        layers = infos[0].num_layers
+    count = len(parent_list) or 2
+    infos_out = []
     for name in shipped_spaces():
         loaded = load_space(name)
-        infos.append(SpaceInfo(name, loaded.method, loaded.dimension(32, 2), loaded.description))
-    return infos
+        if parent_list and loaded.contract[1] is not None and count > loaded.contract[1]:
+            continue  # this method cannot merge that many parents
+        names = parent_list or [f"parent-{index}" for index in range(count)]
+        base = names[0] if loaded.contract[0] else None
+        notes = loaded.inert_parameters(names, base) if parent_list else []
+        infos_out.append(SpaceInfo(name, loaded.method, loaded.dimension(layers, count), loaded.description, layers, count, notes))
+    return infos_out
 
 
 @dataclass

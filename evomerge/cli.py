@@ -91,13 +91,18 @@ class Engine(str, Enum):
     mergekit = "mergekit"
 
 
-def user_errors(command: Callable) -> Callable:
+def user_errors(command: Optional[Callable] = None, *, loads_models: bool = True) -> Callable:
     """Turn an EvomergeError into one line on stderr and exit code 2; Ctrl-C and SIGTERM into one
-    line and exit code 130 or 143, without a library's traceback."""
+    line and exit code 130 or 143, without a library's traceback. A command that loads no model
+    (`loads_models=False`: listing spaces, recipes, benchmarks) does not import the model
+    libraries to quiet them, so it answers at once."""
+    if command is None:
+        return functools.partial(user_errors, loads_models=loads_models)
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        quiet_libraries()
+        if loads_models:
+            quiet_libraries()
         try:
             with sigterm_as_interrupt():
                 return command(*args, **kwargs)
@@ -409,7 +414,7 @@ app.add_typer(benchmark_app, name="benchmark")
 
 
 @benchmark_app.command("list")
-@user_errors
+@user_errors(loads_models=False)
 def benchmark_list() -> None:
     """The benchmarks that ship with evomerge, with their size and categories."""
     table = Table()
@@ -421,7 +426,7 @@ def benchmark_list() -> None:
 
 
 @benchmark_app.command("export")
-@user_errors
+@user_errors(loads_models=False)
 def benchmark_export(
     benchmark: str = typer.Argument(..., metavar="NAME|PATH", help="A shipped benchmark or a JSONL file."),
     out: Path = typer.Argument(..., metavar="DIR", help="Folder for the task YAML and its data."),
@@ -617,19 +622,32 @@ def worker(
 
 
 @app.command()
-@user_errors
-def spaces() -> None:
-    """The shipped search spaces, with their method and dimension (for 32 layers, two parents)."""
-    table = Table()
+@user_errors(loads_models=False)
+def spaces(
+    parents: Optional[str] = typer.Option(None, help="Parent model folders, comma-separated, base first: dimensions for their layers and number."),
+) -> None:
+    """The shipped search spaces, with their method and dimension (for --parents, else for 32 layers and two parents)."""
+    infos = api.spaces(parents)
+    if parents:
+        from evomerge.files import parent_labels
+
+        labels = parent_labels(api.comma_list(parents))
+        title = f"Dimensions for {', '.join(labels.values())}: {infos[0].layers if infos else '?'} layers, {len(labels)} parents"
+    else:
+        title = f"Dimensions for {api.DEFAULT_SPACE_LAYERS} layers and two parents (give --parents for yours)"
+    table = Table(title=title)
     for column in ("space", "method", "dimension", "description"):
         table.add_column(column)
-    for info in api.spaces():
+    for info in infos:
         table.add_row(info.name, info.method, str(info.dimension), info.description)
     stdout.print(table)
+    for info in infos:
+        for note in info.notes:
+            console.print(f"warning: {note}", style="yellow")
 
 
 @app.command()
-@user_errors
+@user_errors(loads_models=False)
 def recipes() -> None:
     """The shipped merge recipes (`evomerge merge NAME`) and training pipelines (`evomerge train --pipeline NAME`)."""
     table = Table()
@@ -644,7 +662,7 @@ def recipes() -> None:
 
 
 @app.command()
-@user_errors
+@user_errors(loads_models=False)
 def export(
     study: str = typer.Option(..., help="Study name."),
     storage: Optional[str] = typer.Option(None, help="Storage URL (default: results/<study>/study.db)."),

@@ -20,7 +20,7 @@ import os
 import shutil
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -68,6 +68,7 @@ class Prepared:
     infos: list[ParentInfo]
     storage: object = None  # None until the storage is opened (see `prepare`)
     grid: Optional[dict] = None  # the grid sampler's values, when --sampler grid
+    notes: list[str] = field(default_factory=list)  # warnings for the user: searched values that cannot change the merge
 
 
 def check_search(settings: SearchSettings, infos: Optional[Sequence[ParentInfo]] = None) -> Prepared:
@@ -101,7 +102,7 @@ def check_search(settings: SearchSettings, infos: Optional[Sequence[ParentInfo]]
                 f"{'×'.join(str(len(v)) for v in grid.values())}), more than --grid-limit {settings.grid_limit}; "
                 "search fewer values (e.g. --space slerp_global) or raise --grid-limit"
             )
-    return Prepared(settings, space, list(infos), grid=grid)
+    return Prepared(settings, space, list(infos), grid=grid, notes=space.inert_parameters(list(settings.parents), settings.base))
 
 
 def check_benchmark_size(benchmark: Benchmark, settings: SearchSettings) -> None:
@@ -447,6 +448,8 @@ def _run_search(settings: SearchSettings, *, timeout: Optional[float], jobs: int
         prepared = prepare(settings, preflight=executor.start)
         folder = settings.results_dir
         progress.started(settings)
+        for note in prepared.notes:
+            progress.say(f"warning: {note}")
         complete = say_if_complete(prepared, progress)
         try:
             progress.say("Loading parents …" if complete else "Loading parents and scoring each alone …")
