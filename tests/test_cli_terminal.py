@@ -97,3 +97,29 @@ def test_a_signal_stops_a_search_in_a_few_lines_and_records_why(parents, tmp_pat
     assert lines[-1] == f"Stopped: {reason}."
     summary = json.loads((tmp_path / "results" / "stop" / "summary.json").read_text())
     assert summary["stopped_because"] == reason
+
+
+HEAVY = ("torch", "transformers", "mergekit", "ray", "optuna")
+PROBE = """
+import runpy, sys
+sys.argv = ["evomerge", *sys.argv[1:]]
+try:
+    runpy.run_module("evomerge", run_name="__main__")
+except SystemExit as done:
+    code = done.code
+print("LOADED", code, ",".join(name for name in {heavy!r} if name in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("command", [["--help"], ["spaces"], ["recipes"], ["benchmark", "list"], ["export", "--help"], ["search", "--help"]])
+def test_light_commands_import_no_model_library(command, tmp_path):
+    """`evomerge --help`, `spaces`, `recipes`, `benchmark list` and a command's help answer at once:
+    they import none of torch, transformers, mergekit, Ray or Optuna (seconds each). How long they
+    take is measured by perf/startup.py, never asserted here."""
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE.format(heavy=HEAVY), *command], cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=120
+    )
+    line = next(line for line in done.stdout.splitlines() if line.startswith("LOADED"))
+    _, code, loaded = line.split(" ", 2)
+    assert code in ("0", "None"), done.stderr
+    assert loaded.strip() == "", f"evomerge {' '.join(command)} imported {loaded}"
