@@ -26,7 +26,6 @@ from evomerge.demo import DEMO_TRIALS
 from evomerge.errors import EvomergeError
 
 if TYPE_CHECKING:
-    from evomerge.demo import HeldOutGain
     from evomerge.evaluate.scorer import ScoreResult
     from evomerge.recipe import Recipe
     from evomerge.search.run import SearchProgress
@@ -119,18 +118,28 @@ def merge(
     overwrite: bool = False,
 ) -> MergeResult:
     """Merge the parents a recipe names and write a loadable model folder (config, safetensors,
-    the base parent's tokenizer, the recipe as mergekit_config.yml) to `out`.
+    the base parent's tokenizer, the recipe as mergekit_config.yml, a model card as README.md:
+    the recipe, the parents, evomerge's version and, for a search's export, the study and its
+    scores) to `out`.
 
     `recipe`: a `Recipe`, a shipped recipe's name (see `recipes()`) or a mergekit YAML's path. `engine`: "evomerge" (in memory) or "mergekit"
     (mergekit's own pipeline); both write the same tensors. `seed`: DARE's masks, as
     `mergekit-yaml --random-seed`. `parent`: {recipe's model name: real folder}, as `--parent
     NAME=PATH`. The folder appears only once the merge has finished."""
+    from evomerge import __version__
+    from evomerge.errors import RecipeError
+    from evomerge.merge.card import model_card
     from evomerge.merge.writer import check_output, write_merged
-    from evomerge.recipe import Recipe
+    from evomerge.recipe import Recipe, read_export_metadata
+    from evomerge.shipped import resolve_recipe
 
     if engine not in ("evomerge", "mergekit"):
         raise EvomergeError(f"unknown engine {engine!r}; expected evomerge or mergekit")
-    recipe = recipe if isinstance(recipe, Recipe) else Recipe.load(recipe)
+    search_metadata = None
+    if not isinstance(recipe, Recipe):
+        path = resolve_recipe(recipe, RecipeError)
+        recipe = Recipe.load(path)
+        search_metadata = read_export_metadata(path.read_text(encoding="utf-8"))  # a search's export says where it came from
     if parent:
         recipe = recipe.with_models(dict(parent))
     out = Path(out)
@@ -138,7 +147,8 @@ def merge(
     if engine == "mergekit":
         recipe.to_mergekit()
     start = time.perf_counter()
-    write_merged(recipe, out, engine=engine, device=device, seed=seed, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    card = model_card(recipe, out.resolve().name, __version__, search_metadata)
+    write_merged(recipe, out, engine=engine, device=device, seed=seed, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, card=card)
     return MergeResult(out, recipe, engine, time.perf_counter() - start)
 
 
@@ -184,7 +194,8 @@ def evaluate(
     chat: Optional[bool] = None,
     batch_size: int = 16,
     tasks_dir: Optional[PathLike] = None,
-    holdout: float = 0.0,
+    holdout: Optional[float] = None,
+    split: Optional[str] = None,
     trust_remote_code: bool = False,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> Evaluation:
@@ -194,14 +205,23 @@ def evaluate(
     custom task YAMLs). `protocol`: "paper" (greedy answer, as the paper scores it) or "loglik"
     (option log-likelihood). `backend`: "builtin" or "lm-eval" (lm-eval's simple_evaluate,
     loglik). `fraction`: the first ⌈f·n⌉ items of the benchmark's fixed order. `holdout`: leave
-    out this fraction of items (by id hash) and score the rest. `progress(done, total)` follows
+    out this fraction of items (by id hash) and score the rest. `split`: "search", "holdout" or
+    "all": exactly the items a search with that `holdout` (default 0.2 with a split) searched on,
+    held out, or both (the builtin backend on a benchmark file). `progress(done, total)` follows
     the builtin scorer's batches."""
     from evomerge.evaluate.models import load_for_eval
     from evomerge.evaluate.objective import make_objective
 
     if not 0 < fraction <= 1:
         raise EvomergeError(f"--fraction must be in (0, 1], got {fraction}")
+    items = split_items(benchmark, split, holdout, backend) if split is not None else None  # bad input before the model loads
     loaded, tokenizer = load_for_eval(model, device, trust_remote_code)
+    if items is not None:
+        from evomerge.evaluate.scorer import Scorer
+
+        scorer = Scorer.load(items, tokenizer, protocol=protocol, batch_size=batch_size, chat=chat)
+        result = scorer.score(loaded, fraction, progress=progress)
+        return Evaluation(result.accuracy, result.n, result.per_category, result.seconds, str(benchmark), protocol, backend, fraction, result)
     objective = make_objective(
         benchmark,
         tokenizer,
@@ -210,10 +230,36 @@ def evaluate(
         batch_size=batch_size,
         chat=chat,
         tasks_dir=tasks_dir,
-        holdout=holdout,
+        holdout=holdout or 0.0,
     )
     result = objective.scorer.score(loaded, fraction, progress=progress)
     return Evaluation(result.accuracy, result.n, result.per_category, result.seconds, str(benchmark), objective.protocol, objective.backend, fraction, result)
+
+
+SPLITS = ("search", "holdout", "all")
+DEFAULT_SPLIT_HOLDOUT = 0.2  # what `search` holds out by default
+
+
+def split_items(benchmark: str, split: str, holdout: Optional[float], backend: str = "builtin"):
+    """The items a search with `holdout` (default 0.2) searched on ("search"), held out
+    ("holdout"), or both ("all"): the same split by id hash the search makes."""
+    from evomerge.evaluate.benchmark import Benchmark, load_benchmark
+    from evomerge.evaluate.harness import is_lm_eval_spec
+
+    if split not in SPLITS:
+        raise EvomergeError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if is_lm_eval_spec(benchmark) or backend != "builtin":
+        raise EvomergeError("--split applies to evomerge benchmarks with the builtin backend; an lm-eval task has its own splits")
+    fraction = DEFAULT_SPLIT_HOLDOUT if holdout is None else holdout
+    if not 0 < fraction < 1:
+        raise EvomergeError(f"--split needs --holdout in (0, 1), as the search used it, got {fraction}")
+    full = load_benchmark(benchmark)
+    search, held = full.split_holdout(fraction)
+    if split == "all":
+        return full
+    if split == "holdout" and not len(held):
+        raise EvomergeError(f"--holdout {fraction} holds out no item of {full.name} ({len(full)} items)")
+    return search if split == "search" else Benchmark(full.name, held.items, full.source, full.seed)
 
 
 # ----- train -----------------------------------------------------------------------------------
@@ -302,7 +348,10 @@ class SearchResult:
     two-benchmark study the first benchmark's value of the first trial on the Pareto front.
     `gain` = best accuracy − best parent's, with `gain_interval` its 95% paired bootstrap
     interval over the benchmark's items. `holdout_accuracy`: the best recipe on the items the
-    search never saw (None without held-out items)."""
+    search never saw (None without held-out items), with `holdout_parents` (each parent on the
+    same items), `holdout_gain` over the best of them and its paired 95% interval
+    `holdout_gain_interval`, and `verdict`: one line that calls the gain a gain only when the
+    whole interval lies above zero."""
 
     study: str
     storage: str
@@ -322,7 +371,12 @@ class SearchResult:
     trials: dict[str, int]  # by state: complete, pruned, fail, …
     duplicates_skipped: int
     summary: dict = field(repr=False)  # summary.json as written
-    holdout_gain: Optional["HeldOutGain"] = None  # the demo's: best recipe vs both parents on the held-out items
+    holdout_interval: Optional[tuple[float, float]] = None  # the best recipe's held-out accuracy, 95% CI
+    holdout_parents: dict[str, Optional[float]] = field(default_factory=dict)  # each parent on the held-out items
+    holdout_gain: Optional[float] = None  # held-out accuracy − the best parent's on the same items
+    holdout_gain_interval: Optional[tuple[float, float]] = None  # paired bootstrap, 95%
+    verdict: Optional[str] = None  # one line on the held-out gain; never calls noise a gain
+    stopped_because: Optional[str] = None  # why the search ended before its total (a run of failures)
 
     @classmethod
     def from_run(cls, run) -> "SearchResult":
@@ -353,7 +407,17 @@ class SearchResult:
             trials=dict(summary["trials"]),
             duplicates_skipped=summary["duplicates_skipped"],
             summary=summary,
+            holdout_interval=_pair(holdout.get("holdout_interval")),
+            holdout_parents=dict(holdout.get("parents") or {}),
+            holdout_gain=holdout.get("gain"),
+            holdout_gain_interval=_pair(holdout.get("gain_interval")),
+            verdict=holdout.get("verdict"),
+            stopped_because=summary.get("stopped_because"),
         )
+
+
+def _pair(values: Optional[Sequence[float]]) -> Optional[tuple[float, float]]:
+    return (values[0], values[1]) if values else None
 
 
 def search(
@@ -513,19 +577,42 @@ class SpaceInfo:
 
     name: str
     method: str
-    dimension: int  # values one trial suggests, for 32 layers and two parents
+    dimension: int  # values one trial suggests, for `layers` layers and `parents` parents
     description: str
+    layers: int = 32
+    parents: int = 2
+    notes: list[str] = field(default_factory=list)  # searched values that cannot change the merge of these parents
 
 
-def spaces() -> list[SpaceInfo]:
-    """The shipped search spaces, with their method and dimension (for 32 layers, two parents)."""
+DEFAULT_SPACE_LAYERS = 32  # what `spaces()` sizes a space for without parents (an 8B Llama)
+
+
+def spaces(parents: Optional[Names] = None) -> list[SpaceInfo]:
+    """The shipped search spaces, with their method and dimension: for these `parents` (model
+    folders, the first the base, as `search` takes them: their layer count and number), or for
+    32 layers and two parents. With parents, each space also notes the searched values that
+    cannot change their merge."""
     from evomerge.space import load_space, shipped_spaces
 
-    infos = []
+    parent_list = comma_list(parents) if parents else []
+    layers = DEFAULT_SPACE_LAYERS
+    if parent_list:
+        from evomerge.merge.parents import check_parents, inspect_parent
+
+        infos = [inspect_parent(parent) for parent in parent_list]
+        check_parents(infos)
+        layers = infos[0].num_layers
+    count = len(parent_list) or 2
+    infos_out = []
     for name in shipped_spaces():
         loaded = load_space(name)
-        infos.append(SpaceInfo(name, loaded.method, loaded.dimension(32, 2), loaded.description))
-    return infos
+        if parent_list and loaded.contract[1] is not None and count > loaded.contract[1]:
+            continue  # this method cannot merge that many parents
+        names = parent_list or [f"parent-{index}" for index in range(count)]
+        base = names[0] if loaded.contract[0] else None
+        notes = loaded.inert_parameters(names, base) if parent_list else []
+        infos_out.append(SpaceInfo(name, loaded.method, loaded.dimension(layers, count), loaded.description, layers, count, notes))
+    return infos_out
 
 
 @dataclass
@@ -641,7 +728,7 @@ def demo(
     held-out items) in results/demo."""
     import shutil
 
-    from evomerge.demo import DEMO_SCALE, build_demo_parents, demo_settings, holdout_gain
+    from evomerge.demo import DEMO_SCALE, build_demo_parents, demo_settings
     from evomerge.devices import resolve_device
 
     resolve_device(device)  # before anything is said or built
@@ -658,9 +745,7 @@ def demo(
     settings = demo_settings(build, trials, device)
     shutil.rmtree(settings.results_dir, ignore_errors=True)  # a fresh search on every run; parents are reused
     say(f"Searching merges of {' × '.join(build.parents)} on {build.domain_benchmark.name} …")
-    found = run_settings(settings, progress=progress)
-    found.holdout_gain = holdout_gain(settings, names=list(build.parents))
-    return found
+    return run_settings(settings, progress=progress)
 
 
 def scale_map(

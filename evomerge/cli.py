@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # evomerge never downloads weights
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
@@ -59,11 +59,31 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+PIPED_WIDTH = 1000  # columns a table may take when the output goes to a file or a pipe
+
+
+class Unwrapped(Console):
+    """Rich's console, except that output to a file or a pipe is not hard-wrapped: rich would lay
+    it out for 80 columns, splitting paths, commands and table cells a user copies or greps. On a
+    terminal (or with COLUMNS set) it fits the width as usual."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if self._width is None and not self.is_terminal and "COLUMNS" not in os.environ:
+            return ConsoleDimensions(PIPED_WIDTH, size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+
+
 # Markup off: paths, recipes and error messages print as the text they are ("[0]" in a folder
 # name is not a style). Styles are given explicitly. Soft wrap: a long path or command stays on
 # one line, to be copied, whatever the width.
-console = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
-stdout = Console(markup=False, highlight=False, soft_wrap=True)
+console = Unwrapped(stderr=True, markup=False, highlight=False, soft_wrap=True)
+stdout = Unwrapped(markup=False, highlight=False, soft_wrap=True)
 
 
 class Engine(str, Enum):
@@ -71,13 +91,18 @@ class Engine(str, Enum):
     mergekit = "mergekit"
 
 
-def user_errors(command: Callable) -> Callable:
+def user_errors(command: Optional[Callable] = None, *, loads_models: bool = True) -> Callable:
     """Turn an EvomergeError into one line on stderr and exit code 2; Ctrl-C and SIGTERM into one
-    line and exit code 130 or 143, without a library's traceback."""
+    line and exit code 130 or 143, without a library's traceback. A command that loads no model
+    (`loads_models=False`: listing spaces, recipes, benchmarks) does not import the model
+    libraries to quiet them, so it answers at once."""
+    if command is None:
+        return functools.partial(user_errors, loads_models=loads_models)
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        quiet_libraries()
+        if loads_models:
+            quiet_libraries()
         try:
             with sigterm_as_interrupt():
                 return command(*args, **kwargs)
@@ -203,19 +228,7 @@ def demo(
         progress=SearchBar(before=training.stop),  # one live display at a time: training's ends first
     )
     training.stop()
-    print_search(found)
-    held = found.holdout_gain
-    if held is not None:
-        m = held.metrics
-        table = Table(title=f"Best recipe (trial {held.trial}) on the {m.n} held-out items the search never saw, 95% CI")
-        table.add_column("")
-        table.add_column("accuracy", justify="right", no_wrap=True)
-        for name, interval in zip(held.parents, (m.parent_1, m.parent_2)):
-            table.add_row(f"parent {name}", f"{interval.estimate:.3f} [{interval.low:.3f}, {interval.high:.3f}]")
-        table.add_row("best recipe", f"{m.accuracy.estimate:.3f} [{m.accuracy.low:.3f}, {m.accuracy.high:.3f}]")
-        table.add_row("gain over the best parent", f"{m.gain.estimate:+.3f} [{m.gain.low:+.3f}, {m.gain.high:+.3f}]")
-        stdout.print(table)
-        stdout.print(held.verdict, soft_wrap=True)  # one line, whatever the terminal's width
+    print_search(found)  # the held-out table and verdict of every search: nothing is scored twice
     stdout.print(f"Open the dashboard: evomerge dashboard --storage {found.storage}")
     stdout.print(f"Materialise the best merge: evomerge merge {found.results_dir / 'best-recipe.yaml'} --out results/demo-merged")
 
@@ -330,6 +343,12 @@ class Protocol(str, Enum):
     loglik = "loglik"
 
 
+class Split(str, Enum):
+    search = "search"
+    holdout = "holdout"
+    all = "all"
+
+
 class Backend(str, Enum):
     builtin = "builtin"
     lm_eval = "lm-eval"
@@ -347,7 +366,10 @@ def evaluate(
     chat: Optional[bool] = typer.Option(None, "--chat/--no-chat", help="Use the tokenizer's chat template (default: when it has one)."),
     batch_size: int = typer.Option(16, min=1, help="Items per forward pass."),
     tasks_dir: Optional[Path] = typer.Option(None, help="Folder of custom lm-eval task YAMLs."),
-    holdout: float = typer.Option(0.0, help="Hold out this fraction of items (by id hash) and score only the rest."),
+    holdout: Optional[float] = typer.Option(
+        None, help="Hold out this fraction of items (by id hash) and score only the rest; with --split, the search's --holdout (default 0.2)."
+    ),
+    split: Optional[Split] = typer.Option(None, help="search, holdout or all: exactly the items a search with that --holdout searched on, held out, or both."),
     json_output: bool = typer.Option(False, "--json", help="End with one JSON line: accuracy, n, per_category, …"),
     trust_remote_code: bool = typer.Option(False, help="Allow checkpoints that need custom model code."),
 ) -> None:
@@ -370,10 +392,12 @@ def evaluate(
             batch_size=batch_size,
             tasks_dir=tasks_dir,
             holdout=holdout,
+            split=split.value if split is not None else None,
             trust_remote_code=trust_remote_code,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
-    table = Table(title=f"{benchmark} · {result.protocol} · {result.backend}")
+    which = f" · {split.value} items (--holdout {api.DEFAULT_SPLIT_HOLDOUT if holdout is None else holdout:g})" if split is not None else ""
+    table = Table(title=f"{benchmark} · {result.protocol} · {result.backend}{which}")
     table.add_column("category")
     table.add_column("accuracy", justify="right")
     for category, accuracy in result.per_category.items():
@@ -390,7 +414,7 @@ app.add_typer(benchmark_app, name="benchmark")
 
 
 @benchmark_app.command("list")
-@user_errors
+@user_errors(loads_models=False)
 def benchmark_list() -> None:
     """The benchmarks that ship with evomerge, with their size and categories."""
     table = Table()
@@ -402,7 +426,7 @@ def benchmark_list() -> None:
 
 
 @benchmark_app.command("export")
-@user_errors
+@user_errors(loads_models=False)
 def benchmark_export(
     benchmark: str = typer.Argument(..., metavar="NAME|PATH", help="A shipped benchmark or a JSONL file."),
     out: Path = typer.Argument(..., metavar="DIR", help="Folder for the task YAML and its data."),
@@ -543,28 +567,50 @@ class SearchBar:
 
 
 def print_search(found: "api.SearchResult") -> None:
-    """The study's table: parents, the paper's recipe, the best found, its gain, the held-out score."""
+    """The study's table: parents, the paper's recipe, the best found and its gain, on the search
+    items and on the held-out items (with 95% intervals), then the held-out verdict in one line."""
+    from evomerge.files import parent_labels
+
+    held = found.holdout_accuracy is not None
     table = Table(title=f"Study {found.study}")
+    if held:
+        table.caption = f"Held-out: {found.holdout_n} held-out items the search never saw, 95% CI in brackets."
     table.add_column("")
-    table.add_column("accuracy", justify="right")
+    table.add_column("search items", justify="right", no_wrap=True)
+    if held:
+        table.add_column(f"held-out (n={found.holdout_n})", justify="right", no_wrap=True)
+
+    def row(name: str, search: object, holdout: str = "") -> None:
+        table.add_row(name, search, *([holdout] if held else []))
+
+    labels = parent_labels(list(found.parent_scores))
     for name, accuracy in found.parent_scores.items():
-        table.add_row(f"parent {name}", f"{accuracy:.3f}")
+        on_held = found.holdout_parents.get(name)
+        row(f"parent {labels[name]}", f"{accuracy:.3f}", f"{on_held:.3f}" if on_held is not None else "–")
     if found.baseline_accuracy is not None:
-        table.add_row("paper's recipe", f"{found.baseline_accuracy:.3f}")
+        row("paper's recipe", f"{found.baseline_accuracy:.3f}", "–")
     if found.best_accuracy is not None:
-        table.add_row(f"best found (trial {found.best_trial})", Text(f"{found.best_accuracy:.3f}", style="bold"))
-        interval = f" [{found.gain_interval[0]:+.3f}, {found.gain_interval[1]:+.3f}]" if found.gain_interval else ""
-        table.add_row("gain over the best parent", f"{found.gain:+.3f}{interval}")
-        table.add_row("synergy over the parents' mean", f"{found.synergy:+.3f}")
-    if found.holdout_accuracy is not None:
-        table.add_row(f"best on held-out items (n={found.holdout_n})", f"{found.holdout_accuracy:.3f}")
+        best_held = f"{found.holdout_accuracy:.3f}" + (interval(found.holdout_interval, "") if found.holdout_interval else "") if held else ""
+        row(f"best found (trial {found.best_trial})", Text(f"{found.best_accuracy:.3f}", style="bold"), best_held)
+        held_gain = f"{found.holdout_gain:+.3f}{interval(found.holdout_gain_interval)}" if found.holdout_gain is not None else "–"
+        row("gain over the best parent", f"{found.gain:+.3f}{interval(found.gain_interval)}", held_gain)
+        row("synergy over the parents' mean", f"{found.synergy:+.3f}", "")
     stdout.print(table)
+    if found.verdict:
+        stdout.print(found.verdict)  # one line, whatever the terminal's width (soft wrap)
     counts = found.trials
     stdout.print(
         f"Trials: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, {counts.get('fail', 0)} failed, "
         f"{found.duplicates_skipped} duplicates not re-evaluated."
     )
     stdout.print(f"Results: {found.results_dir}/ (best-recipe.yaml, trials.csv, summary.json, plots)")
+
+
+def interval(bounds: Optional[tuple[float, float]], sign: str = "+") -> str:
+    """' [low, high]' (signed with `sign`="+"), or nothing without bounds."""
+    if not bounds:
+        return ""
+    return f" [{bounds[0]:{sign}.3f}, {bounds[1]:{sign}.3f}]"
 
 
 @app.command()
@@ -580,19 +626,32 @@ def worker(
 
 
 @app.command()
-@user_errors
-def spaces() -> None:
-    """The shipped search spaces, with their method and dimension (for 32 layers, two parents)."""
-    table = Table()
+@user_errors(loads_models=False)
+def spaces(
+    parents: Optional[str] = typer.Option(None, help="Parent model folders, comma-separated, base first: dimensions for their layers and number."),
+) -> None:
+    """The shipped search spaces, with their method and dimension (for --parents, else for 32 layers and two parents)."""
+    infos = api.spaces(parents)
+    if parents:
+        from evomerge.files import parent_labels
+
+        labels = parent_labels(api.comma_list(parents))
+        title = f"Dimensions for {', '.join(labels.values())}: {infos[0].layers if infos else '?'} layers, {len(labels)} parents"
+    else:
+        title = f"Dimensions for {api.DEFAULT_SPACE_LAYERS} layers and two parents (give --parents for yours)"
+    table = Table(title=title)
     for column in ("space", "method", "dimension", "description"):
         table.add_column(column)
-    for info in api.spaces():
+    for info in infos:
         table.add_row(info.name, info.method, str(info.dimension), info.description)
     stdout.print(table)
+    for info in infos:
+        for note in info.notes:
+            console.print(f"warning: {note}", style="yellow")
 
 
 @app.command()
-@user_errors
+@user_errors(loads_models=False)
 def recipes() -> None:
     """The shipped merge recipes (`evomerge merge NAME`) and training pipelines (`evomerge train --pipeline NAME`)."""
     table = Table()
@@ -607,7 +666,7 @@ def recipes() -> None:
 
 
 @app.command()
-@user_errors
+@user_errors(loads_models=False)
 def export(
     study: str = typer.Option(..., help="Study name."),
     storage: Optional[str] = typer.Option(None, help="Storage URL (default: results/<study>/study.db)."),

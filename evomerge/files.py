@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, Union
+from typing import Iterable, Iterator, Sequence, Union
 
 from evomerge.errors import EvomergeError
 
@@ -85,3 +85,24 @@ def jsonl_objects(path: Path, error: type[EvomergeError], what: str = "a record"
 def write_jsonl(path: Union[str, Path], records: Iterable[dict], *, ensure_ascii: bool = False) -> Path:
     """One JSON object per line, UTF-8 (non-ASCII text as it is unless `ensure_ascii`)."""
     return write_text_atomic(path, "".join(json.dumps(record, ensure_ascii=ensure_ascii) + "\n" for record in records))
+
+
+def parent_labels(parents: Sequence[str]) -> dict[str, str]:
+    """A short name per parent for tables: its folder's name, else the label its lineage records
+    (`evomerge train`'s, e.g. "instruct-CPT-SFT"), else the path as given, whichever tells the
+    parents apart first."""
+
+    def lineage_label(parent: str) -> str:
+        try:
+            return str(json.loads((Path(parent) / LINEAGE_FILE).read_text(encoding="utf-8")).get("label") or "")
+        except (OSError, ValueError, AttributeError):
+            return ""
+
+    candidates = (
+        {parent: Path(str(parent).rstrip("/")).name for parent in parents},
+        {parent: lineage_label(parent) for parent in parents},
+    )
+    for names in candidates:
+        if all(names.values()) and len(set(names.values())) == len(names):
+            return names
+    return {parent: str(parent) for parent in parents}

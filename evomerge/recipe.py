@@ -266,6 +266,34 @@ class Recipe(BaseModel):
                     yield f"slices[{index}].sources[{source.model}].parameters", source.parameters
 
 
+# A search's export carries where the recipe came from on one comment line (YAML and mergekit
+# ignore it): the study, the trial, its scores. `evomerge merge` puts them in the model card.
+EXPORT_METADATA_PREFIX = "# evomerge-metadata: "
+
+
+def export_metadata_line(metadata: dict) -> str:
+    """The comment line that carries a search export's metadata (one line of JSON)."""
+    import json
+
+    return EXPORT_METADATA_PREFIX + json.dumps(metadata, separators=(", ", ": ")) + "\n"
+
+
+def read_export_metadata(text: str) -> Optional[dict]:
+    """The metadata a search export's comment carries, None for any other recipe (or a damaged line)."""
+    import json
+
+    for line in text.splitlines():
+        if line.startswith(EXPORT_METADATA_PREFIX):
+            try:
+                data = json.loads(line[len(EXPORT_METADATA_PREFIX) :])
+            except ValueError:
+                return None
+            return data if isinstance(data, dict) else None
+        if line.strip() and not line.startswith("#"):
+            return None  # only the header before the YAML counts
+    return None
+
+
 def layer_position(layer_in_slice: int, slice_length: int) -> float:
     """Where a layer sits in its slice for gradients: i/(L-1), and 1 for a one-layer slice."""
     return layer_in_slice / (slice_length - 1) if slice_length > 1 else 1.0

@@ -33,11 +33,51 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from evomerge.config import YamlDocument, load_yaml_file, validate
 from evomerge.errors import EvomergeError, RecipeError
-from evomerge.recipe import PAPER_T, Recipe, mergekit_method, outside_range
+from evomerge.recipe import PAPER_T, Recipe, layer_position, mergekit_method, outside_range
 
 
 class SpaceError(EvomergeError):
     """A search space file that is malformed, or that does not fit the parents."""
+
+
+# mergekit's contract for the shipped spaces' methods, as `method_contract` reads it from mergekit
+# (tests/test_space.py checks the two agree): listing or sizing a shipped space then needs no
+# mergekit import (which loads torch, seconds), and `evomerge spaces` answers at once.
+KNOWN_CONTRACTS: dict[str, tuple[bool, Optional[int], frozenset[str]]] = {
+    "slerp": (True, 2, frozenset()),
+    "linear": (False, None, frozenset()),
+    "task_arithmetic": (True, None, frozenset({"weight", "density"})),
+    "ties": (True, None, frozenset({"weight", "density"})),
+    "dare_ties": (True, None, frozenset({"weight", "density"})),
+    "dare_linear": (True, None, frozenset({"weight", "density"})),
+    "della": (True, None, frozenset({"weight", "density", "epsilon"})),
+    "della_linear": (True, None, frozenset({"weight", "density", "epsilon"})),
+    "breadcrumbs": (True, None, frozenset({"weight", "density", "gamma"})),
+    "breadcrumbs_ties": (True, None, frozenset({"weight", "density", "gamma"})),
+    "model_stock": (True, None, frozenset()),
+    "sce": (True, None, frozenset()),
+    "nuslerp": (False, None, frozenset({"weight"})),
+    "karcher": (False, None, frozenset()),
+    "passthrough": (False, 1, frozenset()),  # per slice: a depth-wise recipe's slices each take one parent
+}
+# Whether each of these methods normalises the weights by their sum unless told otherwise.
+KNOWN_NORMALIZE: dict[str, Optional[bool]] = {
+    "slerp": None,
+    "linear": True,
+    "task_arithmetic": False,
+    "ties": True,
+    "dare_ties": False,
+    "dare_linear": False,
+    "della": True,
+    "della_linear": False,
+    "breadcrumbs": False,
+    "breadcrumbs_ties": False,
+    "model_stock": None,
+    "sce": None,
+    "nuslerp": None,
+    "karcher": None,
+    "passthrough": None,
+}
 
 
 def method_contract(method: str) -> tuple[bool, Optional[int], set[str]]:
@@ -45,12 +85,30 @@ def method_contract(method: str) -> tuple[bool, Optional[int], set[str]]:
     parent only). A clear SpaceError for a method mergekit does not know."""
     from mergekit.merge_methods.base import BasePolicy, ParameterScope
 
-    try:
-        spec = mergekit_method(method).spec
-    except RecipeError as error:
-        raise SpaceError(str(error)) from None
+    spec = _mergekit_spec(method)
     non_base = {p.name for p in spec.parameters if p.scope == ParameterScope.NON_BASE}
     return spec.contract.base == BasePolicy.REQUIRED, spec.contract.max_inputs, non_base
+
+
+def method_normalizes(method: str) -> Optional[bool]:
+    """mergekit's default for the method's `normalize` option (None: it has none)."""
+    return next((bool(p.default) for p in _mergekit_spec(method).parameters if p.name == "normalize"), None)
+
+
+def _mergekit_spec(method: str):
+    try:
+        return mergekit_method(method).spec
+    except RecipeError as error:
+        raise SpaceError(str(error)) from None
+
+
+def gradient_at(anchors: list[float], position: float) -> float:
+    """A gradient read at a position in [0, 1], as mergekit reads it."""
+    scaled = position * (len(anchors) - 1)
+    low = math.floor(scaled)
+    high = min(len(anchors) - 1, low + 1)
+    fraction = scaled - low
+    return (1 - fraction) * anchors[low] + fraction * anchors[high]
 
 
 class Trial(Protocol):
@@ -78,7 +136,12 @@ class ValueSpec:
         if self.choices:
             return trial.suggest_categorical(name, list(self.choices))
         if self.anchors:
-            return [self._one(trial, f"{name}.{i}") for i in range(self.anchors)]
+            # Never more anchors than layers: mergekit reads anchor i at layer i when there are as
+            # many, so more would add values no layer reads (on 2 layers, 3 of 5 anchors).
+            count = min(self.anchors, num_layers)
+            if count < 2:  # one layer reads one value
+                return self._one(trial, f"{name}.0")
+            return [self._one(trial, f"{name}.{i}") for i in range(count)]
         if self.group_size:
             groups = math.ceil(num_layers / self.group_size)
             values = [self._one(trial, f"{name}.g{g}") for g in range(groups)]
@@ -118,8 +181,31 @@ class SearchSpace:
 
     @cached_property
     def contract(self) -> tuple[bool, Optional[int], set[str]]:
-        """`method_contract(self.method)`, asked of mergekit once per space."""
+        """`method_contract(self.method)`, asked of mergekit once per space (known without it
+        for the shipped spaces' methods)."""
+        if self.method in KNOWN_CONTRACTS:
+            needs_base, max_inputs, non_base = KNOWN_CONTRACTS[self.method]
+            return needs_base, max_inputs, set(non_base)
         return method_contract(self.method)
+
+    def inert_parameters(self, parents: list[str], base: Optional[str]) -> list[str]:
+        """Searched values that cannot change the merge for these parents, each as a line for the
+        user: a per-model `weight` when the method normalises the weights by their sum and only
+        one parent is weighed (its weight divides out: TIES with a base and one other parent)."""
+        notes = []
+        needs_base, _, non_base = self.contract
+        normalize = self.options.get("normalize", KNOWN_NORMALIZE[self.method] if self.method in KNOWN_NORMALIZE else method_normalizes(self.method))
+        for parameter in self.parameters:
+            if parameter.name != "weight" or not parameter.per_model or not normalize:
+                continue
+            weighed = [p for p in parents if p != base] if needs_base and "weight" in non_base else list(parents)
+            searched = [spec for spec in ([parameter.default] if parameter.default else []) + [v for _, v in parameter.filters] if spec.fixed is None]
+            if len(weighed) == 1 and searched:
+                notes.append(
+                    f"space {self.name}: {self.method} normalises the weights by their sum, so with one weighed parent "
+                    f"({Path(weighed[0]).name}) 'weight' cannot change the merge; fix it, or set options: {{normalize: false}}"
+                )
+        return notes
 
     def check_parents(self, parents: list[str], base: Optional[str]) -> None:
         """Refuse a space that cannot merge these parents (before any work): the flags' own errors
@@ -243,10 +329,14 @@ class SearchSpace:
             spec = filters[name]
             if spec.anchors != len(anchors) or spec.fixed is not None:
                 return None
-            for index, value in enumerate(anchors):
+            # With fewer layers than anchors the space has one anchor per layer: the paper's
+            # gradient read at each layer's position, the same tensors.
+            count = min(spec.anchors, num_layers)
+            values = anchors if count == len(anchors) else [gradient_at(anchors, layer_position(i, count)) for i in range(count)]
+            for index, value in enumerate(values):
                 if not spec.low <= value <= spec.high:
                     return None
-                params[f"t.{name}.{index}"] = float(value)
+                params[f"t.{name}.{index}"] = round(float(value), 10)
         if not t.default.low <= 0.5 <= t.default.high:
             return None
         params["t.default"] = 0.5

@@ -80,6 +80,7 @@ SLOW = (
     "tests/search/test_export.py::test_a_two_benchmark_study_writes",
     "tests/search/test_export.py::test_the_study_lives_in_its_results_folder",
     "tests/test_cli_search.py::test_search_runs_end_to_end",
+    "tests/test_cli_terminal.py::test_a_signal_stops_a_search",
     "tests/test_bad_input.py::test_bad_input_is_one_clean_line_and_leaves_nothing[eval-unknown-lm-eval-task]",
     "tests/evaluate/test_harness.py::test_unknown_task_is_a_clear_error",
     "tests/merge/test_fused.py::test_a_corrupted_cache_that_cannot_be_rebuilt",

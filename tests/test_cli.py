@@ -9,6 +9,7 @@ from cli_checks import assert_clean_error
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+import evomerge
 from evomerge.cli import app
 from evomerge.recipe import Recipe, paper_recipe
 from evomerge.shipped import resolve_recipe, shipped_recipes
@@ -58,6 +59,23 @@ def test_merge_writes_a_loadable_model_equal_to_mergekit(parents, tmp_path):
     a, b = load_file(ours / "model.safetensors"), load_file(theirs / "model.safetensors")
     assert set(a) == set(b)
     assert all(torch.equal(a[k], b[k]) for k in b)
+    # A model card beside the weights, as mergekit-yaml writes one, from either engine.
+    for folder in (ours, theirs):
+        card = (folder / "README.md").read_text()
+        assert card.startswith("---\n") and "library_name: transformers" in card
+        assert f"evomerge {evomerge.__version__}" in card and "`slerp` method" in card
+        assert f"* `{parents['instruct']}`" in card and f"* `{parents['child']}`" in card
+        assert Recipe.load(folder / "mergekit_config.yml").to_yaml().rstrip() in card
+        assert "### Search" not in card  # a hand-written recipe came from no study
+
+
+def test_a_failed_merge_writes_no_model_card(parents, tmp_path):
+    """The card is written with the rest of the folder, all or nothing."""
+    recipe = paper_recipe(str(parents["instruct"]), str(parents["narrow"]))
+    out = tmp_path / "out"
+    result = run("merge", write_recipe(tmp_path, recipe), "--out", out, "--device", "cpu")
+    assert result.exit_code == 2
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
 
 
 def test_existing_output_is_refused_unless_overwrite(parents, tmp_path):

@@ -126,7 +126,18 @@ def cli_study(search_parents, tmp_path_factory):
             study.set_user_attr(PARENT_SCORES_ATTR, marked)
             after_first["marked"] = marked
         second = invoke(*search_args(search_parents, trials=6))
-    return {"work": work, "folder": folder, "storage": storage, "first": first, "second": second, "after_first": after_first}
+        third = invoke(*search_args(search_parents, trials=6))  # the study has its 6 already
+    return {
+        "third": third,
+        "work": work,
+        "folder": folder,
+        "storage": storage,
+        "first": first,
+        "second": second,
+        "after_first": after_first,
+        "parents": [search_parents["instruct"], search_parents["child"]],
+        "parents_bench": search_parents["benchmark"],
+    }
 
 
 def test_search_runs_end_to_end_prints_the_summary_and_writes_results(cli_study):
@@ -134,11 +145,11 @@ def test_search_runs_end_to_end_prints_the_summary_and_writes_results(cli_study)
     assert first.exit_code == 0, (first.output, first.exception)
     out = first.stdout
     assert f"Study {STUDY}" in out
-    # One row per parent, named by its path (which a narrow terminal may wrap after "parent").
-    assert out.count("│ parent ") == 2, out
+    # One row per parent, named by its folder (not its long path).
+    assert "│ parent instruct " in out and "│ parent child " in out, out
+    assert str(cli_study["work"]) not in out.split("Results:")[0], "a parent's long path in the table"
     assert "paper's recipe" in out and "best found (trial" in out
     assert "gain over the best parent" in out and "synergy over the parents' mean" in out
-    assert "best on held-out items (n=" in out  # --holdout defaults to 0.2
     # The trial counts as the study holds them (rich may wrap the line on a narrow terminal).
     counts = re.search(r"Trials: (\d+) complete, (\d+) pruned, (\d+) failed, (\d+) duplicates not re-evaluated", " ".join(out.split()))
     assert counts, out
@@ -152,6 +163,68 @@ def test_search_runs_end_to_end_prints_the_summary_and_writes_results(cli_study)
     assert summary["study"] == STUDY and summary["holdout"]["holdout_n"] > 0
     assert summary["trials"]["complete"] + summary["trials"]["pruned"] == 4
     assert summary["baseline_accuracy"] is not None
+
+
+def table_row(out: str, name: str) -> list[str]:
+    """The cells of the table row whose first cell starts with `name`."""
+    for line in out.splitlines():
+        cells = [cell.strip() for cell in line.split("│")]
+        if len(cells) > 2 and cells[1].startswith(name):
+            return cells[1:-1]
+    raise AssertionError(f"no row {name!r} in:\n{out}")
+
+
+def test_every_search_ends_with_the_held_out_scores_gain_interval_and_verdict(cli_study):
+    """--holdout defaults to 0.2: the parents and the best recipe on the held-out items, the gain
+    over the best parent with its paired 95% interval, and a verdict that never calls noise a gain,
+    in the table, in summary.json and in the Python result."""
+    out = cli_study["first"].stdout
+    held = cli_study["after_first"]["summary"]["holdout"]
+    n = held["holdout_n"]
+    assert n > 0 and f"held-out (n={n})" in out
+    assert "held-out items the search never saw, 95% CI" in " ".join(out.split())
+    assert set(held["parents"]) == {str(p) for p in cli_study["parents"]}
+    for parent, accuracy in held["parents"].items():
+        assert table_row(out, f"parent {Path(parent).name}")[2] == f"{accuracy:.3f}"
+    assert held["best_parent"] == max(held["parents"].values())
+    assert held["gain"] == pytest.approx(held["holdout_accuracy"] - held["best_parent"])
+    low, high = held["gain_interval"]
+    assert low <= held["gain"] <= high
+    best = table_row(out, "best found (trial")
+    assert best[2] == f"{held['holdout_accuracy']:.3f} [{held['holdout_interval'][0]:.3f}, {held['holdout_interval'][1]:.3f}]"
+    assert table_row(out, "gain over the best parent")[2] == f"{held['gain']:+.3f} [{low:+.3f}, {high:+.3f}]"
+    verdicts = [line for line in out.splitlines() if line.startswith(("Gain:", "Loss:", "No gain shown:"))]
+    assert verdicts == [held["verdict"]], out
+    if low <= 0 <= high:
+        assert held["verdict"].startswith("No gain shown:")  # noise is never a gain
+    # The parents' held-out per-item results are kept with their scores (for the paired bootstrap).
+    for scores in cli_study["after_first"]["parent_scores"].values():
+        assert len(scores[0]["holdout_correct"]) == n
+
+
+@pytest.mark.parametrize("split", ["holdout", "search", "all"])
+def test_eval_split_scores_exactly_the_items_the_search_used(cli_study, split):
+    """`eval --split` on a parent: the held-out items give the parent's held-out score the search
+    stored, the search items its score on them, and all both."""
+    parent = cli_study["parents"][0]
+    result = invoke("eval", "--model", parent, "--benchmark", cli_study["parents_bench"], "--protocol", "loglik", "--device", "cpu", "--split", split, "--json")
+    assert result.exit_code == 0, result.output
+    scored = json.loads(result.stdout.strip().splitlines()[-1])
+    stored = cli_study["after_first"]["parent_scores"][str(parent)][0]
+    held = cli_study["after_first"]["summary"]["holdout"]
+    expected = {
+        "holdout": (held["holdout_n"], stored["holdout"]),
+        "search": (len(stored["correct"]), stored["fidelity"]["1.0"]),
+        "all": (16, None),
+    }[split]
+    assert scored["n"] == expected[0]
+    if expected[1] is not None:
+        assert scored["accuracy"] == pytest.approx(expected[1], abs=1e-12)
+
+
+def test_eval_split_on_an_lm_eval_task_is_a_clean_error(search_parents):
+    result = invoke("eval", "--model", search_parents["instruct"], "--benchmark", "lm-eval:any_task", "--split", "holdout", "--device", "cpu")
+    assert_clean_error(result, "--split")
 
 
 def test_rerunning_the_command_with_more_trials_continues_the_study(cli_study):
@@ -169,6 +242,15 @@ def test_rerunning_the_command_with_more_trials_continues_the_study(cli_study):
     assert f"{MARKER:.3f}" in second.stdout
     with open(cli_study["folder"] / "trials.csv", newline="") as handle:
         assert len(list(csv.DictReader(handle))) == len(study.trials)
+
+
+def test_rerunning_a_finished_study_says_it_is_complete(cli_study):
+    third = cli_study["third"]
+    assert third.exit_code == 0, third.output
+    assert "study instruct-child-slerp_gradient is complete (6 trials); raise --trials to continue" in third.stderr
+    assert "0/6" not in third.stderr
+    study = optuna.load_study(study_name=STUDY, storage=cli_study["storage"])
+    assert finished_count(study) == 6
 
 
 def test_results_folder_holds_recipe_table_summary_and_plots(cli_study):
@@ -207,6 +289,23 @@ def test_export_command_writes_the_kth_best(cli_study, tmp_path, monkeypatch):
     assert_clean_error(invoke("export", "--study", "other", "--storage", cli_study["storage"]), "no study 'other'")
 
 
+def test_merging_an_exported_recipe_writes_a_card_with_the_study_and_its_scores(cli_study, tmp_path):
+    """`evomerge merge` on a search's export: README.md names the study and the trial, the parents'
+    and the merge's scores on the search and held-out items, the gain's interval and the verdict."""
+    out = tmp_path / "merged"
+    result = invoke("merge", cli_study["folder"] / "best-recipe.yaml", "--out", out, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    card = (out / "README.md").read_text()
+    summary = json.loads((cli_study["folder"] / "summary.json").read_text())
+    held = summary["holdout"]
+    assert f"evomerge study `{STUDY}`" in card and f"trial {summary['best_trial']}, rank 1" in card
+    assert f"held-out items (n={held['holdout_n']})" in card
+    assert f"| parent instruct | {summary['parents'][str(cli_study['parents'][0])]:.3f} | {held['parents'][str(cli_study['parents'][0])]:.3f} |" in card
+    assert f"| this merge | {summary['best_accuracy']:.3f} | {held['holdout_accuracy']:.3f} [" in card
+    assert held["verdict"] in card
+    assert "merge_method: slerp" in card
+
+
 def test_export_without_a_study_database_is_a_clean_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert_clean_error(invoke("export", "--study", "nothing"), "no study storage")
@@ -231,6 +330,19 @@ def test_spaces_lists_every_shipped_space_with_its_dimension():
     assert rows["slerp_layerwise"][3] == "17"
     assert rows["ties"][2] == "ties" and rows["ties"][3] == "2"
     assert rows["della"][2] == "della" and rows["della"][3] == "3"
+
+
+def test_spaces_for_given_parents_counts_their_layers_and_warns_of_inert_values(search_parents):
+    """On the 2-layer fixture parents a gradient has 2 anchors (not 5), a group of 4 layers is one
+    group, and TIES's one weighed weight is divided out by normalisation: said in a warning."""
+    result = invoke("spaces", "--parents", f"{search_parents['instruct']},{search_parents['child']}")
+    assert result.exit_code == 0, result.output
+    rows = {cells[1]: cells for cells in ([c.strip() for c in line.split("│")] for line in result.stdout.splitlines()) if len(cells) > 4}
+    assert "Dimensions for instruct, child: 2 layers, 2 parents" in result.stdout
+    assert rows["slerp_gradient"][3] == "5" and rows["slerp_layerwise"][3] == "3" and rows["slerp_global"][3] == "1"
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "space ties" in warnings[0] and "'weight' cannot change the merge" in warnings[0]
+    assert_clean_error(invoke("spaces", "--parents", f"{search_parents['instruct']},{search_parents['instruct']}x"), "parent not found")
 
 
 def test_dashboard_help_works_without_starting_a_server():

@@ -242,7 +242,7 @@ def test_grid_enumerates_every_step():
     assert grid["t"][0] == 0.0 and grid["t"][-1] == 1.0
     assert grid["t"][30] == 0.3  # rounded, not 0.30000000000000004
     grid = load_space("slerp_gradient").grid(4, [A, B], A)
-    assert len(grid) == 11
+    assert len(grid) == 9  # 4 anchors for self_attn and mlp on 4 layers (never more anchors than layers), 1 default
     assert all(len(values) == 21 for values in grid.values())
     grid = load_space("ties").grid(4, [A, B, C], A)
     assert set(grid) == {"weight.m0", "weight.m1", "density.m0", "density.m1"}
@@ -493,6 +493,7 @@ def test_mergekit_is_asked_for_the_methods_contract_once_per_space(monkeypatch):
     calls = []
     original = space_module.method_contract
     monkeypatch.setattr(space_module, "method_contract", lambda method: calls.append(method) or original(method))
+    monkeypatch.setattr(space_module, "KNOWN_CONTRACTS", {})  # as for a method the table does not list
     space = load_space("ties")
     for seed in range(3):
         space.suggest(DictTrial(default=0.5), [A, B, C], A, num_layers=4)
@@ -556,3 +557,56 @@ def test_depthwise_slerp_searches_a_t_per_block_between_base_and_other():
 def test_malformed_depthwise_space_is_refused(tmp_path, text, words):
     with pytest.raises(SpaceError, match=re.escape(words)):
         load_space(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3, 4, 5, 32])
+def test_gradient_anchors_never_outnumber_the_layers(layers):
+    """On a 2-layer model a 5-anchor gradient would add 3 values no layer reads: the space asks
+    for one anchor per layer at most (and one value for a single layer)."""
+    space = load_space("slerp_gradient")
+    assert space.dimension(layers, 2) == 2 * min(5, layers) + 1
+    trial = optuna.trial.FixedTrial({name: 0.5 for name in space.grid(layers, [A, B], A)})
+    recipe = space.suggest(trial, [A, B], A, num_layers=layers)
+    for entry in recipe.parameters["t"][:2]:
+        assert (len(entry["value"]) if isinstance(entry["value"], list) else 1) == min(5, layers)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3, 4, 7])
+def test_the_papers_recipe_on_few_layers_is_the_same_tensors_with_fewer_anchors(layers):
+    """With fewer layers than anchors the baseline is the paper's gradient read at each layer."""
+    space = load_space("slerp_gradient")
+    params = space.baseline_params(num_layers=layers)
+    assert params is not None and len(params) == 2 * min(5, layers) + 1
+    recipe = space.suggest(optuna.trial.FixedTrial(params), [A, B], A, num_layers=layers, dtype="bfloat16")
+    paper = paper_recipe(A, B, dtype="bfloat16")
+    for layer in range(layers):
+        position = layer / (layers - 1) if layers > 1 else 1.0
+        for module in ("self_attn.q_proj", "mlp.up_proj", "input_layernorm"):
+            tensor = f"model.layers.{layer}.{module}.weight"
+            assert recipe.parameter("t", tensor, position) == pytest.approx(paper.parameter("t", tensor, position), abs=1e-9)
+
+
+def test_a_weight_that_normalisation_undoes_is_warned_about():
+    """TIES normalises the weights by their sum: with a base and one other parent the one weight
+    divides out, so searching it cannot change the merge."""
+    ties = load_space("ties")
+    notes = ties.inert_parameters([A, B], A)
+    assert len(notes) == 1 and "'weight' cannot change the merge" in notes[0] and "normalize: false" in notes[0]
+    assert ties.inert_parameters([A, B, "./c"], A) == []  # two weighed parents: their ratio matters
+    unnormalised = parse_space(
+        {"method": "ties", "parameters": {"weight": {"per_model": True, "default": {"low": 0.1, "high": 1}}}, "options": {"normalize": False}}, "t"
+    )
+    assert unnormalised.inert_parameters([A, B], A) == []
+    for name in ("slerp_gradient", "slerp_global", "task_arithmetic"):
+        assert load_space(name).inert_parameters([A, B], A) == [], name
+
+
+def test_the_known_method_contracts_are_mergekits():
+    """`evomerge spaces` reads the shipped methods' contracts from a table (no mergekit import):
+    the table must say what mergekit says."""
+    from evomerge.space import KNOWN_CONTRACTS, KNOWN_NORMALIZE, method_contract, method_normalizes
+
+    for method, (needs_base, max_inputs, non_base) in KNOWN_CONTRACTS.items():
+        assert method_contract(method) == (needs_base, max_inputs, set(non_base)), method
+        assert method_normalizes(method) == KNOWN_NORMALIZE[method], method
+    assert {load_space(name).method for name in SHIPPED} <= set(KNOWN_CONTRACTS)

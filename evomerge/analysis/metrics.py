@@ -124,6 +124,17 @@ def gain_over_parents(merged: Sequence[bool], parents: Sequence[Sequence[bool]],
     return bootstrap.interval(m.mean() - max(v.mean() for v in vectors), bootstrap.means(m) - best_star)
 
 
+def gain_verdict(gain: Interval, n: int, items: str = "held-out items") -> str:
+    """One line that calls a difference a gain only when its whole 95% interval lies above zero
+    (and a loss only when it lies below): the words every search, the demo and the map use."""
+    interval = f"{gain.estimate:+.3f} [95% CI {gain.low:+.3f}, {gain.high:+.3f}] on {n} {items}"
+    if gain.above_zero:
+        return f"Gain: the searched merge beats the best parent by more than the noise, {interval}."
+    if gain.below_zero:
+        return f"Loss: the searched merge is worse than the best parent, {interval}."
+    return f"No gain shown: {interval}; the interval contains zero, so the difference is within the noise."
+
+
 # ----- kinship: how alike the parents' fine-tuning directions are --------------------------
 
 

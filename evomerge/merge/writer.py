@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 
 from evomerge.errors import EvomergeError, first_line
 from evomerge.files import staged_folder
+from evomerge.merge.card import CARD_FILE
 from evomerge.merge.merger import DTYPES, Merger, resolve_device
 from evomerge.merge.parents import ParentInfo, check_parents, inspect_parent
 from evomerge.recipe import Recipe, mergekit_method
@@ -66,22 +67,26 @@ def write_merged(
     seed: Optional[int] = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    card: Optional[str] = None,
 ) -> None:
     """Merge the recipe's parents with either engine and write the model folder, all or nothing.
 
     evomerge: in memory with `Merger`; mergekit: mergekit's own `mergekit-yaml` pipeline (the
-    reference). Both check the method and the parents before reading any weights."""
+    reference). Both check the method and the parents before reading any weights. `card`: the
+    model card's text (README.md, written with the rest of the folder; mergekit's own is replaced)."""
     if engine not in ENGINES:
         raise EvomergeError(f"unknown engine {engine!r}; expected evomerge or mergekit")
     mergekit_method(recipe.merge_method)
     infos = inspect_recipe_parents(recipe, allow_pickle, trust_remote_code)
     if engine == "evomerge":
-        _write_with_evomerge(recipe, infos, Path(out), device, seed, trust_remote_code)
+        _write_with_evomerge(recipe, infos, Path(out), device, seed, trust_remote_code, card)
     else:
-        _write_with_mergekit(recipe, Path(out), device, seed, trust_remote_code)
+        _write_with_mergekit(recipe, Path(out), device, seed, trust_remote_code, card)
 
 
-def _write_with_evomerge(recipe: Recipe, infos: list[ParentInfo], out: Path, device: str, seed: Optional[int], trust_remote_code: bool) -> None:
+def _write_with_evomerge(
+    recipe: Recipe, infos: list[ParentInfo], out: Path, device: str, seed: Optional[int], trust_remote_code: bool, card: Optional[str] = None
+) -> None:
     merger = Merger.load(infos, device=device, dtype=recipe.dtype, trust_remote_code=trust_remote_code)
     model = merger.apply(recipe, seed=seed)  # apply plans (and checks) the recipe before writing a tensor
     out_dtype = DTYPES[recipe.out_dtype] if recipe.out_dtype else None
@@ -102,9 +107,11 @@ def _write_with_evomerge(recipe: Recipe, infos: list[ParentInfo], out: Path, dev
             raise OSError(f"cannot write the merged model to {out}: {first_line(error)}") from None
         copy_tokenizer(base, staging)
         recipe.save(staging / RECIPE_FILE)
+        if card is not None:
+            (staging / CARD_FILE).write_text(card, encoding="utf-8")
 
 
-def _write_with_mergekit(recipe: Recipe, out: Path, device: str, seed: Optional[int], trust_remote_code: bool) -> None:
+def _write_with_mergekit(recipe: Recipe, out: Path, device: str, seed: Optional[int], trust_remote_code: bool, card: Optional[str] = None) -> None:
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
@@ -119,3 +126,5 @@ def _write_with_mergekit(recipe: Recipe, out: Path, device: str, seed: Optional[
     with staged_folder(out) as staging:
         with torch.inference_mode(False):
             run_merge(config, str(staging), options=options, config_source=recipe.to_yaml())
+        if card is not None:
+            (staging / CARD_FILE).write_text(card, encoding="utf-8")

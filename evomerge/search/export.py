@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from evomerge.errors import EvomergeError
 from evomerge.files import atomic_path, write_text_atomic
-from evomerge.recipe import Recipe, layer_position, paper_recipe
+from evomerge.recipe import Recipe, export_metadata_line, layer_position, paper_recipe
 from evomerge.search.objective import ParentScores
 from evomerge.search.run import HOLDOUT_ATTR
 from evomerge.search.study import PARENT_SCORES_ATTR, load_settings, ranked_trials
@@ -40,8 +40,30 @@ def export_recipe(study: optuna.Study, out: Path, rank: int = 1) -> optuna.trial
     trial = ranked[rank - 1]
     out.parent.mkdir(parents=True, exist_ok=True)
     header = f"# evomerge study {study.study_name}, trial {trial.number}, rank {rank}: value {trial.values[0]:.4f}\n"
-    write_text_atomic(out, header + recipe_of(trial).to_yaml())
+    write_text_atomic(out, header + export_metadata_line(export_metadata(study, trial, rank)) + recipe_of(trial).to_yaml())
     return trial
+
+
+def export_metadata(study: optuna.Study, trial: optuna.trial.FrozenTrial, rank: int) -> dict:
+    """Where an exported recipe came from, for the model card `evomerge merge` writes: the study,
+    the trial and its rank, the benchmarks, the parents' and the trial's scores on the search
+    items, and (for the study's best trial) the held-out scores with their interval and verdict."""
+    settings = load_settings(study)
+    parent_scores = ParentScores(study.user_attrs.get(PARENT_SCORES_ATTR, {}))
+    held = study.user_attrs.get(HOLDOUT_ATTR) or {}
+    return {
+        "study": study.study_name,
+        "trial": trial.number,
+        "rank": rank,
+        "objective": settings.objective,
+        "value": trial.values[0],
+        "benchmarks": settings.benchmarks,
+        "parents": dict(zip(parent_scores.by_parent, parent_scores.at(0, 1.0))) if parent_scores.by_parent else {},
+        "accuracy": trial.user_attrs.get("accuracy"),
+        "gain": trial.user_attrs.get("gain"),
+        "synergy": trial.user_attrs.get("synergy"),
+        "holdout": {key: value for key, value in held.items()} if held.get("trial") == trial.number else None,
+    }
 
 
 def summarise(study: optuna.Study, wall_s: Optional[float] = None) -> dict:

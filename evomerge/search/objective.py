@@ -90,12 +90,14 @@ def ensure_parent_scores(study: optuna.Study, compute: Callable[[], dict]) -> di
     return stored
 
 
-def parent_entry(fidelity: Mapping[str, float], search: ScoreResult, holdout: Optional[float]) -> dict:
+def parent_entry(fidelity: Mapping[str, float], search: ScoreResult, holdout: Optional[ScoreResult]) -> dict:
     """What the study stores for one parent on one benchmark: its accuracy at each fidelity (by
-    `str(fraction)`), its per-item results on every search item, and its held-out accuracy."""
+    `str(fraction)`), its per-item results on every search item, and its held-out accuracy with
+    its per-item results (so the best recipe's held-out gain gets a paired interval)."""
     entry = {"fidelity": dict(fidelity), "correct": correctness_string(search), "per_category": search.per_category}
     if holdout is not None:
-        entry["holdout"] = holdout
+        entry["holdout"] = holdout.accuracy
+        entry["holdout_correct"] = correctness_string(holdout)
     return entry
 
 
@@ -118,7 +120,7 @@ def parent_scores_from_results(results: Mapping[str, ScoreResult], search: Bench
     for parent, result in results.items():
         on_search = subset_result(result, search_ids)
         fidelity = {str(f): subset_result(on_search, search_ids[: search.count(f)]).accuracy for f in fidelities}
-        holdout = subset_result(result, [item.id for item in held.items]).accuracy if held is not None and len(held) else None
+        holdout = subset_result(result, [item.id for item in held.items]) if held is not None and len(held) else None
         by_parent[parent] = [parent_entry(fidelity, on_search, holdout)]
     return by_parent
 
@@ -253,7 +255,7 @@ class TrialRunner:
                     full = objective.scorer.score(model, f, previous=full)
                     fidelity[str(f)] = full.accuracy
                 held = self.holdout_scorers.get(index)
-                per_benchmark.append(parent_entry(fidelity, full, held.score(model, 1.0).accuracy if held else None))
+                per_benchmark.append(parent_entry(fidelity, full, held.score(model, 1.0) if held else None))
             by_parent[parent] = per_benchmark
         return by_parent
 

@@ -20,7 +20,7 @@ import os
 import shutil
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -38,6 +38,7 @@ from evomerge.search.locks import study_lock
 from evomerge.search.objective import CLAIM_ATTR, TrialRunner, ensure_parent_scores
 from evomerge.search.study import (
     HEARTBEAT_S,
+    PARENT_SCORES_ATTR,
     TAKEN,
     SearchSettings,
     best_trial,
@@ -69,6 +70,7 @@ class Prepared:
     storage: object = None  # None until the storage is opened (see `prepare`)
     grid: Optional[dict] = None  # the grid sampler's values, when --sampler grid
     warm_start: Optional[WarmStart] = None  # a finished study's best recipes, when --warm-start
+    notes: list[str] = field(default_factory=list)  # warnings for the user: searched values that cannot change the merge
 
 
 def check_search(settings: SearchSettings, infos: Optional[Sequence[ParentInfo]] = None) -> Prepared:
@@ -103,7 +105,8 @@ def check_search(settings: SearchSettings, infos: Optional[Sequence[ParentInfo]]
                 "search fewer values (e.g. --space slerp_global) or raise --grid-limit"
             )
     warm = load_warm_start(settings, space, infos[0].num_layers) if settings.warm_start else None
-    return Prepared(settings, space, list(infos), grid=grid, warm_start=warm)
+    notes = space.inert_parameters(list(settings.parents), settings.base)
+    return Prepared(settings, space, list(infos), grid=grid, warm_start=warm, notes=notes)
 
 
 def check_benchmark_size(benchmark: Benchmark, settings: SearchSettings) -> None:
@@ -293,13 +296,15 @@ class HeldOut:
 
     trial: optuna.trial.FrozenTrial
     result: ScoreResult  # per item, in the held-out items' order
-    scores: dict  # the study's HOLDOUT_ATTR: trial, search_accuracy, holdout_accuracy, holdout_n
+    scores: dict  # the study's HOLDOUT_ATTR (see `holdout_scores`)
 
 
 def holdout_result(study: optuna.Study, runner) -> Optional[HeldOut]:
-    """Score the best recipe on the held-out items the search never saw, and store its scores on
-    the study; None without held-out items. `runner` is anything with `settings` and
-    `holdout_score(recipe_yaml)` (the Ray backend scores on a worker)."""
+    """Score the best recipe on the held-out items the search never saw, measure it against the
+    parents on the same items (their per-item results, stored with the parents' scores once per
+    study, so nothing is scored twice), and store the scores on the study; None without held-out
+    items. `runner` is anything with `settings` and `holdout_score(recipe_yaml)` (the Ray backend
+    scores on a worker)."""
     if not runner.settings.holdout or runner.settings.multi_objective:
         return None
     best = best_trial(study)
@@ -308,9 +313,51 @@ def holdout_result(study: optuna.Study, runner) -> Optional[HeldOut]:
     result = runner.holdout_score(best.user_attrs["recipe"])
     if result is None:
         return None
-    scores = {"trial": best.number, "search_accuracy": best.user_attrs.get("accuracy"), "holdout_accuracy": result.accuracy, "holdout_n": result.n}
+    scores = holdout_scores(best, result, study.user_attrs.get(PARENT_SCORES_ATTR, {}), runner.settings.seed)
     study.set_user_attr(HOLDOUT_ATTR, scores)
     return HeldOut(best, result, scores)
+
+
+def holdout_scores(best: optuna.trial.FrozenTrial, result: ScoreResult, parent_scores: dict, seed: int) -> dict:
+    """What the study stores about its held-out items: the best trial, its accuracy on the search
+    and on the held-out items (with a 95% interval), each parent's held-out accuracy, the gain over
+    the best parent with its paired 95% bootstrap interval, and a one-line verdict that calls the
+    gain a gain only when the whole interval lies above zero. A study whose parents' held-out
+    per-item results were not stored (made by an older evomerge) gets the gain without interval."""
+    from evomerge.analysis.metrics import DEFAULT_RESAMPLES, Bootstrap, accuracy_interval, gain_over_parents, gain_verdict
+
+    entries = {parent: per_benchmark[0] for parent, per_benchmark in parent_scores.items() if per_benchmark}
+    parents = {parent: entry.get("holdout") for parent, entry in entries.items()}
+    scores = {
+        "trial": best.number,
+        "search_accuracy": best.user_attrs.get("accuracy"),
+        "holdout_accuracy": result.accuracy,
+        "holdout_n": result.n,
+        "holdout_interval": None,
+        "parents": parents,
+        "best_parent": max(parents.values()) if parents and None not in parents.values() else None,
+        "gain": None,
+        "gain_interval": None,
+        "verdict": None,
+    }
+    if scores["best_parent"] is None:
+        scores["verdict"] = "No held-out scores of the parents in this study: no gain can be measured on the held-out items."
+        return scores
+    scores["gain"] = result.accuracy - scores["best_parent"]
+    vectors = [entry.get("holdout_correct") for entry in entries.values()]
+    if any(vector is None or len(vector) != result.n for vector in vectors):
+        scores["verdict"] = (
+            f"Gain {scores['gain']:+.3f} on {result.n} held-out items, without an interval: this study did not keep the "
+            "parents' per-item held-out results (rerun the search in a new study for one)."
+        )
+        return scores
+    bootstrap = Bootstrap(result.n, DEFAULT_RESAMPLES, seed=seed)
+    gain = gain_over_parents(result.correct, [[c == "1" for c in vector] for vector in vectors], bootstrap)
+    accuracy = accuracy_interval(result.correct, bootstrap)
+    scores["holdout_interval"] = [accuracy.low, accuracy.high]
+    scores["gain_interval"] = [gain.low, gain.high]
+    scores["verdict"] = gain_verdict(gain, result.n)
+    return scores
 
 
 def score_holdout(study: optuna.Study, runner) -> Optional[dict]:
@@ -363,8 +410,9 @@ class SearchProgress:
     def say(self, message: str) -> None:
         """A line for the user (the parents are being scored, Ray's resources, an interruption)."""
 
-    def trial_finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """A trial of the study finished (complete, pruned or failed), in any process."""
+    def trial_finished(self, study: optuna.Study, trial: Optional[optuna.trial.FrozenTrial]) -> None:
+        """A trial of the study finished (complete, pruned or failed), in any process; `trial` is
+        None when a resumed study shows the trials it has already."""
 
     def stopped(self) -> None:
         """The search ended (normally or not); `started` was called before."""
@@ -407,8 +455,11 @@ def _run_search(settings: SearchSettings, *, timeout: Optional[float], jobs: int
         prepared = prepare(settings, preflight=executor.start)
         folder = settings.results_dir
         progress.started(settings)
+        for note in prepared.notes:
+            progress.say(f"warning: {note}")
+        complete = say_if_complete(prepared, progress)
         try:
-            progress.say("Loading parents and scoring each alone …")
+            progress.say("Loading parents …" if complete else "Loading parents and scoring each alone …")
             study, runner = executor.run(prepared, timeout=timeout, on_trial=progress.trial_finished, say=progress.say)
             holdout = score_holdout(study, runner)
         except KeyboardInterrupt as interrupt:
@@ -420,6 +471,22 @@ def _run_search(settings: SearchSettings, *, timeout: Optional[float], jobs: int
             progress.stopped()
     summary = export_all(study, folder, time.perf_counter() - start)
     return SearchRun(study, settings, summary, holdout, folder)
+
+
+def say_if_complete(prepared: Prepared, progress: SearchProgress) -> bool:
+    """A resumed study shows the trials it has; one that has its total already says so (rather
+    than a bar at 0 of N that never moves). Whether it has its total."""
+    try:
+        study = optuna.load_study(study_name=prepared.settings.study, storage=prepared.storage)
+    except KeyError:  # a new study
+        return False
+    done = finished_count(study)
+    if done:
+        progress.trial_finished(study, None)
+    if done >= prepared.settings.trials:
+        progress.say(f"study {prepared.settings.study} is complete ({done} trials); raise --trials to continue")
+        return True
+    return False
 
 
 def export_after_interrupt(settings: SearchSettings, folder: Path, wall_s: float, say: Callable[[str], None], reason: Optional[str] = None) -> None:

@@ -39,7 +39,7 @@ from evomerge.errors import EvomergeError
 from evomerge.evaluate.benchmark import Benchmark, load_benchmark, shipped_benchmarks
 from evomerge.evaluate.harness import is_lm_eval_spec
 from evomerge.evaluate.scorer import Scorer, ScoreResult
-from evomerge.files import staged_folder
+from evomerge.files import parent_labels, staged_folder
 from evomerge.merge.parents import ParentInfo, check_parents, inspect_parent, layer_index, load_parent
 from evomerge.recipe import paper_recipe, slerp_recipe
 from evomerge.search.objective import free_accelerator_memory, load_pair, recipe_dtype_name, subset_result
@@ -571,16 +571,8 @@ def stream_tensors(info: ParentInfo) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def _display_names(pair: CheckedPair) -> dict[str, str]:
-    """A short name per parent: its folder's name (what a pipeline calls the stage), else the
-    label in its lineage, else the path as given, whichever tells the two apart first."""
-    candidates = [
-        {parent: Path(parent.rstrip("/")).name for parent in pair.infos},
-        {parent: str((info.lineage or {}).get("label") or "") for parent, info in pair.infos.items()},
-    ]
-    for names in candidates:
-        if all(names.values()) and len(set(names.values())) == len(names):
-            return names
-    return {parent: parent for parent in pair.infos}
+    """A short name per parent (`files.parent_labels`: its folder's name, else its lineage's label)."""
+    return parent_labels(list(pair.infos))
 
 
 # ----- outputs -------------------------------------------------------------------------------

@@ -458,6 +458,10 @@ def test_the_held_out_score_and_export_work_unchanged(six):
     best = six["study"].best_trial
     assert holdout["trial"] == best.number and holdout["holdout_n"] > 0
     assert six["study"].user_attrs["holdout_scores"] == holdout
+    # The parents' held-out per-item results come back from the Ray task that scored them, so the
+    # held-out gain gets its paired interval and verdict on this backend too.
+    low, high = holdout["gain_interval"]
+    assert low <= holdout["gain"] <= high and holdout["verdict"].startswith(("Gain:", "Loss:", "No gain shown:"))
     summary = export_all(six["study"], six["folder"] / "export")
     reference_summary = export_all(six["reference"], six["folder"] / "export-ref")
     assert set(summary) == set(reference_summary)
