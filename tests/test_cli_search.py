@@ -334,14 +334,16 @@ def test_spaces_lists_every_shipped_space_with_its_dimension():
 
 def test_spaces_for_given_parents_counts_their_layers_and_warns_of_inert_values(search_parents):
     """On the 2-layer fixture parents a gradient has 2 anchors (not 5), a group of 4 layers is one
-    group, and TIES's one weighed weight is divided out by normalisation: said in a warning."""
+    group, and TIES's (and DELLA's) one weighed weight is divided out by normalisation: said in a warning."""
     result = invoke("spaces", "--parents", f"{search_parents['instruct']},{search_parents['child']}")
     assert result.exit_code == 0, result.output
     rows = {cells[1]: cells for cells in ([c.strip() for c in line.split("│")] for line in result.stdout.splitlines()) if len(cells) > 4}
     assert "Dimensions for instruct, child: 2 layers, 2 parents" in result.stdout
     assert rows["slerp_gradient"][3] == "5" and rows["slerp_layerwise"][3] == "3" and rows["slerp_global"][3] == "1"
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and "space ties" in warnings[0] and "'weight' cannot change the merge" in warnings[0]
+    # The methods that normalise the weights by default (mergekit's specs): TIES and DELLA.
+    assert sorted(line.split()[2].rstrip(":") for line in warnings) == ["della", "ties"]
+    assert all("'weight' cannot change the merge" in line for line in warnings)
     assert_clean_error(invoke("spaces", "--parents", f"{search_parents['instruct']},{search_parents['instruct']}x"), "parent not found")
 
 
