@@ -545,7 +545,11 @@ def print_search(found: "api.SearchResult") -> None:
     table.add_column("accuracy", justify="right")
     for name, accuracy in found.parent_scores.items():
         table.add_row(f"parent {name}", f"{accuracy:.3f}")
-    if found.baseline_accuracy is not None:
+    baselines = found.summary.get("baselines") or {}
+    if len(baselines) > 1:  # more than two parents: the paper's recipe with each child
+        for child, accuracy in baselines.items():
+            table.add_row(f"paper's recipe with {child}", f"{accuracy:.3f}")
+    elif found.baseline_accuracy is not None:
         table.add_row("paper's recipe", f"{found.baseline_accuracy:.3f}")
     if found.best_accuracy is not None:
         table.add_row(f"best found (trial {found.best_trial})", Text(f"{found.best_accuracy:.3f}", style="bold"))
