@@ -365,7 +365,7 @@ class SearchResult:
     gain: Optional[float]
     gain_interval: Optional[tuple[float, float]]
     synergy: Optional[float]
-    baseline_accuracy: Optional[float]  # the paper's recipe, where the space can express it
+    baseline_accuracy: Optional[float]  # the paper's recipe, where the space can express it (its best pair: summary["baselines"])
     holdout_accuracy: Optional[float]
     holdout_n: Optional[int]
     trials: dict[str, int]  # by state: complete, pruned, fail, …

@@ -587,7 +587,12 @@ def print_search(found: "api.SearchResult") -> None:
     for name, accuracy in found.parent_scores.items():
         on_held = found.holdout_parents.get(name)
         row(f"parent {labels[name]}", f"{accuracy:.3f}", f"{on_held:.3f}" if on_held is not None else "–")
-    if found.baseline_accuracy is not None:
+    baselines = found.summary.get("baselines") or {}
+    if len(baselines) > 1:  # more than two parents: the paper's recipe with each child
+        child_labels = parent_labels(list(baselines))
+        for child, accuracy in baselines.items():
+            row(f"paper's recipe with {child_labels[child]}", f"{accuracy:.3f}", "–")
+    elif found.baseline_accuracy is not None:
         row("paper's recipe", f"{found.baseline_accuracy:.3f}", "–")
     if found.best_accuracy is not None:
         best_held = f"{found.holdout_accuracy:.3f}" + (interval(found.holdout_interval, "") if found.holdout_interval else "") if held else ""

@@ -14,7 +14,11 @@ A value spec is a fixed number (`0.5` or `{value: 0.5}`), a range (`{low, high, 
 gradient (`{anchors: N, low, high, step?}`: N searched anchors over depth), per layer group
 (`{group_size: G, low, high, step?}`: one value per G layers) or one of a list (`{choices: [false,
 true]}`: a categorical value, for switches such as model_stock's `filter_wise`). `per_model: true`
-searches the parameter once per non-base parent (weight, density). Nothing here imports Optuna:
+searches the parameter once per non-base parent (weight, density), so such a space has one value
+per child for however many parents a search gives (`weight.m0` is the first child's, in --parents
+order). `choose_child: true` makes the space merge the base with one child, chosen per trial by a
+categorical value `child` among the non-base parents (`m0`, `m1`, …, labelled as per-model values
+are); the recipe names those two models only. Nothing here imports Optuna:
 values are asked for through the trial's `suggest_float(name, low, high, step=…, log=…)` and
 `suggest_categorical(name, choices)`, so any such object works.
 """
@@ -178,6 +182,7 @@ class SearchSpace:
     description: str = ""
     source: str = ""
     options: dict[str, Any] = field(default_factory=dict)  # fixed shared settings (normalize, …)
+    choose_child: bool = False  # merge the base with one child, chosen per trial (`child`)
 
     @cached_property
     def contract(self) -> tuple[bool, Optional[int], set[str]]:
@@ -215,6 +220,12 @@ class SearchSpace:
             raise SpaceError(f"space {self.name}: {self.method} needs a base model (--base)")
         if base is not None and base not in parents:
             raise SpaceError(f"--base {base} is not among the parents")
+        if self.choose_child:
+            if base is None or len(parents) < 3:
+                raise SpaceError(
+                    f"space {self.name} chooses a child to merge with the base: it needs a base and at least two children (three parents), got {len(parents)}"
+                )
+            parents = [base, next(p for p in parents if p != base)]  # each recipe merges two of them
         if max_inputs is not None and len(parents) > max_inputs:
             raise SpaceError(f"space {self.name}: {self.method} merges at most {max_inputs} parents, got {len(parents)}")
         if len(parents) < 2:
@@ -233,9 +244,31 @@ class SearchSpace:
         self.suggest(recorder, parents, parents[0] if self.contract[0] else None, num_layers)
         return recorder.count
 
+    def children(self, parents: Sequence[str], base: Optional[str]) -> list[str]:
+        """The parents a `choose_child` space chooses among: every parent but the base."""
+        return [p for p in parents if p != base]
+
+    def model_labels(self, parents: Sequence[str], base: Optional[str]) -> dict[str, str]:
+        """What the labels in trial parameter names (`weight.m1`, `child: m1`) stand for: label →
+        parent. Per-model values label the parents mergekit weighs (the non-base ones where the
+        method needs a base), `child` the non-base parents; {} for a space with neither."""
+        needs_base, _, non_base = self.contract
+        if self.choose_child:
+            weighed = self.children(parents, base)
+        else:
+            per_model = [p for p in self.parameters if p.per_model]
+            if not per_model:
+                return {}
+            weighed = self.children(parents, base) if needs_base and per_model[0].name in non_base else list(parents)
+        return {f"m{index}": parent for index, parent in enumerate(weighed)}
+
     def suggest(self, trial: Trial, parents: list[str], base: Optional[str], num_layers: int, dtype: Optional[str] = None) -> Recipe:
         """The recipe a trial's suggested values describe."""
         needs_base, _, non_base = self.contract
+        if self.choose_child:
+            labels = self.model_labels(parents, base)
+            child = labels[trial.suggest_categorical("child", list(labels))]
+            parents = [p for p in parents if p in (base, child)]
         shared: dict[str, Any] = dict(self.options)
         per_model: dict[str, dict[str, Any]] = {p: {} for p in parents}
         for parameter in self.parameters:
@@ -313,6 +346,18 @@ class SearchSpace:
                 value = min(high, low + round((value - low) / step) * step)
             mapped[name] = round(value, 10)
         return mapped
+
+    def baseline_trials(self, num_layers: int, parents: Sequence[str], base: Optional[str]) -> list[tuple[dict[str, Any], str]]:
+        """The paper's hand-made recipe for each (base, child) pair the space can merge, as
+        (trial values, child): one per child for a `choose_child` space, the base with the other
+        parent for a two-parent search; [] if the space cannot express the recipe."""
+        params = self.baseline_params(num_layers)
+        if params is None:
+            return []
+        if self.choose_child:
+            return [({**params, "child": label}, child) for label, child in self.model_labels(parents, base).items()]
+        children = self.children(parents, base)
+        return [(params, children[0])] if len(children) == 1 else []
 
     def baseline_params(self, num_layers: int) -> Optional[dict[str, float]]:
         """Trial values that reproduce the paper's hand-made recipe, or None if the space cannot
@@ -475,6 +520,13 @@ class SpaceFile(BaseModel):
     method: str
     parameters: dict[str, ParameterConfig]
     options: Optional[dict[str, Any]] = None
+    choose_child: bool = False
+
+    @model_validator(mode="after")
+    def _one_child(self) -> "SpaceFile":
+        if self.choose_child and any(p.per_model for p in self.parameters.values()):
+            raise ValueError("choose_child merges the base with one child: give its values without per_model")
+        return self
 
     @field_validator("method", mode="before")
     @classmethod
@@ -515,7 +567,9 @@ def space_from_document(document: YamlDocument, default_name: str = "space") -> 
         default = _checked(name, config.default.spec(), document.where(path)) if config.default else None
         filters = tuple((str(f), _checked(name, v.spec(), document.where(path + ("filters", f)))) for f, v in config.filters.items())
         parameters.append(ParameterSpec(name, default, filters, config.per_model))
-    return SearchSpace(parsed.name or default_name, parsed.method, parameters, parsed.description or "", document.source, parsed.options or {})
+    return SearchSpace(
+        parsed.name or default_name, parsed.method, parameters, parsed.description or "", document.source, parsed.options or {}, parsed.choose_child
+    )
 
 
 def _checked(name: str, spec: ValueSpec, where: str) -> ValueSpec:

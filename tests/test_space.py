@@ -36,9 +36,11 @@ SHIPPED = {
     # depth-wise: which parent supplies each block of layers, how deep the result is
     "depthwise",
     "depthwise_slerp",
+    # more than two parents: which child to merge with the base
+    "slerp_choose_child",
 }
 DEPTHWISE = {"depthwise", "depthwise_slerp"}
-A, B, C = "./instruct", "./child", "./third"
+A, B, C, D = "./instruct", "./child", "./third", "./fourth"
 # Dimension for 32 layers and two parents, as `evomerge spaces` reports it.
 DIMENSIONS_32 = {
     "slerp_global": 1,
@@ -59,6 +61,7 @@ DIMENSIONS_32 = {
     "karcher": 2,  # max_iter, tol
     "depthwise": 13,  # depth, and a parent for each of 12 blocks at depth 1.5
     "depthwise_slerp": 11,  # depth, and a t for each of 10 blocks at depth 1.25
+    "slerp_choose_child": 12,  # slerp_gradient's 11, and which child (one to choose from, for two parents)
 }
 
 
@@ -85,6 +88,8 @@ class DictTrial:
 
 def parents_for(space: SearchSpace):
     """Parents and base that fit a space: two for SLERP, three for the others (more per-model values)."""
+    if space.choose_child:
+        return [A, B, C, D], A
     if space.method == "slerp":
         return [A, B], A
     if space.name == "depthwise":
@@ -129,6 +134,8 @@ def test_every_shipped_space_suggests_recipes_mergekit_accepts(name):
         assert config.merge_method == space.method
         if recipe.slices:  # a depth-wise space: slices of the parents' layers
             assert set(recipe.model_names) <= set(parents)
+        elif space.choose_child:  # the base and the one child the trial chose
+            assert [m.model.model.path for m in config.models] == [base, space.model_labels(parents, base)[trial.params["child"]]]
         else:
             assert [m.model.model.path for m in config.models] == parents
         # The YAML round-trips to the same recipe.
@@ -222,7 +229,7 @@ def test_slerp_gradient_baseline_reproduces_the_papers_recipe_exactly():
 
 
 def test_baseline_is_none_for_spaces_that_cannot_express_the_papers_recipe(tmp_path):
-    for name in SHIPPED - {"slerp_gradient"}:
+    for name in SHIPPED - {"slerp_gradient", "slerp_choose_child"}:
         assert load_space(name).baseline_params(32) is None, name
     # A gradient space whose range excludes a paper value cannot express it either.
     narrow = write(
@@ -610,3 +617,72 @@ def test_the_known_method_contracts_are_mergekits():
         assert method_contract(method) == (needs_base, max_inputs, set(non_base)), method
         assert method_normalizes(method) == KNOWN_NORMALIZE[method], method
     assert {load_space(name).method for name in SHIPPED} <= set(KNOWN_CONTRACTS)
+
+
+# ----- more than two parents --------------------------------------------------------------------
+
+
+def test_choose_child_merges_the_base_with_the_child_a_categorical_value_chose():
+    space = load_space("slerp_choose_child")
+    assert space.model_labels([A, B, C, D], A) == {"m0": B, "m1": C, "m2": D}
+    assert space.model_labels([B, A, C, D], A) == {"m0": B, "m1": C, "m2": D}, "labels follow --parents order, base left out"
+    for label, child in (("m0", B), ("m1", C), ("m2", D)):
+        trial = DictTrial({"child": label}, default=0.5)
+        recipe = space.suggest(trial, [A, B, C, D], A, num_layers=4)
+        assert trial.asked["child"] == ("m0", "m1", "m2")
+        assert recipe.merge_method == "slerp" and recipe.base_model == A
+        assert recipe.model_names == [A, child], "the recipe names the base and the chosen child only"
+        recipe.to_mergekit()
+    # The grid enumerates the children beside the t steps.
+    assert space.grid(4, [A, B, C, D], A)["child"] == ["m0", "m1", "m2"]
+
+
+def test_choose_child_needs_a_base_and_two_children():
+    space = load_space("slerp_choose_child")
+    for parents in ([A, B], [A]):
+        with pytest.raises(SpaceError, match=r"needs a base and at least two children \(three parents\), got"):
+            space.check_parents(parents, A)
+    with pytest.raises(SpaceError, match="needs a base model"):
+        space.check_parents([A, B, C], None)
+    space.check_parents([A, B, C, D], A)  # SLERP's two inputs per recipe, however many parents
+    space.check_parents([A, B, C], C)
+    # A space that merges two parents refuses four; one that needs three refuses two.
+    with pytest.raises(SpaceError, match="at most 2 parents, got 4"):
+        load_space("slerp_gradient").check_parents([A, B, C, D], A)
+    with pytest.raises(SpaceError, match="at least 3 inputs; got 2"):
+        load_space("model_stock").check_parents([A, B], A)
+
+
+def test_choose_child_refuses_per_model_values(tmp_path):
+    path = write(tmp_path, "method: ties\nchoose_child: true\nparameters:\n  weight: {per_model: true, default: {low: 0, high: 1}}\n")
+    with pytest.raises(SpaceError, match="choose_child merges the base with one child: give its values without per_model"):
+        load_space(path)
+
+
+def test_baseline_is_the_papers_recipe_with_each_child():
+    space = load_space("slerp_choose_child")
+    baselines = space.baseline_trials(32, [A, B, C, D], A)
+    assert [child for _, child in baselines] == [B, C, D]
+    for params, child in baselines:
+        recipe = space.suggest(optuna.trial.FixedTrial(params), [A, B, C, D], A, num_layers=32, dtype="bfloat16")
+        assert recipe.to_dict() == paper_recipe(A, child, dtype="bfloat16").to_dict()
+    # Two parents: the one pair; a space that cannot express the recipe: none.
+    assert [child for _, child in load_space("slerp_gradient").baseline_trials(32, [A, B], A)] == [B]
+    assert load_space("ties").baseline_trials(32, [A, B, C, D], A) == []
+
+
+def test_multi_model_spaces_search_a_weight_and_density_per_child():
+    """task_arithmetic, TIES and DARE: one value per child for each per-model parameter, labelled
+    like the children (weight.m2 is the third child's)."""
+    for name, per_child in (("task_arithmetic", ("weight",)), ("ties", ("weight", "density")), ("dare_ties", ("weight", "density"))):
+        space = load_space(name)
+        assert space.model_labels([A, B, C, D], A) == {"m0": B, "m1": C, "m2": D}
+        assert space.dimension(32, 4) == 3 * len(per_child)
+        trial = DictTrial(default=lambda n, low, high, step: {"m0": 0.25, "m1": 0.5, "m2": 0.75}[n.split(".")[1]])
+        recipe = space.suggest(trial, [A, B, C, D], A, num_layers=4)
+        assert recipe.model_names == [A, B, C, D]
+        entries = {entry.model: entry.parameters for entry in recipe.models}
+        assert entries[A] is None
+        assert entries[D] == {p: 0.75 for p in per_child}
+    assert load_space("linear").model_labels([A, B, C], None) == {"m0": A, "m1": B, "m2": C}
+    assert load_space("slerp_gradient").model_labels([A, B], A) == {}

@@ -22,7 +22,8 @@ from evomerge.files import atomic_path, write_text_atomic
 from evomerge.recipe import Recipe, export_metadata_line, layer_position, paper_recipe
 from evomerge.search.objective import ParentScores
 from evomerge.search.run import HOLDOUT_ATTR
-from evomerge.search.study import PARENT_SCORES_ATTR, load_settings, ranked_trials
+from evomerge.search.study import PARENT_SCORES_ATTR, SearchSettings, load_settings, ranked_trials
+from evomerge.space import load_space
 
 
 def recipe_of(trial: optuna.trial.FrozenTrial) -> Recipe:
@@ -74,7 +75,10 @@ def summarise(study: optuna.Study, wall_s: Optional[float] = None) -> dict:
     parents = dict(zip(parent_scores.by_parent, parent_scores.at(0, 1.0)))
     ranked = ranked_trials(study)
     best = ranked[0] if ranked else None
-    baseline = next((t for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE), None)
+    # The paper's recipe with each child it was queued for (one pair for two parents).
+    baselines = {
+        t.user_attrs.get("baseline_child", "?"): t.user_attrs.get("accuracy") for t in trials if t.user_attrs.get("baseline") and t.state == TrialState.COMPLETE
+    }
     summary = {
         "study": study.study_name,
         "benchmarks": settings.benchmarks,
@@ -88,7 +92,10 @@ def summarise(study: optuna.Study, wall_s: Optional[float] = None) -> dict:
         "gain": best.user_attrs.get("gain") if best else None,
         "gain_interval": gain_interval(best, parent_scores, settings.seed) if best else None,
         "synergy": best.user_attrs.get("synergy") if best else None,
-        "baseline_accuracy": baseline.user_attrs.get("accuracy") if baseline else None,
+        "best_models": Recipe.from_yaml(best.user_attrs["recipe"]).model_names if best else None,
+        "labels": model_labels(settings),
+        "baseline_accuracy": max(baselines.values()) if baselines else None,
+        "baselines": baselines,
         "holdout": study.user_attrs.get(HOLDOUT_ATTR),
         "trials": counts,
         "duplicates_skipped": sum("duplicate_of" in t.user_attrs for t in trials),
@@ -97,6 +104,15 @@ def summarise(study: optuna.Study, wall_s: Optional[float] = None) -> dict:
     if wall_s is not None:
         summary["wall_s"] = round(wall_s, 2)
     return summary
+
+
+def model_labels(settings: SearchSettings) -> dict[str, str]:
+    """What the labels in the trials' parameter names stand for (`weight.m1`, `child: m1` → a
+    parent), from the study's space; {} if the space has none or its file is gone."""
+    try:
+        return load_space(settings.space).model_labels(settings.parents, settings.base)
+    except EvomergeError:
+        return {}
 
 
 def gain_interval(trial: optuna.trial.FrozenTrial, parent_scores: ParentScores, seed: int) -> Optional[list[float]]:

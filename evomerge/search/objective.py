@@ -40,7 +40,7 @@ from evomerge.space import SearchSpace
 Values = Union[float, tuple[float, ...]]
 # What a duplicate does not copy from the trial it repeats: its own recipe bookkeeping, timings
 # and the process that ran it (a duplicate runs nowhere).
-NOT_COPIED = ("recipe", "recipe_key", "baseline", "duplicate_of", "merge_s", "rebuild_s", "score_s", "worker", "claimed_by")
+NOT_COPIED = ("recipe", "recipe_key", "baseline", "baseline_child", "duplicate_of", "merge_s", "rebuild_s", "score_s", "worker", "claimed_by")
 # Set on the one trial that evaluates a recipe (by its process's name), under the study's lock.
 CLAIM_ATTR = "claimed_by"
 WAIT_POLL_S = 0.5

@@ -183,7 +183,7 @@ def open_study(prepared: Prepared, compute_parent_scores: Callable[[], dict]) ->
     fail_orphaned_trials(study)  # on this machine, no need to wait for its heartbeat to go stale
     parent_scores = ensure_parent_scores(study, compute_parent_scores)
     with study_lock(prepared.settings.storage_url(), study.study_name):  # two processes opening it queue it once
-        enqueue_baseline(study, prepared.space, prepared.infos[0].num_layers)
+        enqueue_baseline(study, prepared.space, prepared.infos[0].num_layers, prepared.settings.parents, prepared.settings.base)
         if prepared.warm_start is not None:
             enqueue_warm_start(study, prepared.warm_start)
     return study, parent_scores
@@ -279,12 +279,12 @@ def check_stopped(study: optuna.Study, settings: SearchSettings) -> None:
         raise TooManyFailures(f"search stopped: {study.user_attrs['stopped_because']}")
 
 
-def enqueue_baseline(study: optuna.Study, space: SearchSpace, num_layers: int) -> None:
-    """The paper's hand-made recipe as a trial, where the space can express it, once per study
-    (a trial with the same values, whatever its state, is not queued again)."""
-    params = space.baseline_params(num_layers)
-    if params is not None:
-        study.enqueue_trial(params, user_attrs={"baseline": True}, skip_if_exists=True)
+def enqueue_baseline(study: optuna.Study, space: SearchSpace, num_layers: int, parents: Sequence[str], base: Optional[str]) -> None:
+    """The paper's hand-made recipe as a trial for each (base, child) pair the space can express
+    it with (`SearchSpace.baseline_trials`), once per study (a trial with the same values,
+    whatever its state, is not queued again); each names its child as `baseline_child`."""
+    for params, child in space.baseline_trials(num_layers, parents, base):
+        study.enqueue_trial(params, user_attrs={"baseline": True, "baseline_child": child}, skip_if_exists=True)
 
 
 # ----- the held-out items ----------------------------------------------------------------------
