@@ -85,7 +85,7 @@ def holdout_gain(settings: SearchSettings, resamples: int = 2000, seed: int = 0,
     from evomerge.merge.parents import inspect_parent
     from evomerge.recipe import Recipe
     from evomerge.search.objective import load_pair
-    from evomerge.search.study import best_trial, load_existing_study
+    from evomerge.search.study import best_trial, load_existing_study, trial_attr
 
     best = best_trial(load_existing_study(settings.study, settings.storage_url()))
     if best is None or not settings.holdout:
@@ -94,6 +94,6 @@ def holdout_gain(settings: SearchSettings, resamples: int = 2000, seed: int = 0,
     merger, tokenizer = load_pair([inspect_parent(parent) for parent in settings.parents], settings.base, device=settings.device)
     scorer = Scorer.load(held, tokenizer, protocol=settings.protocol, batch_size=settings.batch_size, chat=settings.chat)
     parents = [scorer.score(merger.show_parent(parent)).correct for parent in settings.parents]
-    merged = scorer.score(merger.apply(Recipe.from_yaml(best.user_attrs["recipe"]), seed=settings.seed)).correct
+    merged = scorer.score(merger.apply(Recipe.from_yaml(trial_attr(best, "recipe")), seed=settings.seed)).correct
     metrics = merge_metrics(merged, parents[0], parents[1], Bootstrap(len(merged), resamples, seed=seed))
     return HeldOutGain(best.number, metrics, tuple(names or settings.parents))

@@ -22,12 +22,12 @@ from evomerge.files import atomic_path, write_text_atomic
 from evomerge.recipe import Recipe, layer_position, paper_recipe
 from evomerge.search.objective import ParentScores
 from evomerge.search.run import HOLDOUT_ATTR
-from evomerge.search.study import PARENT_SCORES_ATTR, load_settings, ranked_trials
+from evomerge.search.study import load_settings, ranked_trials, stored_parent_scores, trial_attr
 
 
 def recipe_of(trial: optuna.trial.FrozenTrial) -> Recipe:
     """A trial's recipe with absolute parent paths (so it works from any folder)."""
-    recipe = Recipe.from_yaml(trial.user_attrs["recipe"], source=f"trial {trial.number}")
+    recipe = Recipe.from_yaml(trial_attr(trial, "recipe"), source=f"trial {trial.number}")
     return recipe.with_models({name: str(Path(name).resolve()) for name in recipe.model_names})
 
 
@@ -48,7 +48,7 @@ def summarise(study: optuna.Study, wall_s: Optional[float] = None) -> dict:
     settings = load_settings(study)
     trials = study.get_trials(deepcopy=False)
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
-    parent_scores = ParentScores(study.user_attrs.get(PARENT_SCORES_ATTR, {}))
+    parent_scores = ParentScores(stored_parent_scores(study) or {})
     parents = dict(zip(parent_scores.by_parent, parent_scores.at(0, 1.0)))
     ranked = ranked_trials(study)
     best = ranked[0] if ranked else None
@@ -82,7 +82,7 @@ def gain_interval(trial: optuna.trial.FrozenTrial, parent_scores: ParentScores, 
     the per-item results the trial and the parents keep on the study (None if some are missing)."""
     from evomerge.analysis.metrics import DEFAULT_RESAMPLES, Bootstrap, gain_over_parents
 
-    merged = trial.user_attrs.get("correct")
+    merged = trial_attr(trial, "correct")
     parents = [scores[0].get("correct") for scores in parent_scores.by_parent.values()]
     if not merged or not parents or any(p is None or len(p) != len(merged) for p in parents):
         return None
@@ -156,7 +156,7 @@ def write_plots(study: optuna.Study, folder: Path, summary: dict) -> list[Path]:
         written.append(plots.importances(importances, folder / "importances.png"))
 
     best = next(t for t in complete if t.number == summary["best_trial"])
-    recipe = Recipe.from_yaml(best.user_attrs["recipe"])
+    recipe = Recipe.from_yaml(trial_attr(best, "recipe"))
     if recipe.merge_method == "slerp":
         layers = load_num_layers(recipe)
         paper = paper_recipe(*recipe.model_names[:2])

@@ -47,6 +47,7 @@ from evomerge.search.study import (
     load_settings,
     open_storage,
     process_is_gone,
+    trial_attr,
 )
 from evomerge.space import SearchSpace, load_space
 
@@ -300,7 +301,7 @@ def holdout_result(study: optuna.Study, runner) -> Optional[HeldOut]:
     best = best_trial(study)
     if best is None:
         return None
-    result = runner.holdout_score(best.user_attrs["recipe"])
+    result = runner.holdout_score(trial_attr(best, "recipe"))
     if result is None:
         return None
     scores = {"trial": best.number, "search_accuracy": best.user_attrs.get("accuracy"), "holdout_accuracy": result.accuracy, "holdout_n": result.n}
