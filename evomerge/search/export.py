@@ -146,6 +146,7 @@ def write_plots(study: optuna.Study, folder: Path, summary: dict) -> list[Path]:
             ylabel=summary["objective"],
             baseline=baseline,
             best_parent=best_parent,
+            pruned=pruned_points(study),
         )
     )
     try:
@@ -168,6 +169,19 @@ def write_plots(study: optuna.Study, folder: Path, summary: dict) -> list[Path]:
         title = f"SLERP t over depth, trial {best.number} vs the paper's schedule"
         written.append(plots.t_over_layers(curves, folder / "t-over-layers.png", title=title))
     return written
+
+
+def pruned_points(study: optuna.Study) -> list[tuple[int, float, float]]:
+    """Each pruned trial as (number, fraction, value): the value it reported at the last benchmark
+    fraction it was scored on (its k-th report is the k-th fraction of --fidelities). A duplicate
+    of a pruned recipe reported nothing of its own and is left out (its original is drawn)."""
+    fidelities = load_settings(study).fidelities
+    points = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
+        reports = trial.intermediate_values
+        if reports:
+            points.append((trial.number, fidelities[len(reports) - 1], reports[max(reports)]))
+    return points
 
 
 def load_num_layers(recipe: Recipe) -> int:

@@ -257,3 +257,19 @@ def test_a_tie_on_one_benchmark_goes_to_the_earlier_trial(tmp_path):
         study.add_trial(optuna.trial.create_trial(value=value))
     assert [t.number for t in ranked_trials(study)] == [1, 2, 0, 3]
     assert best_trial(study).number == 1
+
+
+def test_history_draws_pruned_trials_at_the_last_fraction_they_reported():
+    """history.png's pruned points: each pruned trial at the value of its last report, the k-th
+    report being the k-th fraction; a pruned duplicate (no reports of its own) is left out."""
+    from optuna.trial import create_trial
+
+    from evomerge.search.export import pruned_points
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr(SETTINGS_ATTR, SearchSettings(parents=["a", "b"], benchmarks=["x"], fidelities=[0.25, 0.5, 1.0]).to_json())
+    study.add_trial(create_trial(value=0.4, intermediate_values={4: 0.3, 8: 0.35}))
+    study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={4: 0.1}))
+    study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={4: 0.2, 8: 0.15}))
+    study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={"duplicate_of": 1}))
+    assert pruned_points(study) == [(1, 0.25, 0.1), (2, 0.5, 0.15)]
