@@ -383,7 +383,7 @@ class TrialRunner:
         trial.set_user_attr(f"accuracy{suffix}", result.accuracy)
         trial.set_user_attr(f"gain{suffix}", result.accuracy - max(parents))
         trial.set_user_attr(f"synergy{suffix}", result.accuracy - sum(parents) / len(parents))
-        trial.set_user_attr(f"per_category{suffix}", result.per_category)
+        set_trial_attr(trial, f"per_category{suffix}", result.per_category)
         set_trial_attr(trial, f"correct{suffix}", correctness_string(result))
 
     def _copy_result(self, trial: optuna.Trial, original: optuna.trial.FrozenTrial):

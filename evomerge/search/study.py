@@ -40,9 +40,10 @@ PARENT_SCORES_ATTR = "parent_scores"
 FINGERPRINTS_ATTR = "parent_fingerprints"  # one per parent, in --parents order
 # Long values kept in system attributes, not user attributes: Optuna stores both alike, but the
 # dashboard prints user attributes inline (a 600-character '0110…' string pushes its page
-# sideways) and system attributes not at all. On a trial: its recipe YAML and its per-item
-# results; on the study: the parents' scores (which hold their per-item results).
-TRIAL_DATA_ATTRS = ("recipe", "correct")  # and correct_b1, … for a second benchmark
+# sideways) and system attributes not at all. On a trial: its recipe YAML (the dashboard shows it
+# as the trial's note), its per-item results and its per-category accuracies (a dict as long as
+# the benchmark has categories); on the study: the parents' scores (which hold their per-item results).
+TRIAL_DATA_ATTRS = ("recipe", "correct", "per_category")  # and correct_b1, per_category_b1, … for a second benchmark
 # A running trial beats every HEARTBEAT_S; one silent for twice that (a killed process) is failed.
 HEARTBEAT_S = int(os.environ.get("EVOMERGE_HEARTBEAT_S", "30"))
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -264,7 +265,7 @@ def metric_names(settings: SearchSettings) -> list[str]:
 
 def is_trial_data(key: str) -> bool:
     """Whether a trial attribute is kept out of its user attributes (see TRIAL_DATA_ATTRS)."""
-    return key in TRIAL_DATA_ATTRS or re.fullmatch(r"correct_b\d+", key) is not None
+    return key in TRIAL_DATA_ATTRS or re.fullmatch(r"(correct|per_category)_b\d+", key) is not None
 
 
 def set_trial_attr(trial, key: str, value) -> None:

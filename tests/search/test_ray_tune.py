@@ -69,9 +69,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 EVOMERGE = [sys.executable, "-m", "evomerge.cli"]
 COMPLETE_ATTRS = {
     "recipe_key", "claimed_by", "worker", "merge_s", "score_s", "accuracy@0.25", "accuracy@0.5", "accuracy@1.0",
-    "accuracy", "gain", "synergy", "per_category",
+    "accuracy", "gain", "synergy",
 }  # fmt: skip
-TRIAL_DATA = {"recipe", "correct"}  # system attributes (out of the dashboard's table)
+TRIAL_DATA = {"recipe", "correct", "per_category"}  # system attributes (out of the dashboard's table)
 
 
 def settings_for(parents, folder, **overrides) -> SearchSettings:
