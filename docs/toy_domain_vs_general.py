@@ -27,26 +27,27 @@ def main(domain_dir: str, general_dir: str, out: str) -> None:
     domain, general = read_rows(Path(domain_dir)), read_rows(Path(general_dir))
     figure, axis = plt.subplots(figsize=(6.5, 5))
     scales = list(dict.fromkeys(label for label, _ in domain))
-    for colour, scale in zip(plt.cm.viridis([i / max(1, len(scales) - 1) for i in range(len(scales))]), scales):
+    colours = plt.cm.viridis([i / max(1, len(scales) - 1) for i in range(len(scales))])
+    for colour, scale, marker in zip(colours, scales, ("o", "s", "^", "D", "v")):
         keys = [key for key in domain if key[0] == scale and key in general]
         sweep = sorted((k for k in keys if domain[k]["merge"] in ("sweep", "parent") and domain[k]["t"]), key=lambda k: float(domain[k]["t"]))
         xs = [float(general[k]["accuracy"]) for k in sweep]
         ys = [float(domain[k]["accuracy"]) for k in sweep]
-        axis.plot(xs, ys, "-o", color=colour, markersize=3, label=f"{scale}: sweep t = 0 … 1")
+        axis.plot(xs, ys, marker=marker, color=colour, markersize=4, label=f"{scale}: sweep t = 0 … 1")
         if sweep:
             axis.annotate("t=0", (xs[0], ys[0]), fontsize=7)
             axis.annotate("t=1", (xs[-1], ys[-1]), fontsize=7)
         for key in keys:
             if domain[key]["merge"] == "paper":
-                axis.plot(float(general[key]["accuracy"]), float(domain[key]["accuracy"]), "*", color=colour, markersize=11)
+                axis.plot(float(general[key]["accuracy"]), float(domain[key]["accuracy"]), "*", color=colour, markersize=12, label=f"{scale}: paper's schedule")
     axis.axhline(0.25, color="grey", linewidth=0.6, linestyle=":")
     axis.axvline(0.25, color="grey", linewidth=0.6, linestyle=":")
     axis.set_xlabel("general benchmark accuracy")
     axis.set_ylabel("domain benchmark accuracy")
     axis.set_title("Toy merges, instruct × instruct-CPT-SFT\n(★ paper's schedule; dotted: chance 0.25)", fontsize=10)
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)  # beside the data, not over it
     figure.tight_layout()
-    figure.savefig(out, dpi=120)
+    figure.savefig(out, dpi=120, bbox_inches="tight")
 
 
 if __name__ == "__main__":

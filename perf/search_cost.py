@@ -45,7 +45,7 @@ from evomerge.evaluate.benchmark import load_benchmark
 from evomerge.merge.parents import fingerprint
 from evomerge.search.objective import TrialRunner
 from evomerge.search.run import optimise, prepare
-from evomerge.search.study import PRUNERS, SAMPLERS, SearchSettings
+from evomerge.search.study import PRUNERS, SAMPLERS, SearchSettings, trial_attr
 
 TOY = Path("results/toy")
 
@@ -77,7 +77,7 @@ def cost_to_target(study: optuna.Study, count, target: float) -> dict:
         if trial.state == TrialState.COMPLETE:
             best = max(best, trial.value)
             if reached is None and trial.value >= target - 1e-12:
-                reached = {"questions": int(questions), "seconds": round(seconds, 2), "trial": trial.number, "recipe": trial.user_attrs["recipe"]}
+                reached = {"questions": int(questions), "seconds": round(seconds, 2), "trial": trial.number, "recipe": trial_attr(trial, "recipe")}
     return {"reached": reached, "best": best, "questions_total": int(questions), "seconds_total": round(seconds, 2)}
 
 
@@ -183,7 +183,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             settings = replace(base, study="reference", storage=f"sqlite:///{Path(tmp) / 'reference.db'}")
             study = run_study(settings, runner, parent_scores)
             best = max((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))), key=lambda t: (t.value, -t.number))
-            held = runner.holdout_score(best.user_attrs["recipe"])
+            held = runner.holdout_score(trial_attr(best, "recipe"))
             reference = {
                 "best": best.value,
                 "trial": best.number,
@@ -191,7 +191,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 "trials": args.reference_trials,
                 "sampler": args.sampler,
                 "seconds": round(time.perf_counter() - started, 1),
-                "recipe": best.user_attrs["recipe"],
+                "recipe": trial_attr(best, "recipe"),
             }
             cache.mkdir(parents=True, exist_ok=True)
             cached_file.write_text(json.dumps(reference, indent=1))

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from evomerge.cli import app
 from evomerge.recipe import Recipe
-from evomerge.search.study import PARENT_SCORES_ATTR, finished_count
+from evomerge.search.study import finished_count, set_parent_scores, stored_parent_scores
 from evomerge.toy.tiny import CHAT_TEMPLATE, make_checkpoint, tiny_config
 
 runner = CliRunner()
@@ -117,13 +117,13 @@ def cli_study(search_parents, tmp_path_factory):
                 "trials": len(study.trials),
                 "states": [t.state for t in study.trials],
                 "duplicates": sum("duplicate_of" in t.user_attrs for t in study.trials),
-                "parent_scores": study.user_attrs[PARENT_SCORES_ATTR],
+                "parent_scores": stored_parent_scores(study),
                 "summary": json.loads((folder / "summary.json").read_text()),
             }
-            marked = json.loads(json.dumps(study.user_attrs[PARENT_SCORES_ATTR]))
+            marked = json.loads(json.dumps(stored_parent_scores(study)))
             for scores in marked.values():
                 scores[0]["fidelity"]["1.0"] = MARKER
-            study.set_user_attr(PARENT_SCORES_ATTR, marked)
+            set_parent_scores(study, marked)
             after_first["marked"] = marked
         second = invoke(*search_args(search_parents, trials=6))
         third = invoke(*search_args(search_parents, trials=6))  # the study has its 6 already
@@ -233,7 +233,7 @@ def test_rerunning_the_command_with_more_trials_continues_the_study(cli_study):
     study = optuna.load_study(study_name=STUDY, storage=cli_study["storage"])
     assert finished_count(study) == 6
     assert len(study.trials) > cli_study["after_first"]["trials"]
-    assert study.user_attrs[PARENT_SCORES_ATTR] == cli_study["after_first"]["marked"], "the parents were scored again"
+    assert stored_parent_scores(study) == cli_study["after_first"]["marked"], "the parents were scored again"
     assert sum(bool(t.user_attrs.get("baseline")) for t in study.trials) == 1
     # The rerun's summary and table are measured against the stored (marked) parent scores.
     summary = json.loads((cli_study["folder"] / "summary.json").read_text())

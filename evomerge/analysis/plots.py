@@ -17,8 +17,21 @@ from evomerge.analysis.metrics import Kinship, MapRow, is_merge
 from evomerge.files import atomic_path
 
 DPI = 110
-KIND_MARKERS = {"sweep": "o", "paper": "s", "search": "*"}
 KIND_NAMES = {"sweep": "global t sweep", "paper": "paper's schedule", "search": "searched (held-out)"}
+# Each kind of merge drawn its own way, so points at the same x (every merge of a pair shares its
+# diversity) stay apart to the eye without moving them: a hollow circle with a solid bar, a filled
+# square with a dashed bar, a large star with a dotted bar.
+KIND_STYLES = {
+    "sweep": {"marker": "o", "markersize": 6, "fill": False, "bar": "-"},
+    "paper": {"marker": "s", "markersize": 6, "fill": True, "bar": "--"},
+    "search": {"marker": "*", "markersize": 12, "fill": True, "bar": ":"},
+}
+# The two parents of a pair: a colour, a line style, a marker and a band hatch each, so that equal
+# accuracies draw both (a wide pale line under a narrow dashed one) and their bands stay apart.
+PARENT_STYLES = (
+    {"color": "tab:green", "linestyle": "-", "linewidth": 4.0, "alpha": 0.45, "marker": "v", "hatch": "//"},
+    {"color": "tab:red", "linestyle": "--", "linewidth": 1.4, "alpha": 1.0, "marker": "^", "hatch": "\\\\"},
+)
 
 
 def _pyplot():
@@ -34,9 +47,15 @@ def _save(figure, path: Path) -> Path:
     plt = _pyplot()
     figure.tight_layout()
     with atomic_path(path) as partial:  # a full disk leaves no half-drawn PNG
-        figure.savefig(partial, dpi=DPI)
+        # "tight": the legends, placed outside the axes so they cover no data, are kept in the image.
+        figure.savefig(partial, dpi=DPI, bbox_inches="tight")
     plt.close(figure)
     return path
+
+
+def _legend_outside(axis, **options):
+    """The axis's legend to the right of its data, never over it."""
+    return axis.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **{"fontsize": 7, **options})
 
 
 def labels_of(rows: Sequence[MapRow]) -> list[str]:
@@ -65,29 +84,48 @@ def scale_title(rows: Sequence[MapRow], label: str) -> str:
 
 
 def accuracy_vs_t(rows: Sequence[MapRow], path: Path) -> Path:
-    """One panel per scale: the sweep's accuracy against t with its 95% band, each parent as a
-    line with its band, and the paper's schedule and the searched recipe as reference lines."""
+    """One panel per scale: the sweep's accuracy against t with its 95% band; each parent as a
+    horizontal line in its own colour, style and hatched band, with a marker and bar at its own
+    t (0 or 1); the paper's schedule and the searched recipe as reference lines. Each panel's
+    legend sits under it, with every line's value."""
     plt = _pyplot()
     labels = labels_of(rows)
-    figure, axes = plt.subplots(1, len(labels), figsize=(4.2 * len(labels), 3.8), sharey=True, squeeze=False)
+    figure, axes = plt.subplots(1, len(labels), figsize=(4.4 * len(labels), 4.2), sharey=True, squeeze=False)
     for axis, label in zip(axes[0], labels):
         mine = [row for row in rows if row.label == label]
         sweep = sorted((row for row in mine if row.merge == "sweep"), key=lambda row: row.t)
         ts = [row.t for row in sweep]
-        axis.plot(ts, [row.accuracy for row in sweep], marker="o", color="tab:blue", label="merged (global t)")
-        axis.fill_between(ts, [row.accuracy_low for row in sweep], [row.accuracy_high for row in sweep], color="tab:blue", alpha=0.2)
-        for row, color in zip((r for r in mine if r.merge == "parent"), ("tab:green", "tab:red")):
-            axis.axhline(row.accuracy, color=color, linestyle="--", label=f"parent {row.name} (t={row.t:g})")
-            axis.axhspan(row.accuracy_low, row.accuracy_high, color=color, alpha=0.1)
+        axis.fill_between(ts, [row.accuracy_low for row in sweep], [row.accuracy_high for row in sweep], color="tab:blue", alpha=0.18, linewidth=0)
+        axis.plot(ts, [row.accuracy for row in sweep], marker="o", markersize=4, color="tab:blue", label="merged, global t (95% band)", zorder=4)
+        for row, style in zip((r for r in mine if r.merge == "parent"), PARENT_STYLES):
+            axis.axhline(
+                row.accuracy,
+                color=style["color"],
+                linestyle=style["linestyle"],
+                linewidth=style["linewidth"],
+                alpha=style["alpha"],
+                label=f"parent {row.name} (t={row.t:g}): {row.accuracy:.3f}",
+            )
+            axis.axhspan(row.accuracy_low, row.accuracy_high, facecolor="none", edgecolor=style["color"], hatch=style["hatch"], linewidth=0, alpha=0.5)
+            axis.errorbar(
+                [row.t],
+                [row.accuracy],
+                yerr=_error_bars([row], "accuracy"),
+                fmt=style["marker"],
+                color=style["color"],
+                markersize=8,
+                capsize=3,
+                zorder=5,
+            )
         for row in mine:
             if row.merge == "paper":
-                axis.axhline(row.accuracy, color="black", linestyle=":", label="paper's schedule")
+                axis.axhline(row.accuracy, color="black", linestyle=":", linewidth=1.6, label=f"paper's schedule: {row.accuracy:.3f}")
             elif row.merge == "search":
-                axis.axhline(row.accuracy, color="tab:purple", linestyle="-.", label=f"searched (held-out, n={row.n})")
+                axis.axhline(row.accuracy, color="tab:purple", linestyle="-.", linewidth=1.6, label=f"searched, held-out (n={row.n}): {row.accuracy:.3f}")
         axis.set_title(scale_title(rows, label))
         axis.set_xlabel("SLERP t (0 = base parent)")
-        axis.set_xlim(min(ts, default=0) - 0.02, max(ts, default=1) + 0.02)
-        axis.legend(fontsize=7, loc="best")
+        axis.set_xlim(min(ts + [0.0]) - 0.04, max(ts + [1.0]) + 0.04)
+        axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
     axes[0][0].set_ylabel("accuracy (95% bootstrap band)")
     return _save(figure, path)
 
@@ -136,7 +174,7 @@ def merged_vs_expected(rows: Sequence[MapRow], path: Path) -> Path:
     axis.set_xlabel("expected E = (P1 + P2) / 2")
     axis.set_ylabel("merged accuracy")
     axis.set_title("merged against expected (above the line: synergy)", fontsize=10)
-    axis.legend(fontsize=7)
+    _legend_outside(axis)
     return _save(figure, path)
 
 
@@ -145,52 +183,60 @@ def gain_vs_diversity(rows: Sequence[MapRow], path: Path) -> Path:
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(5.5, 4.5))
     merges = [row for row in rows if is_merge(row)]
-    # Every merge of a pair shares its diversity: nudge the kinds apart so their bars do not overlap.
-    spread = max((row.diversity for row in merges), default=0.0) - min((row.diversity for row in merges), default=0.0)
-    _merge_points(axis, rows, merges, x=lambda row: row.diversity, field="gain", nudge=0.01 * max(spread, 0.1))
-    axis.axhline(0, color="grey", linestyle="--")
+    # Every merge of a pair shares its diversity: the kinds are told apart by marker and bar style,
+    # never by moving a point off its value.
+    _merge_points(axis, rows, merges, x=lambda row: row.diversity, field="gain")
+    axis.axhline(0, color="grey", linestyle="--", linewidth=1.0)
     axis.set_xlabel("parent diversity |P1 − P2|")
     axis.set_ylabel("gain over the best parent (95% interval)")
     axis.set_title("gain against parent diversity", fontsize=10)
-    axis.legend(fontsize=7)
+    _legend_outside(axis)
     return _save(figure, path)
 
 
-def _merge_points(axis, rows: Sequence[MapRow], merges: Sequence[MapRow], *, x, field: str, nudge: float = 0.0) -> None:
-    """The merges as points at (x(row), row.<field>) with the field's 95% interval as error bars:
-    a colour per scale, a marker per kind, the kinds `nudge` apart along x."""
+def _merge_points(axis, rows: Sequence[MapRow], merges: Sequence[MapRow], *, x, field: str) -> None:
+    """The merges as points at exactly (x(row), row.<field>) with the field's 95% interval as
+    error bars: a colour per scale, a marker and a bar style per kind (KIND_STYLES)."""
     labels = labels_of(rows)
     colors = _colors(labels)
     for label in labels:
-        for offset, (kind, marker) in enumerate(KIND_MARKERS.items()):
+        for kind, style in KIND_STYLES.items():
             chosen = [row for row in merges if row.label == label and row.merge == kind]
             if chosen:
-                axis.errorbar(
-                    [x(row) + offset * nudge for row in chosen],
+                drawn = axis.errorbar(
+                    [x(row) for row in chosen],
                     [getattr(row, field) for row in chosen],
                     yerr=_error_bars(chosen, field),
-                    fmt=marker,
+                    fmt=style["marker"],
                     color=colors[label],
-                    alpha=0.75,
-                    markersize=9 if kind == "search" else 5,
-                    elinewidth=0.7,
+                    markerfacecolor=colors[label] if style["fill"] else "none",
+                    markersize=style["markersize"],
+                    elinewidth=0.9,
+                    capsize=2,
+                    alpha=0.85,
                     label=f"{label}: {KIND_NAMES[kind]}",
+                    zorder=3 if kind == "sweep" else 4,
                 )
+                for bar in drawn.lines[2]:
+                    bar.set_linestyle(style["bar"])
 
 
 def kinship_profile(kinships: Mapping[str, Optional[Kinship]], path: Path) -> Path:
     """Per-layer cosine of the parents' task vectors against relative depth (scales differ in
-    depth), one line per scale, the overall value in the legend."""
+    depth), one line and marker per scale; each scale's whole-model cosine (over every weight,
+    embeddings and norms included, so not the mean of its layers) as a dotted line of its colour."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6, 4))
     colors = _colors(list(kinships))
+    markers = ("o", "s", "^", "D", "v", "P", "X")
     drawn = False
-    for label, profile in kinships.items():
+    for (label, profile), marker in zip(kinships.items(), markers * len(kinships)):
         if profile is None or not profile.per_layer:
             continue
         layers = len(profile.per_layer)
         depth = [i / (layers - 1) if layers > 1 else 0.0 for i in range(layers)]
-        axis.plot(depth, profile.per_layer, marker="o", color=colors[label], label=f"{label} (overall {profile.overall:.3f})")
+        axis.plot(depth, profile.per_layer, marker=marker, color=colors[label], label=f"{label}: per layer")
+        axis.axhline(profile.overall, color=colors[label], linestyle=":", linewidth=1.4, label=f"{label}: whole model {profile.overall:.3f}")
         drawn = True
     if not drawn:
         axis.text(0.5, 0.5, "no ancestor given: kinship not measured", ha="center", va="center", transform=axis.transAxes)
@@ -198,7 +244,7 @@ def kinship_profile(kinships: Mapping[str, Optional[Kinship]], path: Path) -> Pa
     axis.set_ylabel("cos(P1 − ancestor, P2 − ancestor)")
     axis.set_title("parents' kinship over depth", fontsize=10)
     if drawn:
-        axis.legend(fontsize=8)
+        _legend_outside(axis, fontsize=8, title="whole model: every weight,\nembeddings included,\nnot the layers' mean", title_fontsize=7)
     return _save(figure, path)
 
 
@@ -238,23 +284,43 @@ def optimisation_history(
     ylabel: str,
     baseline: Optional[tuple[int, float]] = None,
     best_parent: Optional[float] = None,
+    pruned: Sequence[tuple[int, float, float]] = (),
 ) -> Path:
-    """Each complete trial's value and the best so far; the paper's recipe (trial, value) as a star
-    and the best parent as a dashed line when given."""
+    """Each complete trial's value and the best so far (of complete trials); each pruned trial
+    (number, fraction, value) at the value of the last fraction it was scored on, a marker per
+    fraction; the paper's recipe (trial, value) as a star and the best parent as a dashed line
+    when given."""
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure, axis = plt.subplots(figsize=(7.5, 4))
     running = [max(values[: i + 1]) for i in range(len(values))]
-    axis.scatter(numbers, values, s=14, label="trial", color="tab:blue")
-    axis.step(numbers, running, where="post", label="best so far", color="tab:orange")
+    for fraction, marker in zip(sorted({f for _, f, _ in pruned}), ("x", "+", "1", "2", "3")):
+        chosen = [(n, v) for n, f, v in pruned if f == fraction]
+        axis.scatter(
+            [n for n, _ in chosen],
+            [v for _, v in chosen],
+            s=28,
+            marker=marker,
+            color="tab:grey",
+            label=f"pruned at {fraction:.0%} of the items ({len(chosen)})",
+        )
+    axis.scatter(numbers, values, s=16, label=f"complete ({len(values)})", color="tab:blue", zorder=3)
+    axis.step(numbers, running, where="post", label="best so far (complete)", color="tab:orange")
     if baseline is not None:
-        axis.scatter([baseline[0]], [baseline[1]], marker="*", s=120, color="tab:red", label="paper's recipe")
+        axis.scatter([baseline[0]], [baseline[1]], marker="*", s=140, color="tab:red", label="paper's recipe", zorder=4)
     if best_parent is not None:
-        axis.axhline(best_parent, linestyle="--", color="grey", label="best parent")
+        axis.axhline(best_parent, linestyle="--", color="grey", label=f"best parent ({best_parent:.3f})")
     axis.set_xlabel("trial")
     axis.set_ylabel(ylabel)
-    axis.legend(fontsize=8)
+    axis.xaxis.set_major_locator(_integer_ticks())
+    _legend_outside(axis, fontsize=8)
     axis.set_title(title)
     return _save(figure, path)
+
+
+def _integer_ticks():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
 
 
 def importances(values: Mapping[str, float], path: Path) -> Path:
@@ -271,14 +337,23 @@ def importances(values: Mapping[str, float], path: Path) -> Path:
 def t_over_layers(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: Path, *, title: str) -> Path:
     """SLERP t per layer, module by module: `curves` maps a module (self_attn, mlp) to (the best
     recipe's t per layer, the paper's t per layer)."""
+    return _save(t_over_layers_figure(curves, title=title), path)
+
+
+def t_over_layers_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str):
+    """The figure `t_over_layers` saves: the layer axis in whole layers, 0 … L − 1, a marker on
+    every layer (a 2-layer model is two points, not a ramp)."""
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(7, 4))
-    for (module, (best, paper)), color in zip(curves.items(), ("tab:blue", "tab:green", "tab:purple", "tab:brown")):
-        axis.plot(range(len(best)), best, color=color, label=f"best: {module}")
-        axis.plot(range(len(paper)), paper, color=color, linestyle=":", label=f"paper: {module}")
+    figure, axis = plt.subplots(figsize=(7.5, 4))
+    layers = max((len(best) for best, _ in curves.values()), default=1)
+    for (module, (best, paper)), color, marker in zip(curves.items(), ("tab:blue", "tab:green", "tab:purple", "tab:brown"), ("o", "s", "^", "D")):
+        axis.plot(range(len(best)), best, color=color, marker=marker, label=f"best: {module}")
+        axis.plot(range(len(paper)), paper, color=color, linestyle=":", marker=marker, markerfacecolor="none", label=f"paper: {module}")
     axis.set_ylim(-0.05, 1.05)
-    axis.set_xlabel("layer")
+    axis.set_xlim(-0.5, layers - 0.5)
+    axis.xaxis.set_major_locator(_integer_ticks())
+    axis.set_xlabel(f"layer (0 … {layers - 1})")
     axis.set_ylabel("t (0 = base, 1 = other parent)")
-    axis.legend(fontsize=8)
+    _legend_outside(axis, fontsize=8)
     axis.set_title(title)
-    return _save(figure, path)
+    return figure

@@ -22,13 +22,13 @@ from evomerge.files import atomic_path, write_text_atomic
 from evomerge.recipe import Recipe, export_metadata_line, layer_position, paper_recipe
 from evomerge.search.objective import ParentScores
 from evomerge.search.run import HOLDOUT_ATTR
-from evomerge.search.study import PARENT_SCORES_ATTR, SearchSettings, load_settings, ranked_trials
+from evomerge.search.study import SearchSettings, load_settings, ranked_trials, stored_parent_scores, trial_attr
 from evomerge.space import load_space
 
 
 def recipe_of(trial: optuna.trial.FrozenTrial) -> Recipe:
     """A trial's recipe with absolute parent paths (so it works from any folder)."""
-    recipe = Recipe.from_yaml(trial.user_attrs["recipe"], source=f"trial {trial.number}")
+    recipe = Recipe.from_yaml(trial_attr(trial, "recipe"), source=f"trial {trial.number}")
     return recipe.with_models({name: str(Path(name).resolve()) for name in recipe.model_names})
 
 
@@ -50,7 +50,7 @@ def export_metadata(study: optuna.Study, trial: optuna.trial.FrozenTrial, rank: 
     the trial and its rank, the benchmarks, the parents' and the trial's scores on the search
     items, and (for the study's best trial) the held-out scores with their interval and verdict."""
     settings = load_settings(study)
-    parent_scores = ParentScores(study.user_attrs.get(PARENT_SCORES_ATTR, {}))
+    parent_scores = ParentScores(stored_parent_scores(study) or {})
     held = study.user_attrs.get(HOLDOUT_ATTR) or {}
     return {
         "study": study.study_name,
@@ -71,7 +71,7 @@ def summarise(study: optuna.Study, wall_s: Optional[float] = None) -> dict:
     settings = load_settings(study)
     trials = study.get_trials(deepcopy=False)
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
-    parent_scores = ParentScores(study.user_attrs.get(PARENT_SCORES_ATTR, {}))
+    parent_scores = ParentScores(stored_parent_scores(study) or {})
     parents = dict(zip(parent_scores.by_parent, parent_scores.at(0, 1.0)))
     ranked = ranked_trials(study)
     best = ranked[0] if ranked else None
@@ -92,7 +92,7 @@ def summarise(study: optuna.Study, wall_s: Optional[float] = None) -> dict:
         "gain": best.user_attrs.get("gain") if best else None,
         "gain_interval": gain_interval(best, parent_scores, settings.seed) if best else None,
         "synergy": best.user_attrs.get("synergy") if best else None,
-        "best_models": Recipe.from_yaml(best.user_attrs["recipe"]).model_names if best else None,
+        "best_models": Recipe.from_yaml(trial_attr(best, "recipe")).model_names if best else None,
         "labels": model_labels(settings),
         "baseline_accuracy": max(baselines.values()) if baselines else None,
         "baselines": baselines,
@@ -120,7 +120,7 @@ def gain_interval(trial: optuna.trial.FrozenTrial, parent_scores: ParentScores, 
     the per-item results the trial and the parents keep on the study (None if some are missing)."""
     from evomerge.analysis.metrics import DEFAULT_RESAMPLES, Bootstrap, gain_over_parents
 
-    merged = trial.user_attrs.get("correct")
+    merged = trial_attr(trial, "correct")
     parents = [scores[0].get("correct") for scores in parent_scores.by_parent.values()]
     if not merged or not parents or any(p is None or len(p) != len(merged) for p in parents):
         return None
@@ -184,6 +184,7 @@ def write_plots(study: optuna.Study, folder: Path, summary: dict) -> list[Path]:
             ylabel=summary["objective"],
             baseline=baseline,
             best_parent=best_parent,
+            pruned=pruned_points(study),
         )
     )
     try:
@@ -194,7 +195,7 @@ def write_plots(study: optuna.Study, folder: Path, summary: dict) -> list[Path]:
         written.append(plots.importances(importances, folder / "importances.png"))
 
     best = next(t for t in complete if t.number == summary["best_trial"])
-    recipe = Recipe.from_yaml(best.user_attrs["recipe"])
+    recipe = Recipe.from_yaml(trial_attr(best, "recipe"))
     if recipe.merge_method == "slerp":
         layers = load_num_layers(recipe)
         paper = paper_recipe(*recipe.model_names[:2])
@@ -206,6 +207,19 @@ def write_plots(study: optuna.Study, folder: Path, summary: dict) -> list[Path]:
         title = f"SLERP t over depth, trial {best.number} vs the paper's schedule"
         written.append(plots.t_over_layers(curves, folder / "t-over-layers.png", title=title))
     return written
+
+
+def pruned_points(study: optuna.Study) -> list[tuple[int, float, float]]:
+    """Each pruned trial as (number, fraction, value): the value it reported at the last benchmark
+    fraction it was scored on (its k-th report is the k-th fraction of --fidelities). A duplicate
+    of a pruned recipe reported nothing of its own and is left out (its original is drawn)."""
+    fidelities = load_settings(study).fidelities
+    points = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
+        reports = trial.intermediate_values
+        if reports:
+            points.append((trial.number, fidelities[len(reports) - 1], reports[max(reports)]))
+    return points
 
 
 def load_num_layers(recipe: Recipe) -> int:

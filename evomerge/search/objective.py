@@ -34,7 +34,17 @@ from evomerge.merge.merger import Merger
 from evomerge.merge.parents import ParentInfo
 from evomerge.recipe import Recipe
 from evomerge.search.locks import study_lock
-from evomerge.search.study import FINISHED, PARENT_SCORES_ATTR, SearchSettings, fidelity_step, process_is_gone, process_name, study_is_full
+from evomerge.search.study import (
+    FINISHED,
+    SearchSettings,
+    process_is_gone,
+    process_name,
+    set_parent_scores,
+    set_trial_attr,
+    stored_parent_scores,
+    study_is_full,
+    trial_data,
+)
 from evomerge.space import SearchSpace
 
 Values = Union[float, tuple[float, ...]]
@@ -83,10 +93,10 @@ def recipe_dtype_name(dtype: Optional[str], infos: Sequence[ParentInfo]) -> str:
 
 def ensure_parent_scores(study: optuna.Study, compute: Callable[[], dict]) -> dict:
     """The parents' scores stored on the study, computed (once per study) if they are not there."""
-    stored = study.user_attrs.get(PARENT_SCORES_ATTR)
+    stored = stored_parent_scores(study)
     if stored is None:
         stored = compute()
-        study.set_user_attr(PARENT_SCORES_ATTR, stored)
+        set_parent_scores(study, stored)
     return stored
 
 
@@ -126,11 +136,30 @@ def parent_scores_from_results(results: Mapping[str, ScoreResult], search: Bench
 
 
 def record_recipe(trial, recipe_yaml: str) -> str:
-    """Store a trial's recipe and its key; the key."""
+    """Store a trial's recipe and its key (and, where optuna-dashboard is installed, a note that
+    shows the recipe on the trial's dashboard page); the key."""
     key = recipe_key(recipe_yaml)
-    trial.set_user_attr("recipe", recipe_yaml)
+    set_trial_attr(trial, "recipe", recipe_yaml)
     trial.set_user_attr("recipe_key", key)
+    save_recipe_note(trial, recipe_yaml)
     return key
+
+
+def recipe_note(recipe_yaml: str) -> str:
+    """The Markdown note the dashboard shows on a trial's page: its recipe as mergekit YAML."""
+    return f"**Recipe** (mergekit YAML; `evomerge export --study NAME --rank K` writes it with absolute paths)\n\n```yaml\n{recipe_yaml.rstrip()}\n```\n"
+
+
+def save_recipe_note(trial, recipe_yaml: str) -> None:
+    """The recipe as the trial's dashboard note (optuna-dashboard's own `save_note`), when the
+    `[dashboard]` extra is installed and `trial` is an `optuna.Trial`; otherwise nothing."""
+    if not isinstance(trial, optuna.Trial):
+        return
+    try:
+        from optuna_dashboard import save_note
+    except ImportError:
+        return
+    save_note(trial, recipe_note(recipe_yaml))
 
 
 def same_recipe(study: optuna.Study, number: int, key: str) -> list[optuna.trial.FrozenTrial]:
@@ -184,8 +213,9 @@ def wait_while_running(study: optuna.Study, other: optuna.trial.FrozenTrial) -> 
 
 
 def copied_attrs(original: optuna.trial.FrozenTrial) -> dict:
-    """What a duplicate records: the earlier trial's outcome and which trial that was."""
-    attrs = {key: value for key, value in original.user_attrs.items() if key not in NOT_COPIED}
+    """What a duplicate records (with `set_trial_attr`): the earlier trial's outcome, its per-item
+    results included, and which trial that was."""
+    attrs = {key: value for key, value in {**original.user_attrs, **trial_data(original)}.items() if key not in NOT_COPIED}
     return {"duplicate_of": original.number, **attrs}
 
 
@@ -317,7 +347,7 @@ class TrialRunner:
         primary = self.objectives[0]
         fidelities = [1.0] if settings.multi_objective else settings.fidelities
         result = None
-        for step, fidelity in enumerate(fidelities):
+        for fidelity in fidelities:
             result = primary.scorer.score(model, fidelity, previous=result)  # only the new items
             if math.isnan(result.accuracy):
                 raise FloatingPointError("the score is NaN")
@@ -326,7 +356,7 @@ class TrialRunner:
             if not settings.multi_objective and fidelity < 1.0:
                 # Recorded before the report: a trial stopped at this fraction keeps its time so far.
                 trial.set_user_attr("score_s", round(time.perf_counter() - score_start, 4))
-                trial.report(value, fidelity_step(step))
+                trial.report(value, result.n)  # step: the items scored so far (the pruners see rungs)
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at fraction {fidelity}")
         self._record(trial, result, 0, parent_scores)
@@ -357,13 +387,13 @@ class TrialRunner:
         trial.set_user_attr(f"accuracy{suffix}", result.accuracy)
         trial.set_user_attr(f"gain{suffix}", result.accuracy - max(parents))
         trial.set_user_attr(f"synergy{suffix}", result.accuracy - sum(parents) / len(parents))
-        trial.set_user_attr(f"per_category{suffix}", result.per_category)
-        trial.set_user_attr(f"correct{suffix}", correctness_string(result))
+        set_trial_attr(trial, f"per_category{suffix}", result.per_category)
+        set_trial_attr(trial, f"correct{suffix}", correctness_string(result))
 
     def _copy_result(self, trial: optuna.Trial, original: optuna.trial.FrozenTrial):
         """An identical recipe is not evaluated twice: reuse the earlier trial's outcome."""
         for key, value in copied_attrs(original).items():
-            trial.set_user_attr(key, value)
+            set_trial_attr(trial, key, value)
         if original.state == optuna.trial.TrialState.PRUNED:
             raise optuna.TrialPruned(f"same recipe as pruned trial {original.number}")
         return original.values[0] if len(original.values) == 1 else tuple(original.values)

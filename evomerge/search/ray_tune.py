@@ -60,9 +60,11 @@ from evomerge.search.run import Prepared, check_stopped, open_study, record_fail
 from evomerge.search.study import (
     HEARTBEAT_S,
     SearchSettings,
+    fidelity_rung,
     finished_count,
-    last_fidelity_step,
+    last_fidelity_rung,
     make_sampler,
+    set_trial_attr,
     study_is_full,
 )
 
@@ -71,8 +73,8 @@ OnTrial = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 # What a Tune result carries (flat keys: Tune flattens nested dicts into "a/b" columns).
 VALUE = "value"  # the first objective; a second benchmark adds "value_1"
-STEP = "fidelity_step"  # the step the Optuna backend reports a fraction at (study.fidelity_step)
-RUNG = "fidelity_rung"  # ASHA's resource: the same step, so its rungs fall on the fractions
+STEP = "fidelity_step"  # the step the Optuna backend reports a fraction at: the items scored so far
+RUNG = "fidelity_rung"  # ASHA's resource: fraction k at study.fidelity_rung(k), so its rungs fall on the fractions
 STATE = "evomerge_state"  # "running" after a partial fraction, then "complete" or "fail"
 ATTRS = "evomerge_attrs"  # the trial attributes recorded since the last result, as JSON
 PID, LOADS = "worker_pid", "worker_parent_loads"
@@ -284,19 +286,22 @@ class TuneReporter:
     def __init__(self, metrics: list[str]):
         self.metrics = metrics
         self.attrs: dict = {}
+        self.reports = 0
 
     def set_user_attr(self, key: str, value) -> None:
         self.attrs[key] = value
 
     def report(self, value: float, step: int) -> None:
-        self._send({STATE: "running", self.metrics[0]: value, STEP: step, RUNG: step})
+        """A partial fraction's value at `step` (items scored); the k-th report is rung k."""
+        self._send({STATE: "running", self.metrics[0]: value, STEP: step, RUNG: fidelity_rung(self.reports)})
+        self.reports += 1
 
     def should_prune(self) -> bool:
         return False  # Ray's scheduler decides: a trial it stops never returns from its report
 
-    def complete(self, values: Values, last_step: int) -> None:
+    def complete(self, values: Values, last_rung: int) -> None:
         values = values if isinstance(values, tuple) else (values,)
-        self._send({STATE: "complete", **dict(zip(self.metrics, values)), RUNG: last_step})
+        self._send({STATE: "complete", **dict(zip(self.metrics, values)), RUNG: last_rung})
 
     def fail(self, reason: str) -> None:
         self.attrs["fail_reason"] = reason
@@ -323,7 +328,7 @@ def run_trial(config: dict, job: WorkerJob) -> None:
         free_accelerator_memory()
         reporter.fail(failure_reason(error))
         return
-    reporter.complete(values, last_step=1 if settings.multi_objective else last_fidelity_step(settings))
+    reporter.complete(values, last_rung=1 if settings.multi_objective else last_fidelity_rung(settings))
 
 
 def _score_parents_task(job: WorkerJob) -> tuple[dict, int, int]:
@@ -537,7 +542,7 @@ class StudySearch(Searcher):
         self._taken[trial_id] = iteration
         trial = self._trials[trial_id]
         for key, value in json.loads(result.get(ATTRS, "{}")).items():
-            trial.set_user_attr(key, value)
+            set_trial_attr(trial, key, value)
         if result.get(STATE) == "running":
             trial.report(result[VALUE], int(result[STEP]))  # the Optuna backend's step, not Tune's iteration
         if PID in result:
@@ -547,7 +552,7 @@ class StudySearch(Searcher):
     def _finish(self, trial_id: str, state: TrialState, values: Optional[list] = None, attrs: Optional[dict] = None) -> None:
         trial = self._trials[trial_id]
         for key, value in (attrs or {}).items():
-            trial.set_user_attr(key, value)
+            set_trial_attr(trial, key, value)
         try:
             frozen = self.study.tell(trial, values, state=state)
         except RuntimeError:

@@ -38,7 +38,6 @@ from evomerge.search.locks import study_lock
 from evomerge.search.objective import CLAIM_ATTR, TrialRunner, ensure_parent_scores
 from evomerge.search.study import (
     HEARTBEAT_S,
-    PARENT_SCORES_ATTR,
     TAKEN,
     SearchSettings,
     best_trial,
@@ -48,6 +47,8 @@ from evomerge.search.study import (
     load_settings,
     open_storage,
     process_is_gone,
+    stored_parent_scores,
+    trial_attr,
 )
 from evomerge.search.warm_start import WarmStart, enqueue_warm_start, load_warm_start
 from evomerge.space import SearchSpace, load_space
@@ -310,10 +311,10 @@ def holdout_result(study: optuna.Study, runner) -> Optional[HeldOut]:
     best = best_trial(study)
     if best is None:
         return None
-    result = runner.holdout_score(best.user_attrs["recipe"])
+    result = runner.holdout_score(trial_attr(best, "recipe"))
     if result is None:
         return None
-    scores = holdout_scores(best, result, study.user_attrs.get(PARENT_SCORES_ATTR, {}), runner.settings.seed)
+    scores = holdout_scores(best, result, stored_parent_scores(study) or {}, runner.settings.seed)
     study.set_user_attr(HOLDOUT_ATTR, scores)
     return HeldOut(best, result, scores)
 

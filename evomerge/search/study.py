@@ -28,15 +28,22 @@ from evomerge.search.locks import study_lock
 from evomerge.search.pruners import PRUNERS, make_pruner, pruner_choice  # noqa: F401 (PRUNERS: re-exported)
 from evomerge.search.samplers import SAMPLERS, multi_objective_samplers, sampler_choice  # noqa: F401 (SAMPLERS: re-exported)
 
-# A trial reports its k-th partial fraction at step PRUNING_FACTOR**k (1, 3, …): successive halving
-# then judges every partial fraction, keeping the best third each time (Ray's ASHA uses the same
-# steps as its resource, so both backends prune alike).
+# A trial reports each partial fraction at the number of items scored so far (the dashboard's
+# "step"); a pruner that works in rungs (successive halving, Hyperband, Ray's ASHA) sees the k-th
+# fraction at rung PRUNING_FACTOR**k (1, 3, …), so it judges every partial fraction, keeping the
+# best third each time, whatever the fractions' sizes, and both backends prune alike.
 PRUNING_FACTOR = 3
 OBJECTIVES = ("accuracy", "gain")
 RESULTS_ROOT = Path("results")  # one folder per study under it: database, best recipe, tables, plots
 SETTINGS_ATTR = "evomerge_settings"
 PARENT_SCORES_ATTR = "parent_scores"
 FINGERPRINTS_ATTR = "parent_fingerprints"  # one per parent, in --parents order
+# Long values kept in system attributes, not user attributes: Optuna stores both alike, but the
+# dashboard prints user attributes inline (a 600-character '0110…' string pushes its page
+# sideways) and system attributes not at all. On a trial: its recipe YAML (the dashboard shows it
+# as the trial's note), its per-item results and its per-category accuracies (a dict as long as
+# the benchmark has categories); on the study: the parents' scores (which hold their per-item results).
+TRIAL_DATA_ATTRS = ("recipe", "correct", "per_category")  # and correct_b1, per_category_b1, … for a second benchmark
 # A running trial beats every HEARTBEAT_S; one silent for twice that (a killed process) is failed.
 HEARTBEAT_S = int(os.environ.get("EVOMERGE_HEARTBEAT_S", "30"))
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -249,14 +256,73 @@ def make_sampler(settings: SearchSettings, grid: Optional[dict[str, list[float]]
     return sampler_choice(settings.sampler).make(settings.seed if seed is None else seed, grid)
 
 
-def fidelity_step(index: int) -> int:
-    """The step a trial reports its `index`-th benchmark fraction at (see PRUNING_FACTOR)."""
+def fidelity_rung(index: int) -> int:
+    """The rung a pruner sees a trial's `index`-th benchmark fraction at (see PRUNING_FACTOR)."""
     return PRUNING_FACTOR**index
 
 
-def last_fidelity_step(settings: SearchSettings) -> int:
-    """The step of the full benchmark: the largest resource a pruner or scheduler sees."""
-    return fidelity_step(len(settings.fidelities) - 1)
+def last_fidelity_rung(settings: SearchSettings) -> int:
+    """The rung of the full benchmark: the largest resource a rung pruner or scheduler sees."""
+    return fidelity_rung(len(settings.fidelities) - 1)
+
+
+def metric_names(settings: SearchSettings) -> list[str]:
+    """What the study's values are called (the dashboard's axis labels, instead of "Objective 0"):
+    `accuracy` or `gain`; with two benchmarks, the domain's and the general one's."""
+    if settings.multi_objective:
+        return [f"domain {settings.objective}", "general accuracy"]
+    return [settings.objective]
+
+
+def is_trial_data(key: str) -> bool:
+    """Whether a trial attribute is kept out of its user attributes (see TRIAL_DATA_ATTRS)."""
+    return key in TRIAL_DATA_ATTRS or re.fullmatch(r"(correct|per_category)_b\d+", key) is not None
+
+
+def set_trial_attr(trial, key: str, value) -> None:
+    """Record one attribute of a running trial: a long one (`is_trial_data`) among an
+    `optuna.Trial`'s system attributes, any other among its user attributes. Anything else with
+    `set_user_attr` (the Ray backend's reporter, which forwards to the driver's `optuna.Trial`)
+    gets every attribute there."""
+    if is_trial_data(key) and isinstance(trial, optuna.Trial):
+        trial.storage.set_trial_system_attr(trial._trial_id, key, value)
+    else:
+        trial.set_user_attr(key, value)
+
+
+def trial_attr(trial: optuna.trial.FrozenTrial, key: str, default=None):
+    """A recorded attribute of a trial, wherever `set_trial_attr` put it (a study made before
+    long values moved to system attributes has them among the user attributes)."""
+    if is_trial_data(key) and key in trial.system_attrs:
+        return trial.system_attrs[key]
+    return trial.user_attrs.get(key, default)
+
+
+def trial_data(trial: optuna.trial.FrozenTrial) -> dict:
+    """A trial's long attributes (recipe, per-item results), wherever they are stored."""
+    found = {key: value for key, value in trial.user_attrs.items() if is_trial_data(key)}
+    found.update({key: value for key, value in trial.system_attrs.items() if is_trial_data(key)})
+    return found
+
+
+def set_parent_scores(study: optuna.Study, scores: dict) -> None:
+    """Store the parents' scores on the study (a system attribute: they hold per-item results)."""
+    study._storage.set_study_system_attr(study._study_id, PARENT_SCORES_ATTR, scores)
+
+
+def stored_parent_scores(study: optuna.Study) -> Optional[dict]:
+    """The parents' scores stored on the study, or None (older studies keep them as a user attribute)."""
+    stored = study._storage.get_study_system_attrs(study._study_id).get(PARENT_SCORES_ATTR)
+    return stored if stored is not None else study.user_attrs.get(PARENT_SCORES_ATTR)
+
+
+def name_metrics(study: optuna.Study, settings: SearchSettings) -> None:
+    """Set the study's metric names (once; an older study gets them when it is resumed)."""
+    names = metric_names(settings)
+    if study.metric_names != names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
 
 
 def create_or_load_study(settings: SearchSettings, storage, grid=None, fingerprints: Optional[list[str]] = None) -> optuna.Study:
@@ -279,12 +345,14 @@ def create_or_load_study(settings: SearchSettings, storage, grid=None, fingerpri
         study.set_user_attr(SETTINGS_ATTR, settings.to_json())
         if fingerprints is not None:
             study.set_user_attr(FINGERPRINTS_ATTR, fingerprints)
+        name_metrics(study, settings)
         return study
     before = SearchSettings.from_json(stored)
     for key in ("space", "benchmarks", "objective", "fidelities", "holdout", "protocol"):
         if getattr(before, key) != getattr(settings, key):
             raise EvomergeError(f"study {settings.study} exists with {key}={getattr(before, key)!r}, not {getattr(settings, key)!r}; use another --study name")
     check_same_parents(settings, before, study.user_attrs.get(FINGERPRINTS_ATTR), fingerprints)
+    name_metrics(study, settings)
     study.sampler = make_sampler(settings, grid, seed=joining_seed(settings.seed, len(study.get_trials(deepcopy=False))))
     return study
 

@@ -28,7 +28,7 @@ from evomerge.errors import EvomergeError
 from evomerge.recipe import Recipe, slerp_recipe
 from evomerge.search.export import export_all, export_recipe, ranked_trials
 from evomerge.search.run import optimise, prepare, score_holdout
-from evomerge.search.study import SETTINGS_ATTR, SearchSettings, best_trial
+from evomerge.search.study import SETTINGS_ATTR, SearchSettings, best_trial, trial_attr
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 MERGEKIT_YAML = Path(sys.executable).parent / "mergekit-yaml"
@@ -106,7 +106,7 @@ def test_best_recipe_has_absolute_parent_paths_and_mergekit_accepts_it(finished,
     assert all(Path(name).is_absolute() and (Path(name) / "config.json").is_file() for name in recipe.model_names)
     assert recipe.base_model == str(Path(search_parents["instruct"]).resolve())
     # Apart from the paths it is the best trial's recipe.
-    stored = Recipe.from_yaml(best.user_attrs["recipe"]).to_dict()
+    stored = Recipe.from_yaml(trial_attr(best, "recipe")).to_dict()
     exported = recipe.to_dict()
     for data in (stored, exported):
         data.pop("base_model")
@@ -196,7 +196,7 @@ def test_export_rank_two_writes_the_second_best(finished, tmp_path, monkeypatch)
     assert text.startswith(f"# evomerge study exp, trial {trial.number}, rank 2")
     recipe = Recipe.from_yaml(text)
     recipe.to_mergekit()
-    assert recipe.parameters == Recipe.from_yaml(trial.user_attrs["recipe"]).parameters
+    assert recipe.parameters == Recipe.from_yaml(trial_attr(trial, "recipe")).parameters
     assert all(Path(name).is_absolute() for name in recipe.model_names)
     assert recipe.to_yaml() != Recipe.load(finished["folder"] / "best-recipe.yaml").to_yaml()
     with pytest.raises(EvomergeError, match="--rank 99 is out of range"):
@@ -220,7 +220,7 @@ def test_a_two_benchmark_study_writes_its_pareto_front(pareto_study):
         recipe = Recipe.load(path)
         recipe.to_mergekit()
         assert all(Path(name).is_absolute() for name in recipe.model_names)
-        assert recipe.parameters == Recipe.from_yaml(trial.user_attrs["recipe"]).parameters
+        assert recipe.parameters == Recipe.from_yaml(trial_attr(trial, "recipe")).parameters
     assert sorted(p.name for p in (folder / "pareto").iterdir()) == sorted(row["recipe"] for row in rows)
     summary = json.loads((folder / "summary.json").read_text())
     assert len(summary["benchmarks"]) == 2
@@ -257,3 +257,19 @@ def test_a_tie_on_one_benchmark_goes_to_the_earlier_trial(tmp_path):
         study.add_trial(optuna.trial.create_trial(value=value))
     assert [t.number for t in ranked_trials(study)] == [1, 2, 0, 3]
     assert best_trial(study).number == 1
+
+
+def test_history_draws_pruned_trials_at_the_last_fraction_they_reported():
+    """history.png's pruned points: each pruned trial at the value of its last report, the k-th
+    report being the k-th fraction; a pruned duplicate (no reports of its own) is left out."""
+    from optuna.trial import create_trial
+
+    from evomerge.search.export import pruned_points
+
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr(SETTINGS_ATTR, SearchSettings(parents=["a", "b"], benchmarks=["x"], fidelities=[0.25, 0.5, 1.0]).to_json())
+    study.add_trial(create_trial(value=0.4, intermediate_values={4: 0.3, 8: 0.35}))
+    study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={4: 0.1}))
+    study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={4: 0.2, 8: 0.15}))
+    study.add_trial(create_trial(state=TrialState.PRUNED, user_attrs={"duplicate_of": 1}))
+    assert pruned_points(study) == [(1, 0.25, 0.1), (2, 0.5, 0.15)]

@@ -25,7 +25,7 @@ from evomerge.errors import EvomergeError
 from evomerge.evaluate.scorer import Scorer
 from evomerge.recipe import Recipe, paper_recipe
 from evomerge.search.run import TooManyFailures, optimise, prepare, score_holdout
-from evomerge.search.study import PARENT_SCORES_ATTR, SETTINGS_ATTR, SearchSettings, finished_count
+from evomerge.search.study import SETTINGS_ATTR, SearchSettings, finished_count, set_parent_scores, stored_parent_scores, trial_attr
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -35,7 +35,7 @@ def run(settings):
 
 
 def parent_accuracies(study, benchmark=0, fidelity="1.0"):
-    return [scores[benchmark]["fidelity"][fidelity] for scores in study.user_attrs[PARENT_SCORES_ATTR].values()]
+    return [scores[benchmark]["fidelity"][fidelity] for scores in stored_parent_scores(study).values()]
 
 
 def evaluated(study):
@@ -67,7 +67,7 @@ def test_the_study_reaches_its_total_and_stores_its_settings(main):
 
 def test_parents_are_scored_once_and_stored_on_the_study(main):
     study, runner, settings = main["study"], main["runner"], main["settings"]
-    scores = study.user_attrs[PARENT_SCORES_ATTR]
+    scores = stored_parent_scores(study)
     assert list(scores) == settings.parents
     search_items = len(runner.objectives[0].benchmark)
     for parent, per_benchmark in scores.items():
@@ -92,7 +92,7 @@ def test_the_papers_recipe_is_trial_zero_and_the_baseline(main):
     assert [t.number for t in baseline] == [0], "exactly one baseline trial, the first"
     trial = baseline[0]
     assert trial.state == TrialState.COMPLETE
-    recipe = Recipe.from_yaml(trial.user_attrs["recipe"])
+    recipe = Recipe.from_yaml(trial_attr(trial, "recipe"))
     expected = paper_recipe(settings.parents[0], settings.parents[1], dtype="float32")
     # On these 2-layer parents the space has one anchor per layer: the paper's gradient read at
     # each layer, so every tensor gets the paper's t.
@@ -106,32 +106,52 @@ def test_the_papers_recipe_is_trial_zero_and_the_baseline(main):
 def test_each_complete_trial_records_recipe_fidelities_categories_gain_synergy_times_and_items(main):
     study, runner = main["study"], main["runner"]
     parents = parent_accuracies(study)
-    n_items = len(runner.objectives[0].benchmark)
+    search = runner.objectives[0].benchmark
+    n_items = len(search)
     trials = evaluated(study)
     assert trials
     for trial in trials:
         attrs = trial.user_attrs
-        Recipe.from_yaml(attrs["recipe"]).to_mergekit()
+        Recipe.from_yaml(trial_attr(trial, "recipe")).to_mergekit()
         accuracy = attrs["accuracy"]
         assert trial.value == accuracy
         assert attrs["accuracy@1.0"] == accuracy
         assert 0 <= attrs["accuracy@0.25"] <= 1 and 0 <= attrs["accuracy@0.5"] <= 1
-        # Each partial fidelity was reported to the pruner at its step.
-        assert trial.intermediate_values == {1: attrs["accuracy@0.25"], 3: attrs["accuracy@0.5"]}
-        assert set(attrs["per_category"]) == {"general", "specific"}
+        # Each partial fidelity was reported at the number of items scored so far.
+        assert trial.intermediate_values == {search.count(0.25): attrs["accuracy@0.25"], search.count(0.5): attrs["accuracy@0.5"]}
+        assert set(trial_attr(trial, "per_category")) == {"general", "specific"}
         assert attrs["gain"] == pytest.approx(accuracy - max(parents))
         assert attrs["synergy"] == pytest.approx(accuracy - sum(parents) / len(parents))
         assert attrs["merge_s"] >= 0 and attrs["score_s"] > 0
         assert attrs["worker"] == f"{socket.gethostname()}:{os.getpid()}"  # which process ran it
-        correct = attrs["correct"]
+        correct = trial_attr(trial, "correct")
         assert len(correct) == n_items and set(correct) <= {"0", "1"}
         assert correct.count("1") / n_items == pytest.approx(accuracy)
     # The recorded number is what that recipe really scores: merge it again and score it.
     best = max(trials, key=lambda t: (t.value, -t.number))
-    model = runner.merger.apply(Recipe.from_yaml(best.user_attrs["recipe"]), seed=0)
+    model = runner.merger.apply(Recipe.from_yaml(trial_attr(best, "recipe")), seed=0)
     again = runner.objectives[0].scorer.score(model, 1.0)
     assert again.accuracy == best.value
-    assert "".join("1" if ok else "0" for ok in again.correct) == best.user_attrs["correct"]
+    assert "".join("1" if ok else "0" for ok in again.correct) == trial_attr(best, "correct")
+
+
+def test_the_dashboard_sees_named_metrics_short_attributes_and_each_recipe_as_a_note(main):
+    """What optuna-dashboard shows: the value named (not "Objective 0"), attribute tables without
+    the recipe YAML or the per-item strings (they are system attributes, still read by export
+    and resume), and the recipe as the trial's note."""
+    from optuna_dashboard import get_note
+
+    from evomerge.search.study import PARENT_SCORES_ATTR
+
+    study = main["study"]
+    assert study.metric_names == ["accuracy"]
+    assert PARENT_SCORES_ATTR not in study.user_attrs and stored_parent_scores(study)
+    for trial in evaluated(study):
+        assert not {"recipe", "correct", "per_category"} & set(trial.user_attrs)
+        assert max(len(str(value)) for value in trial.user_attrs.values()) < 100
+        recipe = trial_attr(trial, "recipe")
+        note = get_note(optuna.Trial(study, trial._trial_id))
+        assert f"```yaml\n{recipe.rstrip()}\n```" in note
 
 
 def test_holdout_items_are_never_seen_by_the_search_and_are_scored_at_the_end(main):
@@ -144,14 +164,14 @@ def test_holdout_items_are_never_seen_by_the_search_and_are_scored_at_the_end(ma
     assert len(search_ids | held_ids) == 16
     # The scorer the trials used only knows the search items.
     assert {item.id for item in objective.scorer.benchmark.items} == search_ids
-    assert all(len(t.user_attrs["correct"]) == len(search_ids) for t in evaluated(study))
+    assert all(len(trial_attr(t, "correct")) == len(search_ids) for t in evaluated(study))
     scores = score_holdout(study, runner)
     assert set(scores) >= {"trial", "search_accuracy", "holdout_accuracy", "holdout_n"}
     assert scores["holdout_n"] == len(held_ids)
     best = study.best_trial
     assert scores["trial"] == best.number and scores["search_accuracy"] == best.user_attrs["accuracy"]
     # Independently: the best recipe scored by a fresh scorer on the held-out items only.
-    model = runner.merger.apply(Recipe.from_yaml(best.user_attrs["recipe"]), seed=0)
+    model = runner.merger.apply(Recipe.from_yaml(trial_attr(best, "recipe")), seed=0)
     fresh = Scorer.load(objective.holdout, runner.tokenizer, protocol="paper").score(model, 1.0)
     assert scores["holdout_accuracy"] == fresh.accuracy
     assert study.user_attrs["holdout_scores"] == scores
@@ -164,17 +184,17 @@ def test_a_resumed_study_does_not_rescore_parents_or_reenqueue_the_baseline(main
     shutil.copy(main["folder"] / "s.db", tmp_path / "s.db")
     storage = f"sqlite:///{tmp_path}/s.db"
     copy = optuna.load_study(study_name="s", storage=storage)
-    marked = copy.user_attrs[PARENT_SCORES_ATTR]
+    marked = stored_parent_scores(copy)
     for scores in marked.values():
         scores[0]["fidelity"]["1.0"] = 0.015625  # 1/64: no real score on 16 items or fewer
-    copy.set_user_attr(PARENT_SCORES_ATTR, marked)
+    set_parent_scores(copy, marked)
     before = len(copy.trials)
 
     settings = main["settings"]
     resumed = SearchSettings(**{**settings.__dict__, "storage": storage, "trials": settings.trials + 2})
     study, runner = run(resumed)
 
-    assert study.user_attrs[PARENT_SCORES_ATTR] == marked, "the parents were scored again on resume"
+    assert stored_parent_scores(study) == marked, "the parents were scored again on resume"
     assert finished_count(study) == settings.trials + 2
     assert len(study.trials) > before
     assert sum(bool(t.user_attrs.get("baseline")) for t in study.trials) == 1
@@ -259,9 +279,9 @@ def test_an_identical_recipe_is_not_evaluated_twice(search_parents, tmp_path, mo
         original = by_number[trial.user_attrs["duplicate_of"]]
         assert original.number < trial.number and "duplicate_of" not in original.user_attrs
         assert trial.user_attrs["recipe_key"] == original.user_attrs["recipe_key"]
-        assert trial.user_attrs["recipe"] == original.user_attrs["recipe"]
+        assert trial_attr(trial, "recipe") == trial_attr(original, "recipe")
         assert trial.value == original.value
-        assert trial.user_attrs["correct"] == original.user_attrs["correct"]
+        assert trial_attr(trial, "correct") == trial_attr(original, "correct")
         assert "merge_s" not in trial.user_attrs  # a duplicate did no merge of its own
 
 
@@ -289,7 +309,7 @@ def test_median_pruner_stops_a_hopeless_recipe_after_the_first_fraction(search_p
     pruned = study.trials[3]
     assert pruned.state == TrialState.PRUNED, f"t=0.5 scores 0 < median 0.25 at fraction 0.25: {pruned.state}"
     assert pruned.user_attrs["accuracy@0.25"] == 0.0
-    assert pruned.intermediate_values == {1: 0.0}
+    assert pruned.intermediate_values == {4: 0.0}, "reported at the items scored: a quarter of 16"
     assert "accuracy" not in pruned.user_attrs and "accuracy@1.0" not in pruned.user_attrs
     assert "accuracy@0.5" not in pruned.user_attrs
     assert pruned.user_attrs["score_s"] > 0
@@ -319,7 +339,7 @@ def test_pruned_trials_record_only_partial_fidelities(search_parents, tmp_path, 
         assert "accuracy" not in trial.user_attrs
         assert any(key.startswith("accuracy@0.") for key in trial.user_attrs)
         assert all(float(key.split("@")[1]) < 1 for key in trial.user_attrs if key.startswith("accuracy@"))
-        assert not {"gain", "synergy", "correct", "per_category"} & set(trial.user_attrs)
+        assert not {"gain", "synergy", "correct", "per_category"} & (set(trial.user_attrs) | set(trial.system_attrs))
     assert finished_count(study) == 6
 
 
@@ -378,7 +398,7 @@ def test_five_failures_in_a_row_stop_the_study_with_a_reason(search_parents, tmp
     reason = failed[-1].user_attrs["fail_reason"]
     assert reason and reason in message
     assert study.user_attrs["stopped_because"] in message
-    assert PARENT_SCORES_ATTR in study.user_attrs  # parents were scored before the failures
+    assert stored_parent_scores(study) is not None  # parents were scored before the failures
 
 
 # ----- objectives ----------------------------------------------------------------------------
@@ -390,6 +410,7 @@ def test_gain_objective_values_are_accuracy_minus_the_best_parent(search_parents
         search_parents, tmp_path, space="slerp_global", sampler="random", objective="gain", protocol="paper", fidelities=[0.5, 1.0], trials=4
     )
     study, _ = run(settings)
+    assert study.metric_names == ["gain"]
     best_parent = {f: max(parent_accuracies(study, 0, f)) for f in ("0.5", "1.0")}
     assert best_parent["1.0"] > 0, "the child scores above zero: gain differs from accuracy"
     trials = evaluated(study)
@@ -398,7 +419,8 @@ def test_gain_objective_values_are_accuracy_minus_the_best_parent(search_parents
         assert trial.value == pytest.approx(trial.user_attrs["accuracy"] - best_parent["1.0"])
         assert trial.value == pytest.approx(trial.user_attrs["gain"])
         # What the pruner sees at a partial fraction is a gain too, against the parents at that fraction.
-        assert trial.intermediate_values[1] == pytest.approx(trial.user_attrs["accuracy@0.5"] - best_parent["0.5"])
+        # (at step 8: half of the 16 items)
+        assert trial.intermediate_values[8] == pytest.approx(trial.user_attrs["accuracy@0.5"] - best_parent["0.5"])
 
 
 def test_two_benchmarks_make_a_multi_objective_study(search_parents, tmp_path, monkeypatch):
@@ -407,8 +429,9 @@ def test_two_benchmarks_make_a_multi_objective_study(search_parents, tmp_path, m
     settings = settings_for(search_parents, tmp_path, space="slerp_global", benchmarks=benchmarks, trials=3)
     study, runner = run(settings)
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE] * 2
+    assert study.metric_names == ["domain accuracy", "general accuracy"]
     assert study.best_trials
-    scores = study.user_attrs[PARENT_SCORES_ATTR]
+    scores = stored_parent_scores(study)
     assert all(len(per_benchmark) == 2 for per_benchmark in scores.values())
     general_parents = parent_accuracies(study, benchmark=1)
     trials = evaluated(study)
@@ -418,10 +441,11 @@ def test_two_benchmarks_make_a_multi_objective_study(search_parents, tmp_path, m
         assert len(trial.values) == 2
         assert trial.values[0] == attrs["accuracy"]
         assert trial.values[1] == attrs["accuracy_b1"]
-        assert len(attrs["correct"]) == 16 and len(attrs["correct_b1"]) == 12
-        assert attrs["correct_b1"].count("1") / 12 == pytest.approx(attrs["accuracy_b1"])
+        assert len(trial_attr(trial, "correct")) == 16 and len(trial_attr(trial, "correct_b1")) == 12
+        assert trial_attr(trial, "correct_b1").count("1") / 12 == pytest.approx(attrs["accuracy_b1"])
+        assert not {"correct", "correct_b1", "recipe", "per_category", "per_category_b1"} & set(attrs), "long values stay out of the dashboard's table"
         assert attrs["gain_b1"] == pytest.approx(attrs["accuracy_b1"] - max(general_parents))
         assert attrs["synergy_b1"] == pytest.approx(attrs["accuracy_b1"] - sum(general_parents) / 2)
-        assert "per_category_b1" in attrs
+        assert trial_attr(trial, "per_category_b1") is not None
         assert trial.intermediate_values == {}, "a multi-objective trial is not pruned (no reports)"
     assert score_holdout(study, runner) is None

@@ -54,14 +54,24 @@ from evomerge.search.ray_tune import (
     plan_resources,
 )
 from evomerge.search.run import join_study, optimise, prepare, score_holdout
-from evomerge.search.study import FINGERPRINTS_ATTR, PARENT_SCORES_ATTR, SETTINGS_ATTR, SearchSettings, create_or_load_study, finished_count
+from evomerge.search.study import (
+    FINGERPRINTS_ATTR,
+    SETTINGS_ATTR,
+    SearchSettings,
+    create_or_load_study,
+    finished_count,
+    set_parent_scores,
+    stored_parent_scores,
+    trial_attr,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 EVOMERGE = [sys.executable, "-m", "evomerge.cli"]
 COMPLETE_ATTRS = {
-    "recipe", "recipe_key", "claimed_by", "worker", "merge_s", "score_s", "accuracy@0.25", "accuracy@0.5", "accuracy@1.0",
-    "accuracy", "gain", "synergy", "per_category", "correct",
+    "recipe_key", "claimed_by", "worker", "merge_s", "score_s", "accuracy@0.25", "accuracy@0.5", "accuracy@1.0",
+    "accuracy", "gain", "synergy",
 }  # fmt: skip
+TRIAL_DATA = {"recipe", "correct", "per_category"}  # system attributes (out of the dashboard's table)
 
 
 def settings_for(parents, folder, **overrides) -> SearchSettings:
@@ -194,7 +204,7 @@ def test_the_searcher_records_pruned_failed_complete_and_duplicate_trials_as_the
     pruned = study.trials[0]
     assert pruned.state == TrialState.PRUNED and pruned.intermediate_values == {1: 0.5} and pruned.value == 0.5
     assert pruned.user_attrs["accuracy@0.25"] == 0.5 and "accuracy" not in pruned.user_attrs
-    assert pruned.user_attrs["recipe"] == config["recipe"]
+    assert trial_attr(pruned, "recipe") == config["recipe"]
     assert loads.by_pid == {4242: 1} and "pid 4242 loaded the parents" in seen[0]
 
     # A worker process that died: FAIL with a reason pointing at Ray's error file.
@@ -222,7 +232,7 @@ def test_the_searcher_records_pruned_failed_complete_and_duplicate_trials_as_the
     duplicate, fresh = study.trials[4], study.trials[5]
     assert duplicate.state == TrialState.COMPLETE and duplicate.user_attrs["duplicate_of"] == 3 and duplicate.value == 0.75
     assert "merge_s" not in duplicate.user_attrs
-    assert fresh.state == TrialState.RUNNING and fresh.user_attrs["recipe"] == config["recipe"]
+    assert fresh.state == TrialState.RUNNING and trial_attr(fresh, "recipe") == config["recipe"]
     assert seen[1:] == [0, 1, 2, 3, 4]  # the progress callback saw every finished trial
 
     # Ctrl-C: what is in flight is failed with the Optuna backend's reason.
@@ -401,7 +411,16 @@ def six(local_ray, search_parents, tmp_path_factory):
         reference, reference_runner = optimise(prepare(reference_settings))
         score_holdout(reference, reference_runner)
     print(f"\n6-trial Ray search: {seconds:.1f} s; {lines[-1]}")
-    return {"study": study, "runner": runner, "holdout": holdout, "lines": lines, "reference": reference, "settings": settings, "folder": folder}
+    return {
+        "study": study,
+        "runner": runner,
+        "holdout": holdout,
+        "lines": lines,
+        "reference": reference,
+        "settings": settings,
+        "folder": folder,
+        "steps": [reference_runner.objectives[0].benchmark.count(f) for f in settings.fidelities[:-1]],
+    }
 
 
 @pytest.mark.slow
@@ -414,20 +433,21 @@ def test_a_ray_search_reaches_its_total_with_nothing_left_running(six):
 
 @pytest.mark.slow
 def test_ray_trials_carry_the_same_attributes_as_the_optuna_backends(six):
-    study, reference = six["study"], six["reference"]
-    assert set(study.user_attrs) == set(reference.user_attrs) == {SETTINGS_ATTR, PARENT_SCORES_ATTR, FINGERPRINTS_ATTR, "holdout_scores"}
-    assert study.user_attrs[PARENT_SCORES_ATTR] == reference.user_attrs[PARENT_SCORES_ATTR], "the parents scored alike on a worker"
+    study, reference, steps = six["study"], six["reference"], six["steps"]
+    assert set(study.user_attrs) == set(reference.user_attrs) == {SETTINGS_ATTR, FINGERPRINTS_ATTR, "holdout_scores"}
+    assert stored_parent_scores(study) == stored_parent_scores(reference), "the parents scored alike on a worker"
     for trial in study.get_trials(states=(TrialState.COMPLETE,)):
         if "duplicate_of" in trial.user_attrs:
             continue
         expected = COMPLETE_ATTRS | ({"baseline"} if trial.number == 0 else set())
         assert set(trial.user_attrs) == expected, trial.number
+        assert TRIAL_DATA <= set(trial.system_attrs), trial.number
         assert trial.value == trial.user_attrs["accuracy"] == trial.user_attrs["accuracy@1.0"]
-        assert set(trial.intermediate_values) == {1, 3}, "reported at the Optuna backend's steps"
+        assert set(trial.intermediate_values) == set(steps), "reported at the Optuna backend's steps: the items scored"
         assert set(trial.params) == set(reference.trials[0].params)
     for trial in study.get_trials(states=(TrialState.PRUNED,)):
         assert "accuracy" not in trial.user_attrs and trial.user_attrs["score_s"] > 0
-        assert set(trial.intermediate_values) == {1} or set(trial.intermediate_values) == {1, 3}
+        assert set(trial.intermediate_values) in ({steps[0]}, set(steps))
     reference_complete = [t for t in reference.get_trials(states=(TrialState.COMPLETE,)) if "duplicate_of" not in t.user_attrs]
     assert all(set(t.user_attrs) == COMPLETE_ATTRS | ({"baseline"} if t.number == 0 else set()) for t in reference_complete)
 
@@ -437,7 +457,7 @@ def test_the_papers_recipe_is_trial_zero_and_scores_as_on_the_optuna_backend(six
     ray_zero, optuna_zero = six["study"].trials[0], six["reference"].trials[0]
     assert ray_zero.user_attrs["baseline"] and optuna_zero.user_attrs["baseline"]
     for key in ("recipe", "recipe_key", "accuracy", "correct", "per_category", "gain", "synergy", "accuracy@0.25", "accuracy@0.5"):
-        assert ray_zero.user_attrs[key] == optuna_zero.user_attrs[key], key
+        assert trial_attr(ray_zero, key) == trial_attr(optuna_zero, key) is not None, key
     assert ray_zero.params == optuna_zero.params and ray_zero.values == optuna_zero.values
     assert ray_zero.intermediate_values == optuna_zero.intermediate_values
 
@@ -486,7 +506,7 @@ def test_asha_stops_a_hopeless_recipe_after_the_first_fraction(local_ray, search
     study, _, _ = ray_search(settings, tmp_path)
     pruned = next(trial for trial in study.trials if trial.params["t.default"] == 0.5)
     assert pruned.state == TrialState.PRUNED, f"t=0.5 scores 0 < 1/4 at fraction 0.25: {pruned.state}"
-    assert pruned.user_attrs["accuracy@0.25"] == 0.0 and pruned.intermediate_values == {1: 0.0}
+    assert pruned.user_attrs["accuracy@0.25"] == 0.0 and pruned.intermediate_values == {4: 0.0}  # a quarter of the 16 items
     assert "accuracy" not in pruned.user_attrs and "accuracy@0.5" not in pruned.user_attrs
     assert pruned.user_attrs["score_s"] > 0
     assert all(trial.user_attrs["accuracy@0.25"] == 0.25 for trial in study.trials[:3])
@@ -520,14 +540,14 @@ def test_an_optuna_backend_study_is_continued_on_ray(six, local_ray, tmp_path):
     shutil.copy(six["folder"] / "six.db", tmp_path / "six.db")
     storage = f"sqlite:///{tmp_path}/six.db"
     copy = optuna.load_study(study_name="ref", storage=storage)
-    marked = copy.user_attrs[PARENT_SCORES_ATTR]
+    marked = stored_parent_scores(copy)
     for scores in marked.values():
         scores[0]["fidelity"]["1.0"] = 0.015625
-    copy.set_user_attr(PARENT_SCORES_ATTR, marked)
+    set_parent_scores(copy, marked)
     before = len(copy.trials)
     settings = SearchSettings(**{**six["settings"].__dict__, "study": "ref", "storage": storage, "trials": 5})
     study, runner, _ = ray_search(settings, six["folder"])
-    assert study.user_attrs[PARENT_SCORES_ATTR] == marked, "the parents were scored again on resume"
+    assert stored_parent_scores(study) == marked, "the parents were scored again on resume"
     assert finished_count(study) == 5 and len(study.trials) > before
     assert sum(bool(t.user_attrs.get("baseline")) for t in study.trials) == 1
     for trial in study.trials[before:]:

@@ -20,7 +20,7 @@ from evomerge.evaluate.benchmark import load_benchmark
 from evomerge.merge.merger import Merger
 from evomerge.search.objective import TrialRunner
 from evomerge.search.scale_map import MapSettings, PairSpec, check_map, load_pairs, parse_sweep, run_map, slerp_recipe
-from evomerge.search.study import PARENT_SCORES_ATTR
+from evomerge.search.study import stored_parent_scores
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SWEEP = "0:1:0.5"
@@ -155,7 +155,7 @@ def test_the_searchs_parent_scores_are_the_maps_own_on_its_items(mapped, parents
     items = read_csv(out / "items.csv")
     for label in SCALES:
         study = optuna.load_study(study_name=f"map-{label}", storage=f"sqlite:///{out / 'searches' / label / 'study.db'}")
-        stored = study.user_attrs[PARENT_SCORES_ATTR]
+        stored = stored_parent_scores(study)
         assert list(stored) == [str(parents["root"] / label / name) for name in ("instruct", "child")]
         for parent, (entry,) in stored.items():
             name = f"parent {Path(parent).name}"

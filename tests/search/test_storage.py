@@ -19,7 +19,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from evomerge.search.study import finished_count
+from evomerge.search.study import finished_count, stored_parent_scores
 
 EVOMERGE = [sys.executable, "-m", "evomerge.cli"]
 
@@ -167,7 +167,7 @@ def test_a_worker_joins_a_postgres_study_from_its_storage_alone(search_parents, 
         ready = False
         while not ready and first.poll() is None and time.time() < deadline:  # the worker needs the study, its settings and parents' scores
             try:
-                ready = "parent_scores" in optuna.load_study(study_name="shared", storage=storage).user_attrs
+                ready = stored_parent_scores(optuna.load_study(study_name="shared", storage=storage)) is not None
             except KeyError:  # not created yet
                 time.sleep(0.1)
         if first.poll() is not None:

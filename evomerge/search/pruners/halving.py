@@ -1,5 +1,5 @@
 """`--pruner halving`: successive halving; at each benchmark fraction the best third goes on
-(Ray: ASHA with a rung at each fraction)."""
+(Optuna: `rungs.RungHalvingPruner`; Ray: ASHA with a rung at each fraction)."""
 
 from __future__ import annotations
 
@@ -16,17 +16,16 @@ class HalvingPruner(PrunerChoice):
     description = "successive halving: the best third goes on at each fraction"
 
     def optuna(self, settings) -> optuna.pruners.BasePruner:
-        import optuna
-
+        from evomerge.search.pruners.rungs import RungHalvingPruner
         from evomerge.search.study import PRUNING_FACTOR
 
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=PRUNING_FACTOR, min_early_stopping_rate=0)
+        return RungHalvingPruner(min_resource=1, reduction_factor=PRUNING_FACTOR, min_early_stopping_rate=0)
 
     def tune(self, settings, *, time_attr: str, metric: str):
         from ray.tune.schedulers import ASHAScheduler
 
-        from evomerge.search.study import PRUNING_FACTOR, last_fidelity_step
+        from evomerge.search.study import PRUNING_FACTOR, last_fidelity_rung
 
         return ASHAScheduler(
-            time_attr=time_attr, metric=metric, mode="max", grace_period=1, max_t=last_fidelity_step(settings), reduction_factor=PRUNING_FACTOR
+            time_attr=time_attr, metric=metric, mode="max", grace_period=1, max_t=last_fidelity_rung(settings), reduction_factor=PRUNING_FACTOR
         )

@@ -16,8 +16,7 @@ class HyperbandPruner(HalvingPruner):
     description = "Hyperband: brackets of successive halving, some never prune"
 
     def optuna(self, settings) -> optuna.pruners.BasePruner:
-        import optuna
+        from evomerge.search.pruners.rungs import RungHyperbandPruner
+        from evomerge.search.study import PRUNING_FACTOR, last_fidelity_rung
 
-        from evomerge.search.study import PRUNING_FACTOR, last_fidelity_step
-
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=last_fidelity_step(settings), reduction_factor=PRUNING_FACTOR)
+        return RungHyperbandPruner(min_resource=1, max_resource=last_fidelity_rung(settings), reduction_factor=PRUNING_FACTOR)
