@@ -21,6 +21,7 @@ from evomerge.devices import DTYPE_CHOICES, resolve_device, resolve_dtype
 from evomerge.errors import ParentError, RecipeError
 from evomerge.merge import methods
 from evomerge.merge.fast import fast_method
+from evomerge.merge.layout import to_model_layout
 from evomerge.merge.parents import Parent, ParentInfo, check_parents, inspect_parent, load_parent
 from evomerge.merge.planner import FOLDER_KEYS, MergePlan, Planner, TensorPlan
 from evomerge.recipe import Recipe
@@ -87,8 +88,12 @@ class Merger:
         check_parents(infos)
         device = resolve_device(device)
         dtype = resolve_dtype(dtype) or DTYPES[infos[0].stored_dtype]
-        loaded = {info.name: load_parent(info, dtype=dtype, device=device) for info in infos}
-        model, targets = build_resident_model(infos[0], next(iter(loaded.values())).tensors, dtype, device, trust_remote_code)
+        model = allocate_resident_model(infos[0], dtype, device, trust_remote_code)
+        loaded = {}
+        for info in infos:  # each in the model's layout (renamed, MoE experts fused), as mergekit reads it
+            parent = load_parent(info, dtype=dtype, device=device)
+            loaded[info.name] = Parent(info, to_model_layout(parent.tensors, model, label=str(info.path)))
+        targets = fill_resident_model(model, info=infos[0], first=next(iter(loaded.values())).tensors)
         return cls(loaded, model, targets, infos=infos, device=device)
 
     # ----- public API ----------------------------------------------------------------------
@@ -171,8 +176,14 @@ class Merger:
 
 def build_resident_model(info: ParentInfo, first: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False):
     """(model, targets): one model of the parents' architecture, allocated without random init on
-    the device and holding the first parent's tensors (`first`); `targets` maps each checkpoint
-    tensor to its parameter, in the model's order."""
+    the device and holding the first parent's tensors (`first`, in the model's layout); `targets`
+    maps each of those tensors to its parameter, in the model's order."""
+    model = allocate_resident_model(info, dtype, device, trust_remote_code)
+    return model, fill_resident_model(model, info=info, first=first)
+
+
+def allocate_resident_model(info: ParentInfo, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False):
+    """One model of the parent's architecture on the device, allocated without random init."""
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.initialization import no_init_weights
 
@@ -184,6 +195,11 @@ def build_resident_model(info: ParentInfo, first: dict[str, torch.Tensor], dtype
     # merge and score runs under inference_mode anyway.
     model.to(device).eval()
     model.tie_weights()  # a tied lm_head is absent from the files and must share the embeddings
+    return model
+
+
+def fill_resident_model(model, *, info: ParentInfo, first: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copy `first` into the model; {tensor name: the model's parameter}, in the model's order."""
     state = model.state_dict()
     for name, tensor in first.items():
         if name not in state or tuple(state[name].shape) != tuple(tensor.shape):
@@ -192,4 +208,4 @@ def build_resident_model(info: ParentInfo, first: dict[str, torch.Tensor], dtype
     with torch.no_grad():
         for name, target in targets.items():
             target.copy_(first[name])
-    return model, targets
+    return targets

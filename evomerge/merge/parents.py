@@ -29,7 +29,9 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 # Floating dtypes as safetensors headers name them, and as torch and recipes do.
 _FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
-_LAYER_INDEX = re.compile(r"\.(?:layers|h|blocks|block)\.(\d+)\.")
+# `transformer.h.7.` (GPT-2), `model.layers.7.`, and GPT-2 checkpoints saved without the prefix (`h.7.`).
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks|block)\.(\d+)\.")
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 
 
 @dataclass
@@ -50,8 +52,14 @@ class ParentInfo:
 
     @property
     def num_layers(self) -> int:
-        text_config = self.config.get("text_config") or {}
-        return int(self.config.get("num_hidden_layers") or text_config.get("num_hidden_layers") or 0)
+        """Decoder layers, from the config (`num_hidden_layers`, GPT-2's `n_layer`, …), else counted
+        from the tensor names."""
+        for config in (self.config, self.config.get("text_config") or {}):
+            for key in LAYER_COUNT_KEYS:
+                if config.get(key):
+                    return int(config[key])
+        layers = {layer_index(name) for name in self.shapes} - {None}
+        return max(layers) + 1 if layers else 0
 
     @property
     def tokenizer_dir(self) -> Path:

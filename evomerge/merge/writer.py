@@ -94,7 +94,8 @@ def _write_with_evomerge(recipe: Recipe, infos: list[ParentInfo], out: Path, dev
         if out_dtype is not None:
             model.config.dtype = out_dtype
         try:
-            model.save_pretrained(str(staging), state_dict=state)
+            # In the model's own layout (fused MoE experts), as mergekit-yaml writes it.
+            model.save_pretrained(str(staging), state_dict=state, save_original_format=False)
         except SafetensorError as error:  # a full disk or a write error: the staged folder goes
             raise OSError(f"cannot write the merged model to {out}: {first_line(error)}") from None
         copy_tokenizer(base, staging)
