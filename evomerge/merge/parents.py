@@ -160,8 +160,10 @@ def fingerprint(info: ParentInfo) -> str:
     return digest.hexdigest()[:32]
 
 
-def check_parents(infos: Sequence[ParentInfo]) -> None:
-    """Refuse parents that cannot be merged tensor by tensor."""
+def check_parents(infos: Sequence[ParentInfo], *, vocabularies_may_differ: bool = False) -> None:
+    """Refuse parents that cannot be merged tensor by tensor. `vocabularies_may_differ`: embedding
+    and lm_head rows (tokens) may differ, for a merge that lays them out in one merged vocabulary
+    (a recipe's `tokenizer` setting)."""
     if len(infos) < 2:
         raise ParentError("a merge needs at least two parents")
     first = infos[0]
@@ -178,9 +180,11 @@ def check_parents(infos: Sequence[ParentInfo]) -> None:
         for tensor_name, shape in first.shapes.items():
             if other.shapes[tensor_name] != shape:
                 hint = ""
-                vocabulary_tensor = "embed" in tensor_name or "lm_head" in tensor_name
+                vocabulary_tensor = any(part in tensor_name for part in ("embed", "lm_head", "wte"))
                 if vocabulary_tensor and other.shapes[tensor_name][:1] != shape[:1]:  # rows are tokens
-                    hint = " (different vocabulary sizes: resize the embeddings to one tokenizer first)"
+                    if vocabularies_may_differ and other.shapes[tensor_name][1:] == shape[1:]:
+                        continue
+                    hint = " (different vocabularies: merge them with a recipe `tokenizer: {source: union}`, or resize the embeddings to one tokenizer)"
                 raise ParentError(
                     f"parents differ in shape at {tensor_name}: {first.name} {list(shape)} vs {other.name} {list(other.shapes[tensor_name])}{hint}"
                 )

@@ -166,7 +166,7 @@ def test_different_architectures_are_refused(family):
     assert "LlamaForCausalLM" in message and "Qwen2ForCausalLM" in message
 
 
-VOCABULARY_HINT = " (different vocabulary sizes: resize the embeddings to one tokenizer first)"
+VOCABULARY_HINT = " (different vocabularies: merge them with a recipe `tokenizer: {source: union}`, or resize the embeddings to one tokenizer)"
 
 
 @pytest.mark.parametrize(
