@@ -184,7 +184,7 @@ def check_parents(infos: Sequence[ParentInfo], *, vocabularies_may_differ: bool 
                 if vocabulary_tensor and other.shapes[tensor_name][:1] != shape[:1]:  # rows are tokens
                     if vocabularies_may_differ and other.shapes[tensor_name][1:] == shape[1:]:
                         continue
-                    hint = " (different vocabularies: merge them with a recipe `tokenizer: {source: union}`, or resize the embeddings to one tokenizer)"
+                    hint = " (different vocabularies: merge them in one with `tokenizer: {source: union}` in a recipe or `--tokenizer union` in a search)"
                 raise ParentError(
                     f"parents differ in shape at {tensor_name}: {first.name} {list(shape)} vs {other.name} {list(other.shapes[tensor_name])}{hint}"
                 )

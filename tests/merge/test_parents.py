@@ -166,7 +166,7 @@ def test_different_architectures_are_refused(family):
     assert "LlamaForCausalLM" in message and "Qwen2ForCausalLM" in message
 
 
-VOCABULARY_HINT = " (different vocabularies: merge them with a recipe `tokenizer: {source: union}`, or resize the embeddings to one tokenizer)"
+VOCABULARY_HINT = " (different vocabularies: merge them in one with `tokenizer: {source: union}` in a recipe or `--tokenizer union` in a search)"
 
 
 @pytest.mark.parametrize(

@@ -5,11 +5,11 @@ in memory and by the real `mergekit-yaml`, compared tensor by tensor, tokenizer 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from added_tokens import CHAT_TOKENS, add_chat_tokens
 from oracle import MERGE_SEED, MergekitBatch, assert_tensors_match, load_output
 
 from evomerge import api
@@ -17,26 +17,6 @@ from evomerge.errors import ParentError, RecipeError
 from evomerge.merge.merger import Merger
 from evomerge.merge.parents import check_parents, inspect_parent
 from evomerge.recipe import Recipe
-
-CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
-
-
-def add_chat_tokens(source: Path, dest: Path, seed: int) -> None:
-    """A copy of a checkpoint with two special tokens added to its tokenizer and two trained-looking
-    (random) rows added to its embeddings and lm_head, as a chat fine-tune leaves them."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    shutil.copytree(source, dest)
-    tokenizer = AutoTokenizer.from_pretrained(str(source))
-    tokenizer.add_special_tokens({"additional_special_tokens": CHAT_TOKENS})
-    tokenizer.save_pretrained(str(dest))
-    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32)
-    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for matrix in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
-            matrix[-2:] = torch.randn(matrix[-2:].shape, generator=generator) * matrix[:-2].std()
-    model.save_pretrained(str(dest))
 
 
 @pytest.fixture(scope="module")
