@@ -443,6 +443,7 @@ def search(
     protocol: str = "paper",
     batch_size: int = 16,
     tasks_dir: Optional[PathLike] = None,
+    tokenizer: Optional[str] = None,
     backend: str = "optuna",
     ray_address: Optional[str] = None,
     gpus_per_trial: Optional[float] = None,
@@ -460,7 +461,9 @@ def search(
     scored on the `holdout` items (default 0.2; 0 for lm-eval tasks) and results/<study>/ gets
     best-recipe.yaml, trials.csv, summary.json and plots. `parents`: two or more model folders
     (the first is the `base` unless given); `benchmark`: one, or two (domain, general) for a
-    multi-objective study. `space`: a shipped space (see `spaces()`) or a YAML path; `grid_limit`:
+    multi-objective study. `tokenizer`: mergekit's `tokenizer_source` for every recipe ("base",
+    "union" or a model folder), for parents whose vocabularies differ; the scores then read with
+    that merged tokenizer. `space`: a shipped space (see `spaces()`) or a YAML path; `grid_limit`:
     with sampler="grid", the most points a grid may have. `backend`:
     "optuna" (this machine, `jobs` processes) or "ray" (a Ray cluster; `ray_address`,
     `gpus_per_trial`, `cpus_per_trial`, `concurrent`). `warm_start`: "STUDY" or "STUDY@STORAGE",
@@ -491,6 +494,7 @@ def search(
         protocol=protocol,
         batch_size=batch_size,
         tasks_dir=str(tasks_dir) if tasks_dir else None,
+        tokenizer=str(tokenizer) if tokenizer else None,
         trials=trials,
         study=study or default_study_name(parent_list, str(space)),
         storage=storage,

@@ -462,6 +462,10 @@ def search(
     protocol: Protocol = typer.Option(Protocol.paper, help="paper or loglik scoring."),
     batch_size: int = typer.Option(16, min=1, help="Items per forward pass."),
     tasks_dir: Optional[Path] = typer.Option(None, help="Folder of custom lm-eval task YAMLs."),
+    tokenizer: Optional[str] = typer.Option(
+        None,
+        help="For parents whose vocabularies differ: the merged vocabulary every recipe asks for (mergekit's tokenizer_source: base, union or a model folder); scores read with that tokenizer.",
+    ),
     backend: str = typer.Option("optuna", help="Where trials run: " + "; ".join(f"{name}: {e.description}" for name, e in EXECUTORS.items()) + "."),
     ray_address: Optional[str] = typer.Option(
         None,
@@ -503,6 +507,7 @@ def search(
         protocol=protocol.value,
         batch_size=batch_size,
         tasks_dir=tasks_dir,
+        tokenizer=tokenizer,
         backend=backend,
         ray_address=ray_address,
         gpus_per_trial=gpus_per_trial,

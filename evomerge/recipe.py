@@ -190,6 +190,14 @@ class Recipe(BaseModel):
         recipe never uses is an error: a typo would otherwise merge the model it was meant to replace."""
         data = self.to_dict()
         used: set[str] = set()
+        # A tokenizer taken from a model names it too (`tokenizer_source: M`, `tokenizer: {source: M}`).
+        if data.get("tokenizer_source") in renames:
+            used.add(data["tokenizer_source"])
+            data["tokenizer_source"] = renames[data["tokenizer_source"]]
+        tokenizer = data.get("tokenizer")
+        if isinstance(tokenizer, dict) and tokenizer.get("source") in renames:
+            used.add(tokenizer["source"])
+            tokenizer["source"] = renames[tokenizer["source"]]
 
         def rename(node: Any) -> Any:
             if isinstance(node, dict):

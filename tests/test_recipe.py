@@ -405,6 +405,16 @@ def test_with_models_renames_every_reference():
     assert models.models[1].parameters == Recipe.from_yaml(FULL_RECIPE).models[1].parameters
 
 
+def test_with_models_renames_a_tokenizer_taken_from_a_model():
+    """`tokenizer_source: M` and `tokenizer: {source: M}` name a model too; union and base stay."""
+    renamed = Recipe.from_yaml("merge_method: slerp\nbase_model: a\nmodels: [{model: a}, {model: b}]\nparameters: {t: 0.5}\ntokenizer_source: b\n")
+    assert renamed.with_models({"b": "/real/chat"}).tokenizer_source == "/real/chat"
+    nested = Recipe.from_yaml("merge_method: slerp\nbase_model: a\nmodels: [{model: a}, {model: b}]\nparameters: {t: 0.5}\ntokenizer: {source: b}\n")
+    assert nested.with_models({"b": "/real/chat"}).tokenizer == {"source": "/real/chat"}
+    union = Recipe.from_yaml("merge_method: slerp\nbase_model: a\nmodels: [{model: a}, {model: b}]\nparameters: {t: 0.5}\ntokenizer_source: union\n")
+    assert union.with_models({"b": "/real/chat"}).tokenizer_source == "union"
+
+
 # ----- bad input ----------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ import torch
 from evomerge.devices import DTYPE_CHOICES, resolve_device, resolve_dtype
 from evomerge.errors import ParentError, RecipeError
 from evomerge.merge import methods
+from evomerge.merge.conversion import to_model_layout
 from evomerge.merge.fast import fast_method
 from evomerge.merge.layout import LayoutModel, apply_passthrough, build_layout_model, layout_key, sources_key, view_of
 from evomerge.merge.parents import Parent, ParentInfo, check_parents, inspect_parent, load_parent
@@ -67,6 +68,12 @@ class Merger:
         self._agreeing_sets: set[frozenset[str]] = set()
         self.scratch = methods.ChunkScratch()  # the chunked writers' reusable buffers
         self.prepared: dict[Hashable, Any] = {}  # each fast method's per-study preparation, by its key
+        from evomerge.merge.vocabulary import vocabulary_axes
+
+        self._vocabulary_axes = vocabulary_axes(model.config, self.tensor_names)
+        self._own_vocabulary: Optional[dict[str, dict[str, torch.Tensor]]] = None  # set when first replaced
+        self._vocabularies: dict[tuple, Any] = {}  # tokenizer setting → `Vocabulary`
+        self.vocabulary = None  # the `Vocabulary` whose rows the parents hold now (None: their own)
         self.apply_count = 0
         # A result with other layers than the parents' (passthrough, layer stacking) lives in a
         # second model, rebuilt only when its layout changes (see merge/layout.py).
@@ -90,11 +97,17 @@ class Merger:
         names = [info.name for info in infos]
         if len(set(names)) != len(names):
             raise ParentError(f"a parent is listed twice: {names}")
-        check_parents(infos, minimum=1)  # one parent: a passthrough recipe may restack its layers
+        # One parent: a passthrough recipe may restack its layers; differing vocabularies: a recipe's
+        # tokenizer setting reconciles them (plan refuses a recipe without one).
+        check_parents(infos, minimum=1, vocabularies_may_differ=True)
         device = resolve_device(device)
         dtype = resolve_dtype(dtype) or DTYPES[infos[0].stored_dtype]
-        loaded = {info.name: load_parent(info, dtype=dtype, device=device) for info in infos}
-        model, targets = build_resident_model(infos[0], next(iter(loaded.values())).tensors, dtype, device, trust_remote_code)
+        model = allocate_resident_model(infos[0], dtype, device, trust_remote_code)
+        loaded = {}
+        for info in infos:  # each in the model's layout (renamed, MoE experts fused), as mergekit reads it
+            parent = load_parent(info, dtype=dtype, device=device)
+            loaded[info.name] = Parent(info, to_model_layout(parent.tensors, model, label=str(info.path)))
+        targets = fill_resident_model(model, info=infos[0], first=next(iter(loaded.values())).tensors)
         return cls(loaded, model, targets, infos=infos, device=device)
 
     # ----- public API ----------------------------------------------------------------------
@@ -105,10 +118,43 @@ class Merger:
 
     def plan(self, recipe: Recipe) -> MergePlan:
         """Check a recipe against the parents and resolve every parameter for every tensor (a
-        `TensorPlan` per tensor, in `tensor_names` order); raises RecipeError."""
+        `TensorPlan` per tensor, in `tensor_names` order); raises RecipeError. A recipe with a
+        tokenizer setting lays the parents' vocabulary tensors out in its merged vocabulary first
+        (once per setting: see `use_vocabulary`)."""
         plan = self.planner.plan(recipe)
         self._check_buffers(plan.models)
+        self.use_vocabulary(recipe, plan.models)
         return plan
+
+    def use_vocabulary(self, recipe: Recipe, models: Sequence[str]):
+        """Make the parents' embedding and lm_head rows those of the recipe's merged vocabulary
+        (`tokenizer_source` / `tokenizer`), or their own when it has none; returns the merged
+        tokenizer (None: the base parent's applies). Built once per setting and set of parents;
+        switching costs a copy of the vocabulary tensors and a fresh fast-path preparation."""
+        from evomerge.merge import vocabulary
+
+        setting = vocabulary.tokenizer_setting(recipe)
+        if setting is None:
+            sizes = {self._own_vocabulary_size(m) for m in models}
+            if len(sizes) > 1:
+                raise RecipeError(
+                    f"the parents' vocabularies differ ({' vs '.join(str(n) for n in sorted(sizes))} tokens): add "
+                    "`tokenizer: {source: union}` (or base, or a parent) to the recipe, as mergekit asks"
+                )
+            self._install_vocabulary(None)
+            return None
+        key = vocabulary.vocabulary_key(recipe, setting, self.parent_name)
+        if key not in self._vocabularies:
+            if self._own_vocabulary is None:
+                self._own_vocabulary = self._vocabulary_tensors()
+            self._vocabularies[key] = vocabulary.build_vocabulary(recipe, setting, self.parent_name, self._own_vocabulary, self._vocabulary_axes)
+        self._install_vocabulary(self._vocabularies[key])
+        return self._vocabularies[key].tokenizer
+
+    @property
+    def tokenizer(self):
+        """The merged tokenizer of the vocabulary in use (None: the parents' own)."""
+        return self.vocabulary.tokenizer if self.vocabulary is not None else None
 
     @torch.inference_mode()
     def apply(self, recipe: Union[Recipe, MergePlan], seed: Optional[int] = None):
@@ -214,6 +260,37 @@ class Merger:
         for tensor_name, tensor in merged.items():
             targets[tensor_name].copy_(tensor)
 
+    # ----- vocabularies (tokenizer settings) -------------------------------------------------
+
+    def _vocabulary_tensors(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {name: {t: parent.tensors[t] for t in self._vocabulary_axes} for name, parent in self.parents.items()}
+
+    def _own_vocabulary_size(self, parent: str) -> int:
+        tensors = (self._own_vocabulary or {}).get(parent) or self.parents[parent].tensors
+        name, axis = next(iter(self._vocabulary_axes.items()), (None, 0))
+        return tensors[name].shape[axis] if name is not None else 0
+
+    def _install_vocabulary(self, chosen) -> None:
+        """Put `chosen`'s aligned rows (None: the parents' own) into the parents and size the
+        resident model's vocabulary tensors to match."""
+        if chosen is self.vocabulary:
+            return
+        if self._own_vocabulary is None:
+            self._own_vocabulary = self._vocabulary_tensors()
+        rows = chosen.tensors if chosen is not None else self._own_vocabulary
+        for parent, tensors in rows.items():
+            self.parents[parent].tensors.update(tensors)
+        first = next(iter(rows.values()))
+        name, axis = next(iter(self._vocabulary_axes.items()))
+        size = first[name].shape[axis]
+        if self.targets[name].shape[axis] != size:
+            self.model.resize_token_embeddings(size, mean_resizing=False)
+            state = self.model.state_dict()
+            for tensor_name in self.targets:
+                self.targets[tensor_name] = state[tensor_name]
+        self.vocabulary = chosen
+        self.prepared.clear()  # what fast paths prepared was computed from the previous rows
+
     def _check_buffers(self, models: list[str]) -> None:
         """Non-floating buffers must agree between the recipe's parents (mergekit copies them, or refuses)."""
         if not self._mixed_buffers or frozenset(models) in self._agreeing_sets:
@@ -227,8 +304,14 @@ class Merger:
 
 def build_resident_model(info: ParentInfo, first: dict[str, torch.Tensor], dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False):
     """(model, targets): one model of the parents' architecture, allocated without random init on
-    the device and holding the first parent's tensors (`first`); `targets` maps each checkpoint
-    tensor to its parameter, in the model's order."""
+    the device and holding the first parent's tensors (`first`, in the model's layout); `targets`
+    maps each of those tensors to its parameter, in the model's order."""
+    model = allocate_resident_model(info, dtype, device, trust_remote_code)
+    return model, fill_resident_model(model, info=info, first=first)
+
+
+def allocate_resident_model(info: ParentInfo, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False):
+    """One model of the parent's architecture on the device, allocated without random init."""
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.initialization import no_init_weights
 
@@ -240,6 +323,11 @@ def build_resident_model(info: ParentInfo, first: dict[str, torch.Tensor], dtype
     # merge and score runs under inference_mode anyway.
     model.to(device).eval()
     model.tie_weights()  # a tied lm_head is absent from the files and must share the embeddings
+    return model
+
+
+def fill_resident_model(model, *, info: ParentInfo, first: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Copy `first` into the model; {tensor name: the model's parameter}, in the model's order."""
     state = model.state_dict()
     for name, tensor in first.items():
         if name not in state or tuple(state[name].shape) != tuple(tensor.shape):
@@ -248,4 +336,4 @@ def build_resident_model(info: ParentInfo, first: dict[str, torch.Tensor], dtype
     with torch.no_grad():
         for name, target in targets.items():
             target.copy_(first[name])
-    return model, targets
+    return targets

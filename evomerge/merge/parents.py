@@ -29,7 +29,9 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 # Floating dtypes as safetensors headers name them, and as torch and recipes do.
 _FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
-_LAYER_INDEX = re.compile(r"\.(?:layers|h|blocks|block)\.(\d+)\.")
+# `transformer.h.7.` (GPT-2), `model.layers.7.`, and GPT-2 checkpoints saved without the prefix (`h.7.`).
+_LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks|block)\.(\d+)\.")
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 
 
 @dataclass
@@ -50,8 +52,14 @@ class ParentInfo:
 
     @property
     def num_layers(self) -> int:
-        text_config = self.config.get("text_config") or {}
-        return int(self.config.get("num_hidden_layers") or text_config.get("num_hidden_layers") or 0)
+        """Decoder layers, from the config (`num_hidden_layers`, GPT-2's `n_layer`, …), else counted
+        from the tensor names."""
+        for config in (self.config, self.config.get("text_config") or {}):
+            for key in LAYER_COUNT_KEYS:
+                if config.get(key):
+                    return int(config[key])
+        layers = {layer_index(name) for name in self.shapes} - {None}
+        return max(layers) + 1 if layers else 0
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -160,9 +168,11 @@ def fingerprint(info: ParentInfo) -> str:
     return digest.hexdigest()[:32]
 
 
-def check_parents(infos: Sequence[ParentInfo], minimum: int = 2) -> None:
+def check_parents(infos: Sequence[ParentInfo], minimum: int = 2, *, vocabularies_may_differ: bool = False) -> None:
     """Refuse parents that cannot be merged tensor by tensor (and fewer than `minimum`: one
-    parent is enough for a passthrough recipe that restacks its layers)."""
+    parent is enough for a passthrough recipe that restacks its layers). `vocabularies_may_differ`:
+    embedding and lm_head rows (tokens) may differ, for a merge that lays them out in one merged
+    vocabulary (a recipe's `tokenizer` setting)."""
     if len(infos) < minimum:
         raise ParentError("a merge needs at least two parents" if minimum == 2 else f"a merge needs at least {minimum} parent(s)")
     first = infos[0]
@@ -179,9 +189,11 @@ def check_parents(infos: Sequence[ParentInfo], minimum: int = 2) -> None:
         for tensor_name, shape in first.shapes.items():
             if other.shapes[tensor_name] != shape:
                 hint = ""
-                vocabulary_tensor = "embed" in tensor_name or "lm_head" in tensor_name
+                vocabulary_tensor = any(part in tensor_name for part in ("embed", "lm_head", "wte"))
                 if vocabulary_tensor and other.shapes[tensor_name][:1] != shape[:1]:  # rows are tokens
-                    hint = " (different vocabulary sizes: resize the embeddings to one tokenizer first)"
+                    if vocabularies_may_differ and other.shapes[tensor_name][1:] == shape[1:]:
+                        continue
+                    hint = " (different vocabularies: merge them in one with `tokenizer: {source: union}` in a recipe or `--tokenizer union` in a search)"
                 raise ParentError(
                     f"parents differ in shape at {tensor_name}: {first.name} {list(shape)} vs {other.name} {list(other.shapes[tensor_name])}{hint}"
                 )

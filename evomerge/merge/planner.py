@@ -18,7 +18,8 @@ from evomerge.merge.parents import layer_index, with_layer_index
 from evomerge.recipe import ParameterReader, Recipe, layer_position, mergekit_method
 
 # Recipe keys mergekit-yaml honours when it writes the model folder; the in-memory engine does not.
-FOLDER_KEYS = ("tokenizer_source", "tokenizer", "chat_template")
+# (`tokenizer_source` and `tokenizer` it does apply: see merge/vocabulary.py.)
+FOLDER_KEYS = ("chat_template",)
 
 
 @dataclass

@@ -50,8 +50,11 @@ def copy_tokenizer(source: ParentInfo, dest: Path) -> None:
 
 def inspect_recipe_parents(recipe: Recipe, allow_pickle: bool = False, trust_remote_code: bool = False) -> list[ParentInfo]:
     """Inspect and check every parent a recipe names, before any weights are read."""
+    from evomerge.merge.vocabulary import tokenizer_setting
+
     infos = [inspect_parent(ref, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code) for ref in recipe.model_names]
-    check_parents(infos, minimum=1)  # one parent is a merge too: a passthrough recipe restacking its layers
+    # one parent is a merge too: a passthrough recipe restacking its layers
+    check_parents(infos, minimum=1, vocabularies_may_differ=tokenizer_setting(recipe) is not None)
     return infos
 
 
@@ -102,10 +105,14 @@ def _write_with_evomerge(
         if out_dtype is not None:
             model.config.dtype = out_dtype
         try:
-            model.save_pretrained(str(staging), state_dict=state)
+            # In the model's own layout (fused MoE experts), as mergekit-yaml writes it.
+            model.save_pretrained(str(staging), state_dict=state, save_original_format=False)
         except SafetensorError as error:  # a full disk or a write error: the staged folder goes
             raise OSError(f"cannot write the merged model to {out}: {first_line(error)}") from None
-        copy_tokenizer(base, staging)
+        if merger.tokenizer is not None:  # the recipe's merged tokenizer, as mergekit-yaml saves it
+            merger.tokenizer.save_pretrained(str(staging))
+        else:
+            copy_tokenizer(base, staging)
         recipe.save(staging / RECIPE_FILE)
         if card is not None:
             (staging / CARD_FILE).write_text(card, encoding="utf-8")

@@ -244,7 +244,7 @@ class TrialRunner:
         """Load the parents (unless a caller shares its own `merger` and `tokenizer` for these
         parents, from `load_pair`) and tokenise every benchmark's search items once."""
         if merger is None:
-            merger, tokenizer = load_pair(infos, settings.base, device=settings.device, dtype=settings.dtype)
+            merger, tokenizer = load_pair(infos, settings.base, device=settings.device, dtype=settings.dtype, tokenizer_source=settings.tokenizer)
         objectives = [
             make_objective(
                 benchmark,
@@ -324,7 +324,7 @@ class TrialRunner:
         trial.set_user_attr("worker", process_name())  # first: a rerun can tell a killed process's trial
         raise_if_interrupted()
         self._refuse_surplus(trial)
-        recipe = self.space.suggest(trial, settings.parents, settings.base, self.merger.num_layers, self.dtype_name)
+        recipe = with_tokenizer(self.space.suggest(trial, settings.parents, settings.base, self.merger.num_layers, self.dtype_name), settings.tokenizer)
         duplicate = claim_recipe(trial, recipe.to_yaml(), settings.storage_url())
         if duplicate is not None:
             return self._copy_result(trial, duplicate)
@@ -404,15 +404,33 @@ def failure_reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"[:500]
 
 
-def load_pair(infos: Sequence[ParentInfo], base: Optional[str], *, device: str = "auto", dtype: Optional[str] = None):
+def load_pair(infos: Sequence[ParentInfo], base: Optional[str], *, device: str = "auto", dtype: Optional[str] = None, tokenizer_source: Optional[str] = None):
     """The parents resident in one Merger, and the tokenizer every score uses: the base parent's
-    (the model SLERP starts from, as the paper), else the first parent's."""
+    (the model SLERP starts from, as the paper), else the first parent's; with `tokenizer_source`
+    (base, union or a model folder) the merged one mergekit builds for it, whose vocabulary the
+    parents' rows are then laid out in (so a parent scored alone reads the same tokens)."""
     from transformers import AutoTokenizer
 
     merger = Merger.load(list(infos), device=device, dtype=dtype)
     names = [info.name for info in infos]
+    if tokenizer_source is not None:
+        # Any recipe over these parents with this base and setting has the same vocabulary.
+        probe = Recipe.from_dict(
+            {
+                "merge_method": "linear",
+                "base_model": base,
+                "models": [{"model": n, "parameters": {"weight": 1.0}} for n in names],
+                "tokenizer_source": tokenizer_source,
+            }
+        )
+        return merger, merger.use_vocabulary(probe, names)
     tokenizer_info = infos[names.index(base)] if base in names else infos[0]
     return merger, AutoTokenizer.from_pretrained(str(tokenizer_info.tokenizer_dir))
+
+
+def with_tokenizer(recipe: Recipe, tokenizer_source: Optional[str]) -> Recipe:
+    """The recipe asking for the search's merged vocabulary (`tokenizer_source`), if it has one."""
+    return recipe if tokenizer_source is None else recipe.model_copy(update={"tokenizer_source": tokenizer_source})
 
 
 def free_accelerator_memory() -> None:

@@ -54,6 +54,7 @@ from evomerge.search.objective import (
     failure_reason,
     free_accelerator_memory,
     recipe_dtype_name,
+    with_tokenizer,
 )
 from evomerge.search.pruners import effective_pruner
 from evomerge.search.run import Prepared, check_stopped, open_study, record_failure_streak, trial_budget
@@ -418,7 +419,7 @@ class StudySearch(Searcher):
         space = prepared.space
 
         def define_by_run(trial: optuna.Trial) -> dict:
-            recipe = space.suggest(trial, settings.parents, settings.base, num_layers, dtype_name)
+            recipe = with_tokenizer(space.suggest(trial, settings.parents, settings.base, num_layers, dtype_name), settings.tokenizer)
             return {RECIPE: recipe.to_yaml()}
 
         metrics = metric_names(settings)

@@ -84,7 +84,7 @@ def check_search(settings: SearchSettings, infos: Optional[Sequence[ParentInfo]]
     space = load_space(settings.space)
     if infos is None:
         infos = [inspect_parent(parent) for parent in settings.parents]
-        check_parents(infos)
+        check_parents(infos, vocabularies_may_differ=settings.tokenizer is not None)
         for info in infos:
             check_finite(info)
     space.check_parents(settings.parents, settings.base)

@@ -73,6 +73,9 @@ class SearchSettings:
     batch_size: int = 16
     chat: Optional[bool] = None
     tasks_dir: Optional[str] = None
+    # The merged vocabulary every recipe asks for (mergekit's `tokenizer_source`: base, union or a
+    # model folder); the scorer reads with that tokenizer. None: the parents share one vocabulary.
+    tokenizer: Optional[str] = None
     trials: int = 30
     study: str = "search"
     storage: Optional[str] = None

@@ -14,7 +14,15 @@ import torch
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
-_CONFIG_CLASSES = {"llama": "LlamaConfig", "mistral": "MistralConfig", "qwen2": "Qwen2Config", "gemma": "GemmaConfig"}
+_CONFIG_CLASSES = {
+    "llama": "LlamaConfig",
+    "mistral": "MistralConfig",
+    "qwen2": "Qwen2Config",
+    "gemma": "GemmaConfig",
+    "gpt2": "GPT2Config",  # transformer.h.N names, a tied lm_head, learned positions
+    "mixtral": "MixtralConfig",  # mixture of experts: 4 experts, 2 per token
+    "phi3": "Phi3Config",  # fused qkv_proj and gate_up_proj
+}
 ARCHITECTURES = tuple(_CONFIG_CLASSES)  # what `tiny_config` makes
 
 CHAT_TEMPLATE = (
@@ -38,6 +46,12 @@ def tiny_config(
 
     if arch not in _CONFIG_CLASSES:
         raise ValueError(f"unknown tiny architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
+    if arch == "gpt2":  # GPT-2 spells the sizes its own way and has no grouped-query attention
+        gpt2 = dict(vocab_size=vocab_size, n_embd=hidden_size, n_inner=intermediate_size, n_layer=num_layers, n_head=num_heads)
+        gpt2.update(n_positions=512, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+        if tie_word_embeddings is not None:
+            gpt2["tie_word_embeddings"] = tie_word_embeddings
+        return transformers.GPT2Config(**gpt2)
     kwargs = dict(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -51,6 +65,8 @@ def tiny_config(
         eos_token_id=2,
         pad_token_id=0,
     )
+    if arch == "mixtral":
+        kwargs.update(num_local_experts=4, num_experts_per_tok=2)
     if tie_word_embeddings is not None:
         kwargs["tie_word_embeddings"] = tie_word_embeddings
     return getattr(transformers, _CONFIG_CLASSES[arch])(**kwargs)

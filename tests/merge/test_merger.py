@@ -603,13 +603,11 @@ def test_missing_required_parameter(merger_for, llama_paths, method, models, par
     assert f"'{missing}'" in message
 
 
-@pytest.mark.parametrize(
-    "key, value",
-    [("tokenizer_source", "base"), ("tokenizer", "{source: union}"), ("chat_template", "chatml")],
-)
+@pytest.mark.parametrize("key, value", [("chat_template", "chatml")])
 def test_what_only_mergekit_yaml_honours_is_refused(merger_for, llama_paths, key, value):
-    """mergekit-yaml builds the tokenizer and chat template these keys ask for; the in-memory engine
-    does not, so it refuses them rather than write a model mergekit would not."""
+    """mergekit-yaml sets the chat template this key asks for; the in-memory engine does not, so it
+    refuses it rather than write a model mergekit would not (tokenizer settings it applies: see
+    test_vocabulary.py)."""
     p = llama_paths
     message = plan_error(
         merger_for("llama", "float32"),

@@ -166,7 +166,7 @@ def test_different_architectures_are_refused(family):
     assert "LlamaForCausalLM" in message and "Qwen2ForCausalLM" in message
 
 
-VOCABULARY_HINT = " (different vocabulary sizes: resize the embeddings to one tokenizer first)"
+VOCABULARY_HINT = " (different vocabularies: merge them in one with `tokenizer: {source: union}` in a recipe or `--tokenizer union` in a search)"
 
 
 @pytest.mark.parametrize(
@@ -208,6 +208,9 @@ def test_compatible_family_passes(llama):
         ("model.layers.0.self_attn.q_proj.weight", 0),
         ("model.layers.31.input_layernorm.weight", 31),
         ("transformer.h.12.attn.c_attn.weight", 12),
+        ("h.3.mlp.c_fc.weight", 3),  # GPT-2 saved without its prefix
+        ("model.layers.2.mlp.experts.gate_up_proj", 2),
+        ("transformer.wte.weight", None),
         ("model.embed_tokens.weight", None),
         ("model.norm.weight", None),
         ("lm_head.weight", None),
