@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from evomerge.cli import app
 from evomerge.recipe import Recipe
-from evomerge.search.study import finished_count, set_parent_scores, stored_parent_scores
+from evomerge.search.study import finished_count, set_parent_scores, stored_parent_scores, trial_attr
 from evomerge.toy.tiny import CHAT_TEMPLATE, make_checkpoint, tiny_config
 
 runner = CliRunner()
@@ -464,7 +464,7 @@ def test_a_depthwise_search_runs_from_the_cli_to_a_recipe_mergekit_yaml_rebuilds
     assert evaluated
     for trial in evaluated:
         # Passthrough always restacks; SLERP blocks at the parents' own depth merge in place.
-        restacked = space == "depthwise" or len(Recipe.from_yaml(trial.user_attrs["recipe"]).slices) != 2
+        restacked = space == "depthwise" or len(Recipe.from_yaml(trial_attr(trial, "recipe")).slices) != 2
         assert ("rebuild_s" in trial.user_attrs) == restacked, trial.user_attrs
         assert trial.user_attrs.get("rebuild_s", 0) <= trial.user_attrs["merge_s"]
     assert any("rebuild_s" in trial.user_attrs for trial in evaluated), "no trial restacked the layers"

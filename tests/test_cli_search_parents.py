@@ -17,6 +17,7 @@ from oracle import MERGE_SEED, assert_tensors_match, load_output, run_mergekit_y
 from test_cli_search import invoke, write_items
 
 from evomerge.recipe import Recipe
+from evomerge.search.study import trial_attr
 from evomerge.toy.tiny import CHAT_TEMPLATE, make_checkpoint, tiny_config
 
 CHILDREN = ("cpt", "sft", "dpo")
@@ -85,7 +86,7 @@ def test_a_search_that_chooses_the_child_runs_from_the_cli_to_a_recipe_mergekit_
     assert [t.user_attrs["baseline_child"] for t in baselines] == paths[1:]
     assert all(t.state == TrialState.COMPLETE for t in baselines)
     for trial in baselines:
-        assert Recipe.from_yaml(trial.user_attrs["recipe"]).model_names == [paths[0], trial.user_attrs["baseline_child"]]
+        assert Recipe.from_yaml(trial_attr(trial, "recipe")).model_names == [paths[0], trial.user_attrs["baseline_child"]]
     assert summary["baselines"] == {t.user_attrs["baseline_child"]: t.user_attrs["accuracy"] for t in baselines}
     assert summary["baseline_accuracy"] == max(summary["baselines"].values())
     # Labels: `child` m0, m1, m2 are the children in --parents order.

@@ -14,7 +14,7 @@ from evomerge.merge.merger import Merger
 from evomerge.recipe import Recipe
 from evomerge.search.export import export_recipe
 from evomerge.search.run import optimise, prepare
-from evomerge.search.study import PARENT_SCORES_ATTR
+from evomerge.search.study import stored_parent_scores, trial_attr
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -34,10 +34,10 @@ def test_a_union_search_scores_with_the_merged_tokenizer(chat_parents, tmp_path,
     vocab = tokenizer.get_vocab()
     assert len(vocab) == 130 and all(token in vocab for token in CHAT_TOKENS)
     assert runner.merger.model.get_input_embeddings().weight.shape[0] == 130
-    assert len(study.user_attrs[PARENT_SCORES_ATTR]) == 2
+    assert len(stored_parent_scores(study)) == 2
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(complete) == 3
-    recipes = [Recipe.from_yaml(trial.user_attrs["recipe"]) for trial in complete]
+    recipes = [Recipe.from_yaml(trial_attr(trial, "recipe")) for trial in complete]
     assert all(recipe.tokenizer_source == "union" for recipe in recipes)
     # The recorded recipe rebuilds the trial's model: merge it afresh and compare the scores.
     fresh = Merger.load([str(chat_parents["instruct"]), str(chat_parents["child"])], device="cpu")
