@@ -326,7 +326,7 @@ def test_command_line_search_on_ray_then_export_and_ctrl_c_keeps_the_study_consi
     temp_before = set(os.listdir(tempfile.gettempdir()))
     done = subprocess.run(command + ["--trials", "4"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    assert "Study cli" in done.stdout and "best found (trial" in done.stdout and "best on held-out items (n=" in done.stdout
+    assert "Study cli" in done.stdout and "best found (trial" in done.stdout and "held-out (n=" in done.stdout
     assert "loaded the parents (load 1 in that process)" in done.stderr
     assert "Traceback" not in done.stderr and "Configuration for experiment" not in done.stdout + done.stderr
     assert not {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("evomerge-ray-")} - temp_before, "Ray's temp dir was left"
