@@ -439,7 +439,7 @@ def test_ray_trials_carry_the_same_attributes_as_the_optuna_backends(six):
     for trial in study.get_trials(states=(TrialState.COMPLETE,)):
         if "duplicate_of" in trial.user_attrs:
             continue
-        expected = COMPLETE_ATTRS | ({"baseline"} if trial.number == 0 else set())
+        expected = COMPLETE_ATTRS | ({"baseline", "baseline_child"} if trial.number == 0 else set())
         assert set(trial.user_attrs) == expected, trial.number
         assert TRIAL_DATA <= set(trial.system_attrs), trial.number
         assert trial.value == trial.user_attrs["accuracy"] == trial.user_attrs["accuracy@1.0"]
@@ -449,7 +449,7 @@ def test_ray_trials_carry_the_same_attributes_as_the_optuna_backends(six):
         assert "accuracy" not in trial.user_attrs and trial.user_attrs["score_s"] > 0
         assert set(trial.intermediate_values) in ({steps[0]}, set(steps))
     reference_complete = [t for t in reference.get_trials(states=(TrialState.COMPLETE,)) if "duplicate_of" not in t.user_attrs]
-    assert all(set(t.user_attrs) == COMPLETE_ATTRS | ({"baseline"} if t.number == 0 else set()) for t in reference_complete)
+    assert all(set(t.user_attrs) == COMPLETE_ATTRS | ({"baseline", "baseline_child"} if t.number == 0 else set()) for t in reference_complete)
 
 
 @pytest.mark.slow
