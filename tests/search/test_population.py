@@ -49,20 +49,31 @@ def test_population_scores_equal_one_at_a_time(search_parents, tmp_path, monkeyp
 
 
 def test_pruning_is_applied_per_fraction_for_every_member(search_parents, tmp_path, monkeypatch):
-    """Every trial reports its first fraction; the pruned ones stop there (no full score)."""
+    """Two populations of 4 under the median pruner (as test_objective's pruning test): recipes equal
+    to the child score 1/4 on the first quarter; in the second population t=0.5 and t=0.9, which
+    score 0 there, are pruned after reporting it, and keep only what they scored; the rest complete.
+    (The first population cannot prune: the pruner waits for 3 complete trials.)"""
     monkeypatch.chdir(tmp_path)
-    settings = settings_for(search_parents, tmp_path, sampler="random", protocol="paper", pruner="median", trials=12, fidelities=[0.25, 0.5, 1.0], population=4)
-    study, _ = optimise(prepare(settings))
-    evaluated = list(by_recipe(study).values())
-    assert finished_count(study) == 12
-    for trial in evaluated:
-        assert "accuracy@0.25" in trial.user_attrs
-        assert min(trial.intermediate_values) == 4  # reported at the first fraction (16 items: step 4)
-        assert (trial.state == TrialState.COMPLETE) == ("accuracy" in trial.user_attrs)
-    pruned = [t for t in evaluated if t.state == TrialState.PRUNED]
-    assert pruned, "the median pruner should stop some of 12 random recipes"
-    for trial in pruned:
-        assert "accuracy@1.0" not in trial.user_attrs
+    space = write_space(
+        tmp_path,
+        "method: slerp\nparameters:\n  t:\n    filters:\n      no_such_tensor: {low: 0, high: 1, step: 0.1}\n    default: {low: 0, high: 1, step: 0.1}\n",
+    )
+    settings = settings_for(search_parents, tmp_path, space=space, protocol="paper", pruner="median", trials=8, population=4)
+    prepared = prepare(settings)
+    seeded = create_or_load_study(settings, prepared.storage)
+    plan = ((0.0, 1.0), (0.1, 1.0), (0.2, 1.0), (0.3, 1.0), (0.4, 0.5), (0.5, 0.9), (0.6, 1.0), (0.7, 1.0))
+    for inert, t in plan:
+        seeded.enqueue_trial({"t.no_such_tensor": inert, "t.default": t})
+    study, _ = optimise(prepared)
+    states = [t.state for t in study.trials[:8]]
+    assert states == [TrialState.COMPLETE] * 4 + [TrialState.PRUNED] * 2 + [TrialState.COMPLETE] * 2, states
+    for trial in study.trials[:8]:
+        assert 4 in trial.intermediate_values  # every member reported the first fraction (a quarter of 16)
+    for pruned in study.trials[4:6]:
+        assert pruned.intermediate_values == {4: 0.0}
+        assert "accuracy" not in pruned.user_attrs and "accuracy@0.5" not in pruned.user_attrs
+        assert pruned.user_attrs["score_s"] > 0
+    assert finished_count(study) == 8
 
 
 def test_a_failing_recipe_fails_only_its_own_trial(search_parents, tmp_path, monkeypatch):
