@@ -40,9 +40,13 @@ def main() -> None:
     parser.add_argument("--protocol", default="paper")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--forward-probe", action="store_true", help="only time K models' forward pass: a loop against torch.func.vmap")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     parents = args.parents.split(",")
+    if args.forward_probe:
+        print(json.dumps(forward_probe(parents[0], [int(k) for k in args.populations.split(",")], args.batch_size)))
+        return
     populations = [int(k) for k in args.populations.split(",")]
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,6 +92,55 @@ def main() -> None:
     for k in populations:
         results[k]["speedup"] = round(results[k]["trials_per_s"] / base, 2)
     print(json.dumps({"parents": parents, "benchmark": args.benchmark, "protocol": args.protocol, "device": args.device, "population": results}))
+
+
+def forward_probe(parent: str, populations: list[int], batch_size: int, length: int = 120, repeats: int = 5) -> dict:
+    """One batch of `batch_size` rows of `length` random tokens through K perturbed copies of
+    `parent` (no cache, last position's logits, as a loglik batch): the K models one after the other
+    against one `torch.func.vmap` over their stacked weights; the largest logit difference between them."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(parent).eval()
+    ids = torch.randint(3, min(500, base.config.vocab_size), (batch_size, length))
+    out = {}
+    for k in populations:
+        out[k] = probe_one(base, k, ids, repeats)
+        print(f"K={k}: {out[k]}", flush=True)
+    return {"forward_probe": out, "batch": [batch_size, length]}
+
+
+def probe_one(base, k: int, ids, repeats: int) -> dict:
+    """`forward_probe` for one K."""
+    import copy
+
+    import torch
+    from torch.func import functional_call, stack_module_state, vmap
+
+    models = [copy.deepcopy(base) for _ in range(k)]
+    with torch.no_grad():
+        for index, model in enumerate(models):
+            for parameter in model.parameters():
+                parameter.add_(0.01 * index * torch.randn_like(parameter))
+    params, buffers = stack_module_state(models)
+    batched = vmap(lambda p, b, x: functional_call(base, (p, b), (x,), {"logits_to_keep": 1}).logits, in_dims=(0, 0, None))
+
+    def loop():
+        return torch.stack([model(input_ids=ids, logits_to_keep=1).logits for model in models])
+
+    def stacked():
+        return batched(params, buffers, ids)
+
+    with torch.inference_mode():
+        difference = (loop() - stacked()).abs().max().item()
+        times = {}
+        for name, run in (("loop_s", loop), ("vmap_s", stacked)):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                run()
+            times[name] = round((time.perf_counter() - start) / repeats, 4)
+    return {**times, "vmap_speedup": round(times["loop_s"] / times["vmap_s"], 2), "max_logit_difference": difference}
 
 
 if __name__ == "__main__":
