@@ -433,6 +433,7 @@ def search(
     study: Optional[str] = None,
     storage: Optional[str] = None,
     jobs: int = 1,
+    population: int = 1,
     pruner: str = "halving",
     fidelities: Union[str, Sequence[float]] = "0.25,0.5,1",
     holdout: Optional[float] = None,
@@ -468,7 +469,8 @@ def search(
     "optuna" (this machine, `jobs` processes) or "ray" (a Ray cluster; `ray_address`,
     `gpus_per_trial`, `cpus_per_trial`, `concurrent`). `warm_start`: "STUDY" or "STUDY@STORAGE",
     a finished study whose best recipes are queued first (layer-group values mapped by relative
-    depth when the parents' depths differ). `progress`: a `SearchProgress` to follow the trials.
+    depth when the parents' depths differ). `population`: recipes asked at once, merged into as
+    many resident models and scored together (the same scores as one at a time). `progress`: a `SearchProgress` to follow the trials.
     Ctrl-C exports what the study has and re-raises."""
     from evomerge.evaluate.harness import is_lm_eval_spec
     from evomerge.search.study import settings_from
@@ -504,6 +506,7 @@ def search(
         cpus_per_trial=cpus_per_trial,
         concurrent=concurrent,
         warm_start=warm_start,
+        population=population,
     )
     return run_settings(settings, timeout=timeout, jobs=jobs, progress=progress)
 

@@ -450,6 +450,10 @@ def search(
     study: Optional[str] = typer.Option(None, help="Study name (a folder under results/). Default: derived from parents and space."),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL (sqlite:///…, postgresql://…, journal:PATH). Default: results/<study>/study.db."),
     jobs: int = typer.Option(1, min=1, help="Worker processes on this machine, all on the same study."),
+    population: int = typer.Option(
+        1,
+        help="Recipes asked at once, merged into as many resident models and scored together (same scores as one at a time; K copies of the model in memory).",
+    ),
     pruner: str = typer.Option("halving", help="; ".join(f"{name}: {choice.description}" for name, choice in PRUNERS.items()) + "."),
     fidelities: str = typer.Option("0.25,0.5,1", help="Benchmark fractions a trial is scored on, reporting each to the pruner."),
     holdout: Optional[float] = typer.Option(
@@ -497,6 +501,7 @@ def search(
         study=study,
         storage=storage,
         jobs=jobs,
+        population=population,
         pruner=pruner,
         fidelities=fidelities,
         holdout=holdout,

@@ -236,6 +236,10 @@ def optimise(
     computes the parents' scores if the study has none (default: the runner scores them)."""
     settings = prepared.settings
     runner = runner or TrialRunner.load(settings, prepared.infos, prepared.space)
+    if settings.population > 1:  # before the study opens: K resident copies must fit
+        from evomerge.search.population import check_population_memory
+
+        check_population_memory(settings.population, runner.merger.model, runner.merger.device)
     study, scores = open_study(prepared, parent_scores or runner.compute_parent_scores)
     processes = start_workers(settings, workers, timeout) if workers else []
     try:
@@ -246,8 +250,14 @@ def optimise(
             callbacks = [MaxTrialsCallback(settings.trials, states=TAKEN), failure_guard]
             if on_trial is not None:
                 callbacks.append(on_trial)
-            with deferred_interrupts():  # Ctrl-C and SIGTERM stop a trial between steps, never mid-commit
-                study.optimize(runner.objective(scores), n_trials=budget, timeout=timeout, callbacks=callbacks, catch=(Exception,))
+            if settings.population > 1:
+                from evomerge.search.population import PopulationRunner
+
+                with deferred_interrupts():
+                    PopulationRunner(runner, settings.population).optimise(study, scores, budget, timeout=timeout, on_trial=on_trial)
+            else:
+                with deferred_interrupts():  # Ctrl-C and SIGTERM stop a trial between steps, never mid-commit
+                    study.optimize(runner.objective(scores), n_trials=budget, timeout=timeout, callbacks=callbacks, catch=(Exception,))
         for process in processes:
             process.join()
     finally:

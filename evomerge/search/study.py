@@ -85,6 +85,7 @@ class SearchSettings:
     gpus_per_trial: Optional[float] = None  # None: 1 where the Ray cluster has GPUs, else 0
     cpus_per_trial: float = 1.0
     concurrent: Optional[int] = None  # None: as many trials as the cluster's resources hold
+    population: int = 1  # recipes asked, merged into resident models and scored together (search/population.py)
     warm_start: Optional[str] = None  # STUDY[@STORAGE]: queue that finished study's best recipes first (search/warm_start.py)
 
     @property
@@ -128,6 +129,8 @@ class SearchSettings:
             raise EvomergeError(f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
         if self.trials < 1:
             raise EvomergeError(f"--trials must be at least 1, got {self.trials}")
+        if self.population < 1:
+            raise EvomergeError(f"--population must be at least 1, got {self.population}")
         if len(self.parents) < 2:
             raise EvomergeError("--parents needs at least two model folders, comma-separated")
         if len(set(self.parents)) != len(self.parents):

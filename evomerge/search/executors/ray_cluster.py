@@ -19,6 +19,8 @@ class RayExecutor(Executor):
 
     @classmethod
     def check_settings(cls, settings, jobs: int = 1) -> None:
+        if settings.population > 1:
+            raise EvomergeError("--population applies to --backend optuna only (a Ray trial holds one model; use --concurrent)")
         if jobs > 1:
             raise EvomergeError("--jobs starts Optuna worker processes on this machine; with --backend ray use --concurrent")
         if settings.gpus_per_trial is not None and settings.gpus_per_trial < 0:
