@@ -16,30 +16,14 @@ from cli_checks import assert_clean_error
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
+import evomerge
 from evomerge.cli import app
 from evomerge.recipe import Recipe
 from evomerge.search.study import finished_count, set_parent_scores, stored_parent_scores, trial_attr
 from evomerge.toy.tiny import CHAT_TEMPLATE, make_checkpoint, tiny_config
 
 runner = CliRunner()
-SPACES = (
-    "slerp_global",
-    "slerp_gradient",
-    "slerp_layerwise",
-    "linear",
-    "task_arithmetic",
-    "ties",
-    "dare_ties",
-    "dare_linear",
-    "della",
-    "della_linear",
-    "breadcrumbs",
-    "breadcrumbs_ties",
-    "model_stock",
-    "nuslerp",
-    "sce",
-    "karcher",
-)
+SPACES = tuple(space.name for space in evomerge.spaces())  # every shipped space (tests/test_space.py pins the list)
 STUDY = "instruct-child-slerp_gradient"  # the default name: parents' folder names and the space
 MARKER = 0.015625  # 1/64, printed as 0.016: no real score on 16 items
 
