@@ -78,10 +78,10 @@ class Scale:
 
 # Measured build times: every parent of a cold `evomerge toy --scale S`, on BUILD_MACHINE (None:
 # not measured as one run; see the README for the parts that were).
-BUILD_MACHINE = "2 CPU cores shared with other jobs, load average 1-10"
+BUILD_MACHINE = "2 CPU cores, two builds at once, nothing else running"
 SCALES = {
     # xs trains on half of each corpus (40 redrawn rounds), to stay a few minutes for the demo.
-    "xs": Scale(56, 2, 4, 2, 224, lr=3e-3, pretrain_epochs=0.5, cpt_epochs=0.5, instruct_epochs=1.0, sft_epochs=1.0, build_seconds=402),
+    "xs": Scale(56, 2, 4, 2, 224, lr=3e-3, pretrain_epochs=0.5, cpt_epochs=0.5, instruct_epochs=1.0, sft_epochs=1.0, build_seconds=222),
     "s": Scale(96, 2, 4, 2, 384, lr=3e-3),
     "m": Scale(128, 3, 4, 2, 512, lr=2e-3),
     # One pass left l's base with 40% of the generic facts (m's: 52%): l reads each corpus longer.
