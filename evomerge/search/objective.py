@@ -36,6 +36,7 @@ from evomerge.recipe import Recipe
 from evomerge.search.locks import study_lock
 from evomerge.search.study import (
     FINISHED,
+    WORKER_ATTR,
     SearchSettings,
     process_is_gone,
     process_name,
@@ -321,7 +322,7 @@ class TrialRunner:
 
     def _run(self, trial: optuna.Trial, parent_scores: ParentScores):
         settings = self.settings
-        trial.set_user_attr("worker", process_name())  # first: a rerun can tell a killed process's trial
+        trial.set_user_attr(WORKER_ATTR, process_name())  # first: a rerun can tell a killed process's trial
         raise_if_interrupted()
         self._refuse_surplus(trial)
         recipe = with_tokenizer(self.space.suggest(trial, settings.parents, settings.base, self.merger.num_layers, self.dtype_name), settings.tokenizer)
@@ -335,7 +336,7 @@ class TrialRunner:
         partial value to `trial` and stop if it says prune, record everything (gain and synergy
         against `parent_scores`); the trial's value(s)."""
         settings = self.settings
-        trial.set_user_attr("worker", process_name())  # which process ran it
+        trial.set_user_attr(WORKER_ATTR, process_name())  # which process ran it
         start = time.perf_counter()
         model = self.merger.apply(recipe, seed=settings.seed)
         trial.set_user_attr("merge_s", round(time.perf_counter() - start, 4))

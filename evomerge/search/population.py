@@ -37,7 +37,7 @@ from evomerge.search.objective import (
     record_recipe,
     with_tokenizer,
 )
-from evomerge.search.study import TAKEN, SearchSettings, process_name, study_is_full
+from evomerge.search.study import TAKEN, WORKER_ATTR, SearchSettings, process_name, study_is_full
 
 OnTrial = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
@@ -193,7 +193,7 @@ class PopulationRunner:
         keys: dict[str, Member] = {}
         for member in members:
             trial = member.trial
-            trial.set_user_attr("worker", process_name())
+            trial.set_user_attr(WORKER_ATTR, process_name())
             raise_if_interrupted()
             if study_is_full(study, settings.trials, before=trial.number):
                 member.fail(RuntimeError(f"not run: the study already has its {settings.trials} trials"))

@@ -39,6 +39,7 @@ from evomerge.search.objective import CLAIM_ATTR, TrialRunner, ensure_parent_sco
 from evomerge.search.study import (
     HEARTBEAT_S,
     TAKEN,
+    WORKER_ATTR,
     SearchSettings,
     best_trial,
     create_or_load_study,
@@ -200,7 +201,7 @@ def fail_orphaned_trials(study: optuna.Study) -> int:
     unnamed_before = datetime.datetime.now() - datetime.timedelta(seconds=2 * HEARTBEAT_S)
 
     def orphaned(trial: optuna.trial.FrozenTrial) -> bool:
-        owner = trial.user_attrs.get("worker") or trial.user_attrs.get(CLAIM_ATTR)
+        owner = trial.user_attrs.get(WORKER_ATTR) or trial.user_attrs.get(CLAIM_ATTR)
         if owner is None:
             return trial.datetime_start is not None and trial.datetime_start < unnamed_before
         return process_is_gone(owner)

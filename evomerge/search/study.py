@@ -7,6 +7,7 @@ heartbeat, so a trial whose process was killed is marked failed when the study r
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -46,6 +47,7 @@ FINGERPRINTS_ATTR = "parent_fingerprints"  # one per parent, in --parents order
 TRIAL_DATA_ATTRS = ("recipe", "correct", "per_category")  # and correct_b1, per_category_b1, … for a second benchmark
 # A running trial beats every HEARTBEAT_S; one silent for twice that (a killed process) is failed.
 HEARTBEAT_S = int(os.environ.get("EVOMERGE_HEARTBEAT_S", "30"))
+WORKER_ATTR = "worker"  # a trial's process, as `process_name` gives it: a rerun fails the trials of one that has ended
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -183,28 +185,89 @@ def open_storage(url: str):
     """An Optuna storage for a URL; a clear EvomergeError when it cannot be reached."""
     try:
         if url.startswith("journal:"):
-            from optuna.storages import JournalStorage
             from optuna.storages.journal import JournalFileBackend
 
             path = Path(url.split(":", 1)[1].removeprefix("//"))  # journal:rel/path or journal:///abs/path
             path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(path)))
+            return owned_trials_journal()(JournalFileBackend(str(path)))
         if url.startswith("sqlite:///"):
             Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         if url.startswith(("postgresql:", "postgresql+psycopg2:")):  # SQLAlchemy's default driver for postgresql://
             require("psycopg2", "a PostgreSQL storage")
         from optuna.exceptions import ExperimentalWarning
-        from optuna.storages import RDBStorage
 
         # Two processes opening a new database at once would both create its tables, and the one
         # that loses fails ("table trials already exists"): creation runs under the storage's lock.
         with warnings.catch_warnings(), study_lock(url, "(tables)"):
             warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats are "experimental"
-            return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=2 * HEARTBEAT_S)
+            return owned_trials_storage()(url, heartbeat_interval=HEARTBEAT_S, grace_period=2 * HEARTBEAT_S)
     except EvomergeError:
         raise
     except Exception as error:  # SQLAlchemy and drivers raise many types for a bad URL
         raise EvomergeError(f"cannot open storage {url}: {first_line(error)}") from None
+
+
+def running_trial_template() -> optuna.trial.FrozenTrial:
+    """A new trial as `study.ask` makes one (running, started now), already naming its process."""
+    return optuna.trial.FrozenTrial(
+        number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.datetime.now(), datetime_complete=None,
+        params={}, distributions={}, user_attrs={WORKER_ATTR: process_name()}, system_attrs={}, intermediate_values={}, trial_id=-1,
+    )  # fmt: skip
+
+
+def owned_trials_storage() -> type:
+    """Optuna's RDBStorage whose trials name the process that runs them (user attribute
+    WORKER_ATTR) in the same transaction that makes them running. Without it a process killed
+    between `study.ask` and its first write leaves a running trial nobody owns, which a rerun must
+    count as taken until its grace period ends (a rerun right after `kill -9` then ran one trial
+    short). The class is built on first use: importing Optuna's storages costs a second."""
+    global _OwnedTrialsStorage
+    if _OwnedTrialsStorage is None:
+        from optuna.storages import RDBStorage
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        class OwnedTrialsStorage(RDBStorage):
+            def _create_new_trial(self, study_id, template_trial=None):  # what study.ask calls (through Optuna's cache)
+                return super()._create_new_trial(study_id, template_trial or running_trial_template())
+
+            def set_trial_state_values(self, trial_id, state, values=None):
+                if state != TrialState.RUNNING or values is not None:
+                    return super().set_trial_state_values(trial_id, state, values)
+                # A queued trial taken by `study.ask`: running and named in one transaction, as
+                # RDBStorage.set_trial_state_values takes it, plus the name.
+                with _create_scoped_session(self.scoped_session) as session:
+                    trial = models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+                    self.check_trial_is_updatable(trial_id, trial.state)
+                    if trial.state != TrialState.WAITING:
+                        return False  # another process took it
+                    trial.state = TrialState.RUNNING
+                    trial.datetime_start = datetime.datetime.now()
+                    session.flush()
+                    self._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, trial_id, WORKER_ATTR, process_name())
+                return True
+
+        _OwnedTrialsStorage = OwnedTrialsStorage
+    return _OwnedTrialsStorage
+
+
+def owned_trials_journal() -> type:
+    """Optuna's JournalStorage whose new trials name their process as they are made (as
+    `owned_trials_storage`; a queued trial is named a moment after it is taken)."""
+    global _OwnedTrialsJournal
+    if _OwnedTrialsJournal is None:
+        from optuna.storages import JournalStorage
+
+        class OwnedTrialsJournal(JournalStorage):
+            def create_new_trial(self, study_id, template_trial=None):
+                return super().create_new_trial(study_id, template_trial or running_trial_template())
+
+        _OwnedTrialsJournal = OwnedTrialsJournal
+    return _OwnedTrialsJournal
+
+
+_OwnedTrialsStorage: Optional[type] = None
+_OwnedTrialsJournal: Optional[type] = None
 
 
 def open_existing_storage(url: str):

@@ -59,3 +59,42 @@ def test_anything_else_that_records_gets_every_attribute_as_given():
     recorder = Recorder()
     set_trial_attr(recorder, "correct", "01")  # the Ray reporter: the driver sorts them out
     assert recorder.attrs == {"correct": "01"}
+
+
+# ----- a running trial names its process from its first instant ------------------------------
+
+KILLED_RIGHT_AFTER_ASK = """
+import os, signal, sys
+import optuna
+from evomerge.search.study import open_storage
+study = optuna.load_study(study_name="s", storage=open_storage(sys.argv[1]))
+study.ask()  # the trial is running; nothing else has been written for it
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+# (a journal names a queued trial a moment after taking it, not in the same write)
+@pytest.mark.parametrize("scheme, queued", [("sqlite", False), ("sqlite", True), ("journal", False)], ids=["sqlite-new", "sqlite-queued", "journal-new"])
+def test_a_process_killed_right_after_ask_leaves_a_trial_a_rerun_fails_at_once(tmp_path, scheme, queued):
+    """`kill -9` between `study.ask` and the objective's first write (the instant a test that
+    waits for a running trial kills at): the trial already names its dead process, so a rerun
+    fails it at once instead of counting it as taken for the heartbeat's grace period."""
+    import subprocess
+    import sys
+
+    from optuna.trial import TrialState
+
+    from evomerge.search.run import fail_orphaned_trials
+    from evomerge.search.study import WORKER_ATTR, open_storage
+
+    url = f"sqlite:///{tmp_path}/study.db" if scheme == "sqlite" else f"journal:{tmp_path}/journal.log"
+    study = optuna.create_study(study_name="s", storage=open_storage(url))
+    if queued:
+        study.enqueue_trial({"x": 0.5})
+    killed = subprocess.run([sys.executable, "-c", KILLED_RIGHT_AFTER_ASK, url], cwd=tmp_path)
+    assert killed.returncode == -9
+    study = optuna.load_study(study_name="s", storage=open_storage(url))
+    (trial,) = study.get_trials(states=(TrialState.RUNNING,))
+    assert WORKER_ATTR in trial.user_attrs
+    assert fail_orphaned_trials(study) == 1
+    assert study.get_trials(states=(TrialState.FAIL,))[0].number == trial.number
