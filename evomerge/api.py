@@ -434,7 +434,7 @@ def search(
     storage: Optional[str] = None,
     jobs: int = 1,
     population: int = 1,
-    pruner: str = "halving",
+    pruner: str = "median",
     fidelities: Union[str, Sequence[float]] = "0.25,0.5,1",
     holdout: Optional[float] = None,
     objective: str = "accuracy",
@@ -451,6 +451,7 @@ def search(
     cpus_per_trial: float = 1.0,
     concurrent: Optional[int] = None,
     warm_start: Optional[str] = None,
+    anchors: int = 0,
     progress: Optional[SearchProgress] = None,
 ) -> SearchResult:
     """Search merge recipes of the parents for the best score on a domain benchmark.
@@ -470,7 +471,10 @@ def search(
     `gpus_per_trial`, `cpus_per_trial`, `concurrent`). `warm_start`: "STUDY" or "STUDY@STORAGE",
     a finished study whose best recipes are queued first (layer-group values mapped by relative
     depth when the parents' depths differ). `population`: recipes asked at once, merged into as
-    many resident models and scored together (the same scores as one at a time). `progress`: a `SearchProgress` to follow the trials.
+    many resident models and scored together (the same scores as one at a time). `anchors`: K > 0
+    scores later trials on K anchor items only and estimates their accuracy, once the parents and
+    8 completed trials were scored on every item (the fit error and the best trial's check are in
+    the summary's `anchors`). `progress`: a `SearchProgress` to follow the trials.
     Ctrl-C exports what the study has and re-raises."""
     from evomerge.evaluate.harness import is_lm_eval_spec
     from evomerge.search.study import settings_from
@@ -507,6 +511,7 @@ def search(
         concurrent=concurrent,
         warm_start=warm_start,
         population=population,
+        anchors=anchors,
     )
     return run_settings(settings, timeout=timeout, jobs=jobs, progress=progress)
 

@@ -454,7 +454,7 @@ def search(
         1,
         help="Recipes asked at once, merged into as many resident models and scored together (same scores as one at a time; K copies of the model in memory).",
     ),
-    pruner: str = typer.Option("halving", help="; ".join(f"{name}: {choice.description}" for name, choice in PRUNERS.items()) + "."),
+    pruner: str = typer.Option("median", help="; ".join(f"{name}: {choice.description}" for name, choice in PRUNERS.items()) + "."),
     fidelities: str = typer.Option("0.25,0.5,1", help="Benchmark fractions a trial is scored on, reporting each to the pruner."),
     holdout: Optional[float] = typer.Option(
         None, help="Fraction of items the search never sees; the best recipe is scored on them at the end. Default 0.2 (0 for lm-eval tasks)."
@@ -480,6 +480,10 @@ def search(
     concurrent: Optional[int] = typer.Option(None, help="With --backend ray: trials at once. Default: as many as the cluster's resources hold."),
     warm_start: Optional[str] = typer.Option(
         None, help="STUDY or STUDY@STORAGE: queue that finished study's best recipes first (layer groups mapped by relative depth)."
+    ),
+    anchors: int = typer.Option(
+        0,
+        help="K > 0: once the parents and 8 trials are scored on every item, score later trials on K anchor items only and estimate their accuracy (0: off).",
     ),
 ) -> None:
     """Search merge recipes of the parents for the best score on a domain benchmark.
@@ -519,6 +523,7 @@ def search(
         cpus_per_trial=cpus_per_trial,
         concurrent=concurrent,
         warm_start=warm_start,
+        anchors=anchors,
         progress=SearchBar(),
     )
     print_search(found)
@@ -618,7 +623,23 @@ def print_search(found: "api.SearchResult") -> None:
         f"Trials: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, {counts.get('fail', 0)} failed, "
         f"{found.duplicates_skipped} duplicates not re-evaluated."
     )
+    anchors = found.summary.get("anchors")
+    if anchors:
+        stdout.print(anchors_line(anchors))
     stdout.print(f"Results: {found.results_dir}/ (best-recipe.yaml, trials.csv, summary.json, plots)")
+
+
+def anchors_line(anchors: dict) -> str:
+    """What `--anchors` did, in one line: how many trials were estimated, from how many items, how
+    far off the fit was, and the best trial's estimate against its full score."""
+    line = (
+        f"Anchors: {anchors['estimated_trials']} trials estimated from {anchors['anchors']} items "
+        f"(fitted on {anchors['fitted_on_models']} models; leave-one-out error {anchors['fit_error_mean']:.3f} mean, {anchors['fit_error_max']:.3f} max)"
+    )
+    best = anchors.get("best_trial")
+    if best:
+        line += f"; best trial {best['trial']}: estimate {best['estimate']:.3f}, every search item {best['full']:.3f}"
+    return line + "."
 
 
 def interval(bounds: Optional[tuple[float, float]], sign: str = "+") -> str:

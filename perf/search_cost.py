@@ -18,6 +18,10 @@ it; null if none did), `reached` (how many seeds did), `seconds_to_target`, `hol
 
     python perf/search_cost.py [--parents A,B] [--benchmark PATH] [--methods none,halving,hyperband,median]
         [--trials 30] [--seeds 0,1,2] [--reference-trials 100] [--space slerp_gradient] [--sampler tpe]
+
+A method `PRUNER+anchorsK` runs with `--anchors K` (search/anchoring.py); its rows also give the
+estimates' error against each estimated recipe's score on every search item (scored apart, not
+counted as questions).
 """
 
 from __future__ import annotations
@@ -51,9 +55,12 @@ TOY = Path("results/toy")
 
 
 def trial_questions(trial: optuna.trial.FrozenTrial, count) -> int:
-    """Search items this trial scored: up to the largest fraction it reached (none for a duplicate)."""
+    """Search items this trial scored: up to the largest fraction it reached, or its anchors
+    (none for a duplicate)."""
     if "duplicate_of" in trial.user_attrs:
         return 0
+    if "items_scored" in trial.user_attrs:
+        return int(trial.user_attrs["items_scored"])
     reached = [float(key.split("@", 1)[1]) for key in trial.user_attrs if key.startswith("accuracy@")]
     return count(max(reached)) if reached else 0
 
@@ -81,18 +88,31 @@ def cost_to_target(study: optuna.Study, count, target: float) -> dict:
     return {"reached": reached, "best": best, "questions_total": int(questions), "seconds_total": round(seconds, 2)}
 
 
-def parse_methods(text: str, default_sampler: str) -> list[tuple[str, str, str]]:
-    """`none,halving,halving/cmaes` → [(label, pruner, sampler)]; SystemExit(2) on an unknown name."""
+def parse_methods(text: str, default_sampler: str) -> list[tuple[str, str, str, int]]:
+    """`none,halving/cmaes,median+anchors30` → [(label, pruner, sampler, anchors)]; SystemExit(2)
+    on an unknown name."""
     methods = []
     for label in dict.fromkeys(m.strip() for m in text.split(",") if m.strip()):
-        pruner, _, sampler = label.partition("/")
+        method, _, estimator = label.partition("+")
+        pruner, _, sampler = method.partition("/")
         sampler = sampler or default_sampler
-        if pruner not in PRUNERS or sampler not in SAMPLERS:
-            fail(f"--methods: each is PRUNER or PRUNER/SAMPLER, pruners {', '.join(PRUNERS)}, samplers {', '.join(SAMPLERS)}; got {label!r}")
-        methods.append((label, pruner, sampler))
+        anchors = estimator.removeprefix("anchors")
+        if pruner not in PRUNERS or sampler not in SAMPLERS or (estimator and not (estimator.startswith("anchors") and anchors.isdigit() and int(anchors) > 0)):
+            fail(f"--methods: each is PRUNER[/SAMPLER][+anchorsK], pruners {', '.join(PRUNERS)}, samplers {', '.join(SAMPLERS)}, K > 0; got {label!r}")
+        methods.append((label, pruner, sampler, int(anchors) if estimator else 0))
     if not methods:
         fail("--methods: name at least one pruner")
     return methods
+
+
+def estimate_errors(study: optuna.Study, runner: TrialRunner) -> list[float]:
+    """For each estimated trial (`--anchors`), estimate − its accuracy on every search item
+    (scored here, not counted as the search's questions)."""
+    errors = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if "estimated" in trial.user_attrs and "duplicate_of" not in trial.user_attrs:
+            errors.append(trial.user_attrs["accuracy"] - runner.full_search_score(trial_attr(trial, "recipe")).accuracy)
+    return errors
 
 
 def fail(message: str) -> None:
@@ -124,7 +144,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--benchmark", default=f"{TOY}/world/domain_benchmark.jsonl")
     parser.add_argument("--space", default="slerp_gradient")
     parser.add_argument("--sampler", default="tpe", help="the sampler of the reference and of every method without its own")
-    parser.add_argument("--methods", default="none,halving,hyperband,median", help="comma-separated PRUNER or PRUNER/SAMPLER")
+    parser.add_argument("--methods", default="none,halving,hyperband,median", help="comma-separated PRUNER[/SAMPLER][+anchorsK]")
     parser.add_argument("--trials", type=int, default=30, help="trials per method and seed")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--reference-trials", type=int, default=100, help="trials of the unpruned reference search (cached)")
@@ -198,15 +218,23 @@ def main(argv: Optional[list[str]] = None) -> int:
             say(f"reference best {reference['best']:.4f} (trial {best.number}), held-out {reference['holdout']}")
         target = reference["best"] - args.target_points / 100
 
-        runs: dict[str, list[dict]] = {label: [] for label, _, _ in methods}
+        runs: dict[str, list[dict]] = {label: [] for label, *_ in methods}
         for seed in seeds:
-            for label, pruner, sampler in methods:
-                name = f"{label.replace('/', '-')}-{seed}"
-                settings = replace(base, pruner=pruner, sampler=sampler, seed=seed, trials=args.trials, study=name, storage=f"sqlite:///{Path(tmp) / name}.db")
+            for label, pruner, sampler, anchors in methods:
+                name = f"{label.replace('/', '-').replace('+', '-')}-{seed}"
+                settings = replace(
+                    base, pruner=pruner, sampler=sampler, anchors=anchors, seed=seed, trials=args.trials, study=name, storage=f"sqlite:///{Path(tmp) / name}.db"
+                )
+                runner._anchors = None  # a new study fits its own
                 study = run_study(settings, runner, parent_scores)
                 cost = cost_to_target(study, count, target)
                 reached = cost.pop("reached")
                 row = {"method": label, "seed": seed, **cost, "questions_to_target": None, "seconds_to_target": None, "holdout_at_target": None}
+                if anchors:
+                    errors = estimate_errors(study, runner)
+                    row["estimate_error_mean_abs"] = round(statistics.mean(abs(e) for e in errors), 4) if errors else None
+                    row["estimate_error_mean"] = round(statistics.mean(errors), 4) if errors else None
+                    row["estimated_trials"] = len(errors)
                 if reached is not None:
                     held = runner.holdout_score(reached["recipe"])
                     row.update(questions_to_target=reached["questions"], seconds_to_target=reached["seconds"], trial_at_target=reached["trial"])
@@ -236,6 +264,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         "holdout_at_target": {label: mean([r["holdout_at_target"] for r in rows]) for label, rows in runs.items()},
         "best_found": {label: mean([r["best"] for r in rows]) for label, rows in runs.items()},
         "questions_total": {label: mean([r["questions_total"] for r in rows]) for label, rows in runs.items()},
+        "estimate_error_mean_abs": {label: mean([r.get("estimate_error_mean_abs") for r in rows]) for label, rows in runs.items() if "+" in label},
+        "estimate_error_mean": {label: mean([r.get("estimate_error_mean") for r in rows]) for label, rows in runs.items() if "+" in label},
         "wall_s": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(summary))

@@ -135,22 +135,28 @@ class Scorer:
         """Score the first ⌈fraction·n⌉ items; with `previous` (a result for a smaller fraction of
         the same model) only the items beyond it are scored, so growing fractions cost one pass.
         `progress(done, total)` is called after each batch."""
-        self._progress = progress
-        start = time.perf_counter()
         first = previous.n if previous is not None else 0
         count = self.benchmark.count(fraction)
         if first >= count:
             return previous
-        indices = list(range(first, count))
-        items = self.benchmark.items[first:count]
+        result = self.score_items(model, range(first, count), progress)
+        return previous.extended(result) if previous is not None else result
+
+    @torch.inference_mode()
+    def score_items(self, model, indices: Sequence[int], progress: Optional[Callable[[int, int], None]] = None) -> ScoreResult:
+        """Score the items at these positions of the benchmark (an anchor estimate's few items),
+        in this order."""
+        self._progress = progress
+        start = time.perf_counter()
+        indices = list(indices)
+        items = [self.benchmark.items[i] for i in indices]
         device = next(model.parameters()).device
         if self.protocol == "paper":
             predictions = self._generate(model, indices, device)
         else:
             predictions = self._loglik(model, indices, device)
         correct = [prompts.is_correct(item, pred) for item, pred in zip(items, predictions)]
-        result = make_result([item.id for item in items], [item.category for item in items], correct, predictions, time.perf_counter() - start)
-        return previous.extended(result) if previous is not None else result
+        return make_result([item.id for item in items], [item.category for item in items], correct, predictions, time.perf_counter() - start)
 
     # ----- paper protocol: greedy decoding ------------------------------------------------
 

@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from evomerge.errors import EvomergeError
 from evomerge.files import atomic_path, write_text_atomic
 from evomerge.recipe import Recipe, export_metadata_line, layer_position, paper_recipe
+from evomerge.search.anchoring import ANCHOR_CHECK_ATTR
 from evomerge.search.objective import ParentScores
 from evomerge.search.run import HOLDOUT_ATTR
 from evomerge.search.study import SearchSettings, load_settings, ranked_trials, stored_parent_scores, trial_attr
@@ -97,6 +98,7 @@ def summarise(study: optuna.Study, wall_s: Optional[float] = None) -> dict:
         "baseline_accuracy": max(baselines.values()) if baselines else None,
         "baselines": baselines,
         "holdout": study.user_attrs.get(HOLDOUT_ATTR),
+        "anchors": study.user_attrs.get(ANCHOR_CHECK_ATTR),  # --anchors: the estimate's fit error and the best trial's check
         "trials": counts,
         "duplicates_skipped": sum("duplicate_of" in t.user_attrs for t in trials),
         "stopped_because": study.user_attrs.get("stopped_because"),

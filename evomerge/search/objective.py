@@ -27,12 +27,14 @@ import optuna
 from optuna.trial import TrialState
 
 from evomerge.errors import interrupt_reason, raise_if_interrupted
+from evomerge.evaluate.anchors import Anchors
 from evomerge.evaluate.benchmark import Benchmark
 from evomerge.evaluate.objective import Objective, make_objective
 from evomerge.evaluate.scorer import Scorer, ScoreResult, make_result
 from evomerge.merge.merger import Merger
 from evomerge.merge.parents import ParentInfo
 from evomerge.recipe import Recipe
+from evomerge.search.anchoring import ESTIMATED_ATTR, study_anchors
 from evomerge.search.locks import study_lock
 from evomerge.search.study import (
     FINISHED,
@@ -237,6 +239,7 @@ class TrialRunner:
         self.merger, self.tokenizer = merger, tokenizer
         self.objectives: list[Objective] = list(objectives)
         self.dtype_name = dtype_name  # the dtype the recipes name (the resident one)
+        self._anchors: Optional[Anchors] = None  # --anchors: fitted once per study (search/anchoring.py)
 
     @classmethod
     def load(
@@ -346,6 +349,9 @@ class TrialRunner:
 
         score_start = time.perf_counter()
         primary = self.objectives[0]
+        anchors = self.anchors(trial.study, parent_scores) if settings.anchors else None
+        if anchors is not None:
+            return self._estimate(model, anchors, trial, parent_scores, score_start)
         fidelities = [1.0] if settings.multi_objective else settings.fidelities
         result = None
         for fidelity in fidelities:
@@ -353,6 +359,7 @@ class TrialRunner:
             if math.isnan(result.accuracy):
                 raise FloatingPointError("the score is NaN")
             trial.set_user_attr(f"accuracy@{fidelity}", result.accuracy)
+            trial.set_user_attr("items_scored", result.n)
             value = self._value(result.accuracy, 0, fidelity, parent_scores)
             if not settings.multi_objective and fidelity < 1.0:
                 # Recorded before the report: a trial stopped at this fraction keeps its time so far.
@@ -368,6 +375,30 @@ class TrialRunner:
             values.append(extra.accuracy)  # retention of general skill: plain accuracy
         trial.set_user_attr("score_s", round(time.perf_counter() - score_start, 4))
         return values[0] if len(values) == 1 else tuple(values)
+
+    def anchors(self, study: optuna.Study, parent_scores: ParentScores) -> Optional[Anchors]:
+        """The study's anchors (`--anchors`), once fitted; None until then (score in full)."""
+        if self._anchors is None:
+            self._anchors = study_anchors(study, self.settings, parent_scores.by_parent, len(self.objectives[0].scorer.benchmark))
+        return self._anchors
+
+    def _estimate(self, model, anchors: Anchors, trial: TrialRecord, parent_scores: ParentScores, score_start: float) -> float:
+        """Score the anchor items only; the trial's value is the accuracy they estimate."""
+        result = self.objectives[0].scorer.score_items(model, anchors.indices)
+        estimate = anchors.estimate(result.correct)
+        parents = parent_scores.at(0, 1.0)
+        trial.set_user_attr(ESTIMATED_ATTR, True)
+        trial.set_user_attr("items_scored", result.n)
+        trial.set_user_attr("accuracy", estimate)
+        trial.set_user_attr("gain", estimate - max(parents))
+        trial.set_user_attr("synergy", estimate - sum(parents) / len(parents))
+        trial.set_user_attr("score_s", round(time.perf_counter() - score_start, 4))
+        return self._value(estimate, 0, 1.0, parent_scores)
+
+    def full_search_score(self, recipe_yaml: str) -> ScoreResult:
+        """A recipe scored on every search item of the first benchmark (an estimate's check)."""
+        model = self.merger.apply(Recipe.from_yaml(recipe_yaml), seed=self.settings.seed)
+        return self.objectives[0].scorer.score(model, 1.0)
 
     def _refuse_surplus(self, trial: optuna.Trial) -> None:
         """Workers that start a trial at the same moment could overshoot --trials: a trial with

@@ -474,6 +474,10 @@ def _run_search(settings: SearchSettings, *, timeout: Optional[float], jobs: int
             progress.say("Loading parents …" if complete else "Loading parents and scoring each alone …")
             study, runner = executor.run(prepared, timeout=timeout, on_trial=progress.trial_finished, say=progress.say)
             holdout = score_holdout(study, runner)
+            if settings.anchors:
+                from evomerge.search.anchoring import check_best_estimate
+
+                check_best_estimate(study, runner)
         except KeyboardInterrupt as interrupt:
             progress.stopped()
             progress.say("Interrupted: the running trial is marked failed; exporting what exists.")

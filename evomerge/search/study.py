@@ -63,7 +63,7 @@ class SearchSettings:
     space: str = "slerp_gradient"
     sampler: str = "tpe"
     grid_limit: int = 100_000  # --sampler grid: the most points a grid may have (Optuna holds them all)
-    pruner: str = "halving"
+    pruner: str = "median"
     fidelities: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
     holdout: float = 0.0
     objective: str = "accuracy"
@@ -89,6 +89,7 @@ class SearchSettings:
     concurrent: Optional[int] = None  # None: as many trials as the cluster's resources hold
     population: int = 1  # recipes asked, merged into resident models and scored together (search/population.py)
     warm_start: Optional[str] = None  # STUDY[@STORAGE]: queue that finished study's best recipes first (search/warm_start.py)
+    anchors: int = 0  # K > 0: estimate later trials from K anchor items once enough are scored in full (search/anchoring.py)
 
     @property
     def multi_objective(self) -> bool:
@@ -133,6 +134,12 @@ class SearchSettings:
             raise EvomergeError(f"--trials must be at least 1, got {self.trials}")
         if self.population < 1:
             raise EvomergeError(f"--population must be at least 1, got {self.population}")
+        if self.anchors < 0:
+            raise EvomergeError(f"--anchors must be 0 (off) or a number of items, got {self.anchors}")
+        if self.anchors and (self.multi_objective or self.population > 1 or self.executor != "optuna" or self.backend != "builtin"):
+            raise EvomergeError(
+                "--anchors estimates one benchmark's accuracy with the built-in scorer, trial by trial: not with two benchmarks, --population, --backend ray or an lm-eval scorer"
+            )
         if len(self.parents) < 2:
             raise EvomergeError("--parents needs at least two model folders, comma-separated")
         if len(set(self.parents)) != len(self.parents):

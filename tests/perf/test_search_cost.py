@@ -48,15 +48,25 @@ def test_questions_to_target_add_what_each_trial_scored_until_the_best_is_near_t
     assert search_cost.cost_to_target(study, count, target=0.5)["reached"] is None
 
 
-def test_methods_are_pruners_with_an_optional_sampler():
-    assert search_cost.parse_methods("none,halving/cmaes,halving", "tpe") == [
-        ("none", "none", "tpe"),
-        ("halving/cmaes", "halving", "cmaes"),
-        ("halving", "halving", "tpe"),
+def test_methods_are_pruners_with_an_optional_sampler_and_anchors():
+    assert search_cost.parse_methods("none,halving/cmaes,halving,median+anchors30", "tpe") == [
+        ("none", "none", "tpe", 0),
+        ("halving/cmaes", "halving", "cmaes", 0),
+        ("halving", "halving", "tpe", 0),
+        ("median+anchors30", "median", "tpe", 30),
     ]
 
 
-@pytest.mark.parametrize("methods", ["sometimes", "halving/annealing", ","])
+def test_an_estimated_trial_costs_its_anchors():
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    trial.set_user_attr("items_scored", 30)
+    trial.set_user_attr("accuracy@1.0", 0.5)
+    study.tell(trial, 0.5)
+    assert search_cost.trial_questions(study.trials[0], lambda fraction: 400) == 30
+
+
+@pytest.mark.parametrize("methods", ["sometimes", "halving/annealing", ",", "median+anchors", "median+anchors0", "median+tiny5"])
 def test_an_unknown_method_is_one_line_and_exit_2(methods, capsys):
     with pytest.raises(SystemExit) as stopped:
         search_cost.parse_methods(methods, "tpe")
