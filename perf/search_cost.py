@@ -19,7 +19,7 @@ it; null if none did), `reached` (how many seeds did), `seconds_to_target`, `hol
     python perf/search_cost.py [--parents A,B] [--benchmark PATH] [--methods none,halving,hyperband,median]
         [--trials 30] [--seeds 0,1,2] [--reference-trials 100] [--space slerp_gradient] [--sampler tpe]
 
-A method `PRUNER+anchorsK` runs with `--anchors K` (search/anchoring.py); its rows also give the
+A method `PRUNER+warm` runs with `--warm-start` (this script's); `PRUNER+anchorsK` with `--anchors K` (search/anchoring.py); its rows also give the
 estimates' error against each estimated recipe's score on every search item (scored apart, not
 counted as questions).
 """
@@ -34,7 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -88,18 +88,35 @@ def cost_to_target(study: optuna.Study, count, target: float) -> dict:
     return {"reached": reached, "best": best, "questions_total": int(questions), "seconds_total": round(seconds, 2)}
 
 
-def parse_methods(text: str, default_sampler: str) -> list[tuple[str, str, str, int]]:
-    """`none,halving/cmaes,median+anchors30` → [(label, pruner, sampler, anchors)]; SystemExit(2)
-    on an unknown name."""
+@dataclass(frozen=True)
+class Method:
+    label: str
+    pruner: str
+    sampler: str
+    anchors: int = 0  # `+anchorsK`: --anchors K
+    warm: bool = False  # `+warm`: --warm-start (this script's --warm-start study)
+
+
+def parse_methods(text: str, default_sampler: str) -> list[Method]:
+    """`none,halving/cmaes,median+anchors30,median+warm` → Methods; SystemExit(2) on an unknown name."""
     methods = []
+    usage = f"each is PRUNER[/SAMPLER][+anchorsK][+warm], pruners {', '.join(PRUNERS)}, samplers {', '.join(SAMPLERS)}, K > 0"
     for label in dict.fromkeys(m.strip() for m in text.split(",") if m.strip()):
-        method, _, estimator = label.partition("+")
+        method, *modifiers = label.split("+")
         pruner, _, sampler = method.partition("/")
         sampler = sampler or default_sampler
-        anchors = estimator.removeprefix("anchors")
-        if pruner not in PRUNERS or sampler not in SAMPLERS or (estimator and not (estimator.startswith("anchors") and anchors.isdigit() and int(anchors) > 0)):
-            fail(f"--methods: each is PRUNER[/SAMPLER][+anchorsK], pruners {', '.join(PRUNERS)}, samplers {', '.join(SAMPLERS)}, K > 0; got {label!r}")
-        methods.append((label, pruner, sampler, int(anchors) if estimator else 0))
+        if pruner not in PRUNERS or sampler not in SAMPLERS:
+            fail(f"--methods: {usage}; got {label!r}")
+        anchors, warm = 0, False
+        for modifier in modifiers:
+            count = modifier.removeprefix("anchors")
+            if modifier == "warm":
+                warm = True
+            elif modifier.startswith("anchors") and count.isdigit() and int(count) > 0:
+                anchors = int(count)
+            else:
+                fail(f"--methods: {usage}; got {label!r}")
+        methods.append(Method(label, pruner, sampler, anchors, warm))
     if not methods:
         fail("--methods: name at least one pruner")
     return methods
@@ -152,10 +169,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--holdout", type=float, default=0.2)
     parser.add_argument("--protocol", default="paper")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--warm-start", help="STUDY[@STORAGE]: what a `+warm` method starts from (a finished study, e.g. at a smaller scale)")
     parser.add_argument("--cache-dir", default="results/search-cost", help="where the reference search's result is kept")
     args = parser.parse_args(argv)
 
     methods = parse_methods(args.methods, args.sampler)
+    if any(method.warm for method in methods) and not args.warm_start:
+        fail("--methods: a +warm method needs --warm-start STUDY[@STORAGE]")
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -218,13 +238,15 @@ def main(argv: Optional[list[str]] = None) -> int:
             say(f"reference best {reference['best']:.4f} (trial {best.number}), held-out {reference['holdout']}")
         target = reference["best"] - args.target_points / 100
 
-        runs: dict[str, list[dict]] = {label: [] for label, *_ in methods}
+        runs: dict[str, list[dict]] = {method.label: [] for method in methods}
         for seed in seeds:
-            for label, pruner, sampler, anchors in methods:
+            for method in methods:
+                label, anchors = method.label, method.anchors
                 name = f"{label.replace('/', '-').replace('+', '-')}-{seed}"
                 settings = replace(
-                    base, pruner=pruner, sampler=sampler, anchors=anchors, seed=seed, trials=args.trials, study=name, storage=f"sqlite:///{Path(tmp) / name}.db"
-                )
+                    base, pruner=method.pruner, sampler=method.sampler, anchors=anchors, seed=seed, trials=args.trials,
+                    study=name, storage=f"sqlite:///{Path(tmp) / name}.db", warm_start=args.warm_start if method.warm else None,
+                )  # fmt: skip
                 runner._anchors = None  # a new study fits its own
                 study = run_study(settings, runner, parent_scores)
                 cost = cost_to_target(study, count, target)

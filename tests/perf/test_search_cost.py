@@ -49,11 +49,13 @@ def test_questions_to_target_add_what_each_trial_scored_until_the_best_is_near_t
 
 
 def test_methods_are_pruners_with_an_optional_sampler_and_anchors():
-    assert search_cost.parse_methods("none,halving/cmaes,halving,median+anchors30", "tpe") == [
-        ("none", "none", "tpe", 0),
-        ("halving/cmaes", "halving", "cmaes", 0),
-        ("halving", "halving", "tpe", 0),
-        ("median+anchors30", "median", "tpe", 30),
+    Method = search_cost.Method
+    assert search_cost.parse_methods("none,halving/cmaes,halving,median+anchors30,median+warm", "tpe") == [
+        Method("none", "none", "tpe"),
+        Method("halving/cmaes", "halving", "cmaes"),
+        Method("halving", "halving", "tpe"),
+        Method("median+anchors30", "median", "tpe", anchors=30),
+        Method("median+warm", "median", "tpe", warm=True),
     ]
 
 
@@ -66,7 +68,7 @@ def test_an_estimated_trial_costs_its_anchors():
     assert search_cost.trial_questions(study.trials[0], lambda fraction: 400) == 30
 
 
-@pytest.mark.parametrize("methods", ["sometimes", "halving/annealing", ",", "median+anchors", "median+anchors0", "median+tiny5"])
+@pytest.mark.parametrize("methods", ["sometimes", "halving/annealing", ",", "median+anchors", "median+anchors0", "median+tiny5", "median+warm+cold"])
 def test_an_unknown_method_is_one_line_and_exit_2(methods, capsys):
     with pytest.raises(SystemExit) as stopped:
         search_cost.parse_methods(methods, "tpe")
