@@ -71,9 +71,12 @@ def trial_seconds(trial: optuna.trial.FrozenTrial) -> float:
     return (trial.datetime_complete - trial.datetime_start).total_seconds()
 
 
-def cost_to_target(study: optuna.Study, count, target: float) -> dict:
+def cost_to_target(study: optuna.Study, count, target: float, full_scores: Optional[dict[int, float]] = None) -> dict:
     """Walk the study's trials in order: questions and seconds until the best completed value
-    reaches `target` (None if it never does), the recipe that reached it, and the totals."""
+    reaches `target` (None if it never does), the recipe that reached it, and the totals. An
+    estimated trial (`--anchors`) is judged by its score on every search item (`full_scores`, by
+    trial number): what its recipe is really worth, not what the estimate said."""
+    full_scores = full_scores or {}
     questions = seconds = 0.0
     best, reached = float("-inf"), None
     for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
@@ -82,8 +85,9 @@ def cost_to_target(study: optuna.Study, count, target: float) -> dict:
         questions += trial_questions(trial, count)
         seconds += trial_seconds(trial)
         if trial.state == TrialState.COMPLETE:
-            best = max(best, trial.value)
-            if reached is None and trial.value >= target - 1e-12:
+            value = full_scores.get(trial.number, trial.value)
+            best = max(best, value)
+            if reached is None and value >= target - 1e-12:
                 reached = {"questions": int(questions), "seconds": round(seconds, 2), "trial": trial.number, "recipe": trial_attr(trial, "recipe")}
     return {"reached": reached, "best": best, "questions_total": int(questions), "seconds_total": round(seconds, 2)}
 
@@ -122,14 +126,18 @@ def parse_methods(text: str, default_sampler: str) -> list[Method]:
     return methods
 
 
-def estimate_errors(study: optuna.Study, runner: TrialRunner) -> list[float]:
-    """For each estimated trial (`--anchors`), estimate − its accuracy on every search item
-    (scored here, not counted as the search's questions)."""
-    errors = []
+def full_scores_of_estimates(study: optuna.Study, runner: TrialRunner) -> dict[int, float]:
+    """Each estimated trial's (`--anchors`) accuracy on every search item, by trial number
+    (scored here, not counted as the search's questions; a copy of a trial gets its score)."""
+    scores: dict[str, float] = {}  # by recipe key
+    result = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if "estimated" in trial.user_attrs and "duplicate_of" not in trial.user_attrs:
-            errors.append(trial.user_attrs["accuracy"] - runner.full_search_score(trial_attr(trial, "recipe")).accuracy)
-    return errors
+        if "estimated" in trial.user_attrs:
+            key = trial.user_attrs["recipe_key"]
+            if key not in scores:
+                scores[key] = runner.full_search_score(trial_attr(trial, "recipe")).accuracy
+            result[trial.number] = scores[key]
+    return result
 
 
 def fail(message: str) -> None:
@@ -249,14 +257,16 @@ def main(argv: Optional[list[str]] = None) -> int:
                 )  # fmt: skip
                 runner._anchors = None  # a new study fits its own
                 study = run_study(settings, runner, parent_scores)
-                cost = cost_to_target(study, count, target)
+                full = full_scores_of_estimates(study, runner) if anchors else {}
+                cost = cost_to_target(study, count, target, full)
                 reached = cost.pop("reached")
                 row = {"method": label, "seed": seed, **cost, "questions_to_target": None, "seconds_to_target": None, "holdout_at_target": None}
                 if anchors:
-                    errors = estimate_errors(study, runner)
+                    errors = [study.trials[number].value - score for number, score in full.items()]
                     row["estimate_error_mean_abs"] = round(statistics.mean(abs(e) for e in errors), 4) if errors else None
                     row["estimate_error_mean"] = round(statistics.mean(errors), 4) if errors else None
                     row["estimated_trials"] = len(errors)
+                    row["anchors_used"] = len(runner._anchors.indices) if runner._anchors else None
                 if reached is not None:
                     held = runner.holdout_score(reached["recipe"])
                     row.update(questions_to_target=reached["questions"], seconds_to_target=reached["seconds"], trial_at_target=reached["trial"])

@@ -74,3 +74,14 @@ def test_an_unknown_method_is_one_line_and_exit_2(methods, capsys):
         search_cost.parse_methods(methods, "tpe")
     assert stopped.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_an_estimated_trial_reaches_the_target_only_if_its_full_score_does():
+    """An estimate above the target whose recipe scores below it on every item has not reached it."""
+    study = optuna.create_study(direction="maximize")
+    add_trial(study, [0.25, 0.5, 1.0], 0.30)  # 100
+    add_trial(study, [], 0.45)  # an estimate (no fractions: its own items_scored would count)
+    add_trial(study, [0.25, 0.5, 1.0], 0.40)  # 100
+    cost = search_cost.cost_to_target(study, count, target=0.39, full_scores={1: 0.35})
+    assert cost["reached"]["trial"] == 2 and cost["best"] == pytest.approx(0.40)
+    assert search_cost.cost_to_target(study, count, target=0.39)["reached"]["trial"] == 1  # judged by the estimate
