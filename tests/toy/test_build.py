@@ -142,3 +142,13 @@ def test_scales_span_ten_times_the_parameters_on_cpu_and_name_gpu_scales():
     cpu = [parameter_count(shape, vocab) for shape in SCALES.values() if shape.device == "cpu"]
     assert len(cpu) >= 4 and max(cpu) >= 10 * min(cpu) and cpu == sorted(cpu)
     assert any(shape.device == "cuda" for shape in SCALES.values())
+
+
+def test_the_map_scales_differ_only_in_size():
+    """s, m and l are trained alike (rate, passes, batches): across them the map compares model
+    size, not training recipes. xs reads less, to stay a few minutes for the demo."""
+    from dataclasses import asdict
+
+    size = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "build_seconds")
+    recipes = [{k: v for k, v in asdict(SCALES[name]).items() if k not in size} for name in ("s", "m", "l")]
+    assert recipes[0] == recipes[1] == recipes[2]
