@@ -766,6 +766,7 @@ def scale_map(
     toy: Optional[Names] = None,
     toy_dir: PathLike = DEFAULT_TOY_DIR,
     toy_pair: Names = "instruct,instruct-CPT-SFT",
+    toy_seed: int = 0,
     benchmark: Optional[str] = None,
     sweep: str = "0:1:0.1",
     search: int = 0,
@@ -785,7 +786,7 @@ def scale_map(
     """Where does merging beat both parents, across model scales, by more than the noise?
 
     For each pair of parents (a `pairs` YAML, or the toy domain's `toy_pair` at each `toy` scale,
-    base first, built under `toy_dir` if needed): score each parent, sweep a global SLERP t (`sweep`: start:stop:step
+    base first, built under `toy_dir` if needed, trained with `toy_seed`): score each parent, sweep a global SLERP t (`sweep`: start:stop:step
     or a comma list), score the paper's schedule and, with `search` = N, a recipe searched in N
     trials and judged on the `holdout` items. Every merge gets its gain over the best parent and
     synergy with paired bootstrap intervals (`resamples`, `seed`); each pair its kinship. Writes
@@ -814,12 +815,12 @@ def scale_map(
         overwrite=overwrite,
     )
     toy_text = (toy if isinstance(toy, str) else ",".join(scales)) if toy is not None else None
-    settings.command = map_command_line(settings, pairs, toy_text, Path(toy_dir), sweep, out, toy_parents)
+    settings.command = map_command_line(settings, pairs, toy_text, Path(toy_dir), sweep, out, toy_parents, toy_seed)
     if pairs is not None:
         settings.pairs = load_pairs(Path(pairs))
     else:
         check_options(settings)  # a bad flag is reported before any toy parent is built
-        settings.pairs = toy_pairs(scales, Path(toy_dir), device=device, say=say, pair=toy_parents)
+        settings.pairs = toy_pairs(scales, Path(toy_dir), device=device, say=say, pair=toy_parents, seed=toy_seed)
     return run_map(settings, progress=progress)
 
 
@@ -837,7 +838,14 @@ def parse_toy_pair(names: Names) -> tuple[str, str]:
 
 
 def map_command_line(
-    settings, pairs: Optional[PathLike], toy: Optional[str], toy_dir: Path, sweep: str, out: Optional[PathLike], toy_pair: Optional[tuple[str, str]] = None
+    settings,
+    pairs: Optional[PathLike],
+    toy: Optional[str],
+    toy_dir: Path,
+    sweep: str,
+    out: Optional[PathLike],
+    toy_pair: Optional[tuple[str, str]] = None,
+    toy_seed: int = 0,
 ) -> str:
     """The `evomerge map` command that makes this map (options at their defaults left out), for the report."""
     import shlex
@@ -853,6 +861,8 @@ def map_command_line(
         parts += ["--toy", str(toy)] + (["--toy-dir", str(toy_dir)] if Path(toy_dir) != DEFAULT_ROOT else [])
         if toy_pair is not None and tuple(toy_pair) != TOY_PAIR:
             parts += ["--toy-pair", ",".join(toy_pair)]
+        if toy_seed:
+            parts += ["--toy-seed", str(toy_seed)]
     if sweep != DEFAULT_SWEEP:
         parts += ["--sweep", sweep]
     flags = {  # MapSettings' fields that one flag each sets

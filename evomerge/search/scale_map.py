@@ -244,9 +244,10 @@ def toy_pairs(
     device: str = "auto",
     say: Optional[Callable[[str], None]] = None,
     pair: Optional[Sequence[str]] = None,
+    seed: int = 0,
 ) -> list[PairSpec]:
     """The toy domain's pair at each scale (default Instruct × Instruct-CPT-SFT; base = the first,
-    kinship against the toy's Base, the toy's domain benchmark), built if needed."""
+    kinship against the toy's Base, the toy's domain benchmark), trained with `seed`, built if needed."""
     from evomerge.devices import resolve_device
     from evomerge.toy.build import SCALES
     from evomerge.toy.pair import TOY_PAIR, toy_pair
@@ -257,7 +258,7 @@ def toy_pairs(
     resolve_device(device)
     pairs = []
     for scale in scales:
-        built = toy_pair(scale, root, device=device, say=say, names=pair or TOY_PAIR)
+        built = toy_pair(scale, root, device=device, say=say, names=pair or TOY_PAIR, seed=seed)
         base, other = str(built.base), str(built.other)
         pairs.append(PairSpec(scale, (base, other), base, ancestor=str(built.ancestor), benchmark=str(built.benchmark)))
     return pairs

@@ -34,12 +34,14 @@ def toy_pair(
     say: Optional[Callable[[str], None]] = None,
     on_step: Optional[Callable[[str, int, int, float], None]] = None,
     names: Sequence[str] = TOY_PAIR,
+    seed: int = 0,
 ) -> ToyPair:
     """Build (or reuse) the pair `names` (SLERP's base first; default Instruct × Instruct-CPT-SFT) at
-    `scale` under `root` (default results/toy), with the toy's Base too when `ancestor`."""
+    `scale` under `root` (default results/toy), with the toy's Base too when `ancestor`; `seed`: the
+    training seed (N > 0: the `<scale>-seedN` builds)."""
     from evomerge.toy.build import build_toy
 
     wanted = ["base", *names] if ancestor else list(names)
-    build = build_toy(scale, root, device=device, parents=wanted, progress=say, on_step=on_step)
+    build = build_toy(scale, root, device=device, parents=wanted, progress=say, on_step=on_step, seed=seed)
     base, other = (build.parents[name] for name in names)
     return ToyPair(scale, base, other, build.parents["base"] if ancestor else None, build.domain_benchmark)
