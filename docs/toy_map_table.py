@@ -37,16 +37,19 @@ def gain(row: dict) -> str:
     return f"{float(row['gain']):+.3f} [{float(row['gain_low']):+.3f}, {float(row['gain_high']):+.3f}]{star}"
 
 
-def spread(values: list[float]) -> str:
+def spread(rows: list[dict]) -> str:
+    """Mean (range) of the rows' gains, and in how many the interval lies above zero."""
+    values = [float(r["gain"]) for r in rows]
     if len(values) < 2:
         return "–"
-    return f"{statistics.mean(values):+.3f} ({min(values):+.3f} to {max(values):+.3f})"
+    above = sum(r["significant"] == "above" for r in rows)
+    return f"{statistics.mean(values):+.3f} ({min(values):+.3f} to {max(values):+.3f}), {above} of {len(rows)} above zero"
 
 
 def main(arguments: list[str]) -> None:
     print(
         "| benchmark, pair | scale | P1 [95% CI] | P2 [95% CI] | best sweep t: accuracy, gain [95% CI] | paper's schedule: accuracy, gain [95% CI] "
-        "| searched recipe on held-out items: accuracy (n; parents there), gain [95% CI] | gain over seeds, mean (range): best sweep; searched |"
+        "| searched recipe on held-out items: accuracy (n; parents there), gain [95% CI] | gain over the training seeds, mean (range), intervals above zero: best sweep; searched |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for argument in arguments:
@@ -61,7 +64,7 @@ def main(arguments: list[str]) -> None:
 
             sweep, paper, searched = best_sweep(rows), one(rows, "paper"), one(rows, "search")
             seeds = [m[scale] for m in maps if scale in m]
-            over_seeds = f"{spread([float(best_sweep(s)['gain']) for s in seeds])}; {spread([float(one(s, 'search')['gain']) for s in seeds])} ({len(seeds)} seeds)"
+            over_seeds = f"{spread([best_sweep(s) for s in seeds])}; {spread([one(s, 'search') for s in seeds])}"
             print(
                 f"| {label} | {scale} | {parent(p1)} | {parent(p2)} "
                 f"| t={float(sweep['t']):.1f}: {float(sweep['accuracy']):.3f}, {gain(sweep)} "
