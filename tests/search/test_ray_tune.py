@@ -69,7 +69,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 EVOMERGE = [sys.executable, "-m", "evomerge.cli"]
 COMPLETE_ATTRS = {
     "recipe_key", "claimed_by", "worker", "merge_s", "score_s", "accuracy@0.25", "accuracy@0.5", "accuracy@1.0",
-    "accuracy", "gain", "synergy",
+    "accuracy", "gain", "synergy", "items_scored",
 }  # fmt: skip
 TRIAL_DATA = {"recipe", "correct", "per_category"}  # system attributes (out of the dashboard's table)
 
@@ -162,12 +162,12 @@ def test_old_studies_without_executor_fields_still_load():
 
 
 def test_asha_rungs_fall_on_the_benchmark_fractions():
-    asha = make_scheduler(request(fidelities=[0.25, 0.5, 1.0]))
+    asha = make_scheduler(request(pruner="halving", fidelities=[0.25, 0.5, 1.0]))
     assert isinstance(asha, ASHAScheduler)
     # The resource a trial reports at fraction i is 3**i: rungs at 1 and 3 are fractions 0.25 and 0.5.
     assert [milestone for milestone, _ in asha._brackets[0]._rungs] == [9, 3, 1]
     assert asha._max_t == 9
-    four = make_scheduler(request(fidelities=[0.1, 0.2, 0.5, 1.0]))
+    four = make_scheduler(request(pruner="halving", fidelities=[0.1, 0.2, 0.5, 1.0]))
     assert [milestone for milestone, _ in four._brackets[0]._rungs] == [27, 9, 3, 1]
     assert isinstance(make_scheduler(request(pruner="median")), MedianStoppingRule)
     assert isinstance(make_scheduler(request(pruner="none")), FIFOScheduler)
