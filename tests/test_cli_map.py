@@ -148,7 +148,9 @@ def test_the_commands_defaults_are_the_maps_own():
     assert "--holdout" not in map_command_line(MapSettings(out=Path("m"), holdout=0.3), Path("p.yaml"), None, DEFAULT_ROOT, DEFAULT_SWEEP, None)
     pair = ("instruct", "instruct-CPT")
     assert map_command_line(plain, None, "xs", DEFAULT_ROOT, DEFAULT_SWEEP, None, pair) == "evomerge map --toy xs --toy-pair instruct,instruct-CPT"
-    assert map_command_line(plain, None, "l", DEFAULT_ROOT, DEFAULT_SWEEP, None, pair, 2) == "evomerge map --toy l --toy-pair instruct,instruct-CPT --toy-seed 2"
+    assert (
+        map_command_line(plain, None, "l", DEFAULT_ROOT, DEFAULT_SWEEP, None, pair, 2) == "evomerge map --toy l --toy-pair instruct,instruct-CPT --toy-seed 2"
+    )
 
 
 def test_a_bad_toy_pair_is_one_line(tmp_path):
