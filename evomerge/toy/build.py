@@ -78,16 +78,17 @@ class Scale:
 
 # Measured build times: every parent of a cold `evomerge toy --scale S`, on BUILD_MACHINE (None:
 # not measured as one run; see the README for the parts that were).
-BUILD_MACHINE = "2 CPU cores, two builds at once, nothing else running"
+BUILD_MACHINE = "2 CPU cores, two builds at once, one thread each"
 SCALES = {
     # xs trains on half of each corpus (40 redrawn rounds), to stay a few minutes for the demo.
     "xs": Scale(56, 2, 4, 2, 224, lr=3e-3, pretrain_epochs=0.5, cpt_epochs=0.5, instruct_epochs=1.0, sft_epochs=1.0, build_seconds=222),
     # s, m and l share one recipe, chosen on the parents' own skills (README, "How the world and the
     # recipe were chosen"): at 2e-3 to 3e-3 the bases held 36-60% of the generic facts, at 1e-3 with
     # two passes 99% (s, l); three SFT epochs after CPT answered held-out materials at 0.84 (l), one at 0.42.
-    "s": Scale(96, 2, 4, 2, 384, lr=1e-3, pretrain_epochs=2.0, cpt_epochs=2.0, sft_epochs=3.0),
-    "m": Scale(128, 3, 4, 2, 512, lr=1e-3, pretrain_epochs=2.0, cpt_epochs=2.0, sft_epochs=3.0),
-    "l": Scale(160, 4, 4, 2, 640, lr=1e-3, pretrain_epochs=2.0, cpt_epochs=2.0, sft_epochs=3.0),
+    # Their build_seconds: every stage's training time added up (two builds at once, one thread each).
+    "s": Scale(96, 2, 4, 2, 384, lr=1e-3, pretrain_epochs=2.0, cpt_epochs=2.0, sft_epochs=3.0, build_seconds=906),
+    "m": Scale(128, 3, 4, 2, 512, lr=1e-3, pretrain_epochs=2.0, cpt_epochs=2.0, sft_epochs=3.0, build_seconds=1026),
+    "l": Scale(160, 4, 4, 2, 640, lr=1e-3, pretrain_epochs=2.0, cpt_epochs=2.0, sft_epochs=3.0, build_seconds=1368),
     "xl": Scale(384, 8, 8, 4, 1536, lr=8e-4, device="cuda"),
     "xxl": Scale(768, 12, 12, 4, 3072, lr=4e-4, device="cuda"),
 }
