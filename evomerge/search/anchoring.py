@@ -30,14 +30,11 @@ ANCHOR_FIT_TRIALS = 8
 def fitting_results(study: optuna.Study, parent_scores: dict, items: int) -> list[str]:
     """The per-item results ('0110…') anchors are fitted on: each parent's, then each completed
     trial's that was scored on all `items` (not an estimate, not a copy of another trial)."""
-    results = [per_benchmark[0]["correct"] for per_benchmark in parent_scores.values() if per_benchmark and per_benchmark[0].get("correct")]
+    results = [per_benchmark[0].get("correct") for per_benchmark in parent_scores.values() if per_benchmark]
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if ESTIMATED_ATTR in trial.user_attrs or "duplicate_of" in trial.user_attrs:
-            continue
-        correct = trial_attr(trial, "correct")
-        if correct and len(correct) == items:
-            results.append(correct)
-    return [r for r in results if len(r) == items]
+        if ESTIMATED_ATTR not in trial.user_attrs and "duplicate_of" not in trial.user_attrs:
+            results.append(trial_attr(trial, "correct"))
+    return [r for r in results if r and len(r) == items]
 
 
 def study_anchors(study: optuna.Study, settings: SearchSettings, parent_scores: dict, items: int) -> Optional[Anchors]:
